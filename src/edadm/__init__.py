@@ -1,0 +1,29 @@
+"""edadm: post-training quantization of diffusion models with EDA-DM, run on integer kernels."""
+__version__ = "0.1.0"
+
+from .config import CalibConfig, QuantConfig  # noqa: E402
+from .errors import EdadmError  # noqa: E402
+
+
+def quantize(pipe, config: QuantConfig | None = None, progress: bool = True):
+    """Quantize `pipe.unet` in place; returns (pipe, report). See :func:`edadm.api.quantize`."""
+    from .api import quantize as _q
+
+    return _q(pipe, config, progress=progress)
+
+
+def load(path, device=None, engine: str = "fake"):
+    """Load a zoo name, a diffusers directory or an edadm quantized directory as a pipeline."""
+    from .pipeline import load_pipeline
+
+    return load_pipeline(path, device=device, engine=engine)
+
+
+def save(pipe, out, **kwargs):
+    """Save a quantized pipeline directory (integer weights + scales, JSON, model card)."""
+    from .deploy import save_quantized
+
+    return save_quantized(pipe, out, **kwargs)
+
+
+__all__ = ["CalibConfig", "EdadmError", "QuantConfig", "__version__", "load", "quantize", "save"]

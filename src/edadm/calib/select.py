@@ -1,0 +1,81 @@
+"""Calibration-set selection: how many samples come from each denoising step.
+
+Every strategy returns per-step counts summing to N; :func:`assemble` turns counts into
+(step, trajectory) pairs the same way for all strategies, so they differ only in the
+allocation over steps.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import EdadmError
+from .trajectories import Trajectories
+
+
+def uniform_counts(num_steps: int, num_samples: int, every: int | None = None, num_used: int | None = None) -> torch.Tensor:
+    """Q-Diffusion: evenly spaced steps, the same number of samples at each.
+
+    `num_used` steps spread over the trajectory (x_T first); counts are balanced so they
+    sum to `num_samples` exactly.
+    """
+    if num_used is None:
+        num_used = len(range(0, num_steps, every or 1))
+    num_used = max(1, min(num_used, num_steps, num_samples))
+    idx = torch.linspace(0, num_steps - 1, num_used).round().long().unique()
+    counts = torch.zeros(num_steps, dtype=torch.long)
+    base, extra = divmod(num_samples, len(idx))
+    counts[idx] = base
+    counts[idx[:extra]] += 1
+    return counts
+
+
+def fix_rounding(weights: torch.Tensor, total: int) -> torch.Tensor:
+    """Integer counts proportional to weights that sum to `total` exactly (largest remainders)."""
+    w = weights.double().clamp_min(0)
+    if w.sum() <= 0:
+        w = torch.ones_like(w)
+    exact = w / w.sum() * total
+    counts = exact.floor().long()
+    short = total - int(counts.sum())
+    if short > 0:
+        order = torch.argsort(exact - counts, descending=True, stable=True)
+        counts[order[:short]] += 1
+    return counts
+
+
+@dataclass
+class CalibrationSet:
+    """The selected samples: x_t, t, and where each came from."""
+
+    x: torch.Tensor          # [N, C, H, W]
+    t: torch.Tensor          # [N]
+    step: torch.Tensor       # [N] step index
+    trajectory: torch.Tensor  # [N] trajectory index
+    counts: torch.Tensor     # [S] samples per step
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def batches(self, batch_size: int):
+        for i in range(0, len(self), batch_size):
+            yield self.x[i:i + batch_size], self.t[i:i + batch_size]
+
+
+def assemble(traj: Trajectories, counts: torch.Tensor, seed: int = 0) -> CalibrationSet:
+    """Repeat each step index count times, shuffle, and take sample k from trajectory k.
+
+    With at least as many trajectories as samples, every sample comes from a different
+    trajectory; with fewer, trajectories are reused round-robin (a warning-worthy setup).
+    """
+    counts = counts.long()
+    if counts.numel() != traj.num_steps:
+        raise EdadmError(f"allocation has {counts.numel()} steps, trajectories have {traj.num_steps}")
+    n = int(counts.sum())
+    g = torch.Generator().manual_seed(seed)
+    steps = torch.repeat_interleave(torch.arange(traj.num_steps), counts)
+    steps = steps[torch.randperm(n, generator=g)]
+    trajs = torch.arange(n) % traj.num_trajectories
+    return CalibrationSet(x=traj.xs[steps, trajs].clone(), t=traj.ts[steps].clone(), step=steps, trajectory=trajs,
+                          counts=counts)

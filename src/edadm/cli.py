@@ -1,0 +1,281 @@
+"""The `edadm` command line.
+
+Every user error ends with one line on stderr and exit code 2; outputs are written to a
+temporary path and renamed, so a failed run leaves nothing half-written.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from .errors import EdadmError
+
+log = logging.getLogger("edadm")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (argparse prints usage too)
+        raise EdadmError(f"{self.prog}: {message}")
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    return v
+
+
+def _bits(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bits must be an integer in 2..8, got {s!r}") from None
+    if not 2 <= v <= 8:
+        raise argparse.ArgumentTypeError(f"bits must be in 2..8, got {v}")
+    return v
+
+
+def _seeds(s: str) -> list[int]:
+    try:
+        seeds = [int(x) for x in s.split(",") if x.strip() != ""]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be comma-separated integers, got {s!r}") from None
+    if not seeds:
+        raise argparse.ArgumentTypeError("at least one seed is needed")
+    return seeds
+
+
+def _eta(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"eta must be a number in [0, 1], got {s!r}") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"eta must be in [0, 1], got {v}")
+    return v
+
+
+def _check_writable(path: Path) -> None:
+    """Fail before hours of work when the output location cannot be written."""
+    parent = path.parent if str(path.parent) else Path(".")
+    probe = parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not os.access(probe, os.W_OK):
+        raise EdadmError(f"output location {path} is not writable")
+    if path.exists() and not path.is_dir() and path.suffix == "":
+        raise EdadmError(f"output {path} exists and is not a directory")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    p.add_argument("--batch-size", type=_positive_int, default=250, help="images per denoiser call")
+    p.add_argument("--steps", type=_positive_int, default=None, help="sampler steps (default: the model's)")
+    p.add_argument("--eta", type=_eta, default=None, help="DDIM eta (default: the model's)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    ap = _Parser(prog="edadm", description="Post-training quantization of diffusion models (EDA-DM).")
+    ap.add_argument("--version", action="version", version=f"edadm {__version__}")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    q = sub.add_parser("quantize", help="quantize a pipeline's denoiser and save it")
+    q.add_argument("model", help="zoo name (e.g. digits-ddpm) or a local diffusers pipeline directory")
+    q.add_argument("--out", required=True, type=Path, help="output directory")
+    q.add_argument("--method", default=None, help="naive")
+    q.add_argument("--weight-bits", type=_bits, default=None)
+    q.add_argument("--act-bits", type=_bits, default=None)
+    q.add_argument("--config", type=Path, default=None, help="JSON quantization config; flags override it")
+    q.add_argument("--num-samples", type=_positive_int, default=None, help="calibration samples N")
+    q.add_argument("--num-trajectories", type=_positive_int, default=None, help="FP trajectories B")
+    q.add_argument("--uniform-steps", type=_positive_int, default=None, help="steps used by uniform calibration")
+    q.add_argument("--weight-range", choices=["mse", "minmax"], default=None)
+    q.add_argument("--act-range", choices=["mse", "minmax"], default=None)
+    q.add_argument("--seed", type=int, default=None)
+    _common(q)
+    q.set_defaults(batch_size=None)  # calibration batch: the config's (64) unless given
+
+    s = sub.add_parser("sample", help="generate images")
+    s.add_argument("model", help="zoo name, diffusers directory or quantized directory")
+    s.add_argument("--num", type=_positive_int, default=64)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", type=Path, default=None, help="grid PNG (default grid.png)")
+    s.add_argument("--out-dir", type=Path, default=None, help="one PNG per image")
+    s.add_argument("--engine", choices=["fake"], default="fake", help="execution engine for quantized models")
+    _common(s)
+
+    e = sub.add_parser("evaluate", help="sample and measure FID-digits / IS-digits over seeds")
+    e.add_argument("model")
+    e.add_argument("--num", type=_positive_int, default=1000)
+    e.add_argument("--seeds", type=_seeds, default=[0, 1, 2])
+    e.add_argument("--compare", default=None, help="another model: PSNR / MSE against its images from the same noise")
+    e.add_argument("--json", type=Path, default=None, help="write results as JSON")
+    e.add_argument("--engine", choices=["fake"], default="fake")
+    _common(e)
+
+    d = sub.add_parser("demo", help="FP vs W8A8 vs W4A8 on the shipped digits model, with a report")
+    d.add_argument("--model", default="digits-ddpm")
+    d.add_argument("--out", type=Path, default=Path("edadm-demo"))
+    d.add_argument("--num", type=_positive_int, default=500, help="samples per seed per model")
+    d.add_argument("--seeds", type=_seeds, default=[0])
+    d.add_argument("--settings", default="w8a8,w4a8", help="comma-separated WxAy settings")
+    d.add_argument("--method", default="naive")
+    d.add_argument("--num-samples", type=_positive_int, default=None, help="calibration samples N")
+    _common(d)
+
+    z = sub.add_parser("zoo", help="list or train the shipped demo models")
+    zsub = z.add_subparsers(dest="zoo_command", required=True, parser_class=_Parser)
+    zsub.add_parser("list", help="list zoo models")
+    zt = zsub.add_parser("train", help="train a zoo model (fixed seed) into the zoo or --out")
+    zt.add_argument("name")
+    zt.add_argument("--out", type=Path, default=None)
+    zt.add_argument("--train-steps", type=_positive_int, default=None)
+    zt.add_argument("--seed", type=int, default=None)
+    zt.add_argument("--device", default="auto")
+    return ap
+
+
+def _quant_config(args):
+    from .config import QuantConfig
+
+    cfg = QuantConfig.load(args.config).to_dict() if args.config else QuantConfig().to_dict()
+    for flag, key in (("method", "method"), ("weight_bits", "weight_bits"), ("act_bits", "act_bits"),
+                      ("weight_range", "weight_range"), ("act_range", "act_range"), ("seed", "seed"),
+                      ("steps", "steps"), ("eta", "eta")):
+        v = getattr(args, flag, None)
+        if v is not None:
+            cfg[key] = v
+    for flag in ("num_samples", "num_trajectories", "uniform_steps"):
+        v = getattr(args, flag, None)
+        if v is not None:
+            cfg["calib"][flag] = v
+    if getattr(args, "batch_size", None):
+        cfg["calib"]["batch_size"] = args.batch_size
+    cfg = QuantConfig.from_dict(cfg)
+    if cfg.calib.num_trajectories < cfg.calib.num_samples:
+        log.warning("fewer trajectories (%d) than calibration samples (%d): trajectories are reused",
+                    cfg.calib.num_trajectories, cfg.calib.num_samples)
+    return cfg
+
+
+def cmd_quantize(args) -> int:
+    from .api import quantize
+    from .deploy import save_quantized
+    from .pipeline import is_quantized_dir, load_pipeline
+
+    cfg = _quant_config(args)
+    _check_writable(args.out)
+    from .pipeline import resolve_model_path
+
+    if is_quantized_dir(resolve_model_path(args.model)):
+        raise EdadmError(f"{args.model} is already quantized; pass the full-precision pipeline")
+    t0 = time.time()
+    pipe = load_pipeline(args.model, device=args.device)
+    pipe, report = quantize(pipe, cfg, progress=args.progress)
+    save_quantized(pipe, args.out, cfg, report.__dict__)
+    log.info("quantized %s (%s W%dA%d) in %.1fs -> %s", args.model, cfg.method, cfg.weight_bits, cfg.act_bits,
+             time.time() - t0, args.out)
+    print(f"saved {args.out} ({cfg.method} W{cfg.weight_bits}A{cfg.act_bits}, {time.time() - t0:.1f}s)")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from .eval.images import save_grid, save_images
+    from .pipeline import generate, load_pipeline
+
+    out = args.out if args.out is not None or args.out_dir is not None else Path("grid.png")
+    for p in (out, args.out_dir):
+        if p is not None:
+            _check_writable(p)
+    pipe = load_pipeline(args.model, device=args.device, engine=args.engine)
+    images = generate(pipe, args.num, seed=args.seed, steps=args.steps, eta=args.eta, batch_size=args.batch_size,
+                      progress=args.progress)
+    if out is not None:
+        save_grid(images, out)
+        print(f"wrote {out}")
+    if args.out_dir is not None:
+        save_images(images, args.out_dir)
+        print(f"wrote {args.num} images to {args.out_dir}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .eval.evaluate import evaluate_pipeline, format_table
+    from .pipeline import load_pipeline
+    from .utils import atomic_file
+
+    if args.json:
+        _check_writable(args.json)
+    pipe = load_pipeline(args.model, device=args.device, engine=args.engine)
+    reference = None
+    if args.compare:
+        ref_pipe = load_pipeline(args.compare, device=args.device)
+        _, reference = evaluate_pipeline(ref_pipe, args.num, args.seeds, args.steps, args.eta, args.batch_size,
+                                         progress=args.progress)
+    result, _ = evaluate_pipeline(pipe, args.num, args.seeds, args.steps, args.eta, args.batch_size,
+                                  reference=reference, progress=args.progress)
+    result["model"] = str(args.model)
+    result["compare"] = args.compare
+    keys = ("fid_digits", "is_digits", "psnr_vs_ref") if reference else ("fid_digits", "is_digits")
+    print(format_table([(str(args.model), result["summary"])], keys=keys))
+    if args.json:
+        with atomic_file(args.json) as tmp:
+            tmp.write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    _check_writable(args.out)
+    run_demo(args)
+    return 0
+
+
+def cmd_zoo(args) -> int:
+    from . import zoo
+
+    if args.zoo_command == "list":
+        for name, desc in {**zoo.PIPELINES, **zoo.CLASSIFIERS}.items():
+            status = "shipped" if (zoo.WEIGHTS_DIR / name).is_dir() else "not trained"
+            print(f"{name:20s} {status:12s} {desc}")
+        return 0
+    from .zoo.train import TRAINERS, train
+
+    if args.name not in TRAINERS:
+        raise EdadmError(f"unknown zoo model {args.name!r}; trainable: {', '.join(TRAINERS)}")
+    info = train(args.name, out=args.out, device=args.device, steps=args.train_steps, seed=args.seed)
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+COMMANDS = {"quantize": cmd_quantize, "sample": cmd_sample, "evaluate": cmd_evaluate, "demo": cmd_demo,
+            "zoo": cmd_zoo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+        logging.getLogger("edadm").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+        return COMMANDS[args.command](args)
+    except EdadmError as exc:
+        print(f"edadm: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("edadm: interrupted", file=sys.stderr)
+        return 130

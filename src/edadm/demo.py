@@ -1,0 +1,150 @@
+"""`edadm demo`: FP vs quantized settings on a zoo model, from the same noise, with a report."""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .errors import EdadmError
+from .utils import atomic_dir
+
+log = logging.getLogger("edadm")
+
+
+def parse_setting(s: str) -> tuple[int, int]:
+    s = s.strip().lower()
+    try:
+        w, a = s.lstrip("w").split("a")
+        w, a = int(w), int(a)
+    except ValueError:
+        raise EdadmError(f"bad setting {s!r}: expected WxAy, e.g. w4a8") from None
+    if not (2 <= w <= 8 and 2 <= a <= 8):
+        raise EdadmError(f"bad setting {s!r}: bits must be in 2..8")
+    return w, a
+
+
+def machine_info() -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return info
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=5, cwd=Path(__file__).parent).stdout.strip()
+        return (out.stdout.strip() + ("-dirty" if dirty else "")) if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def comparison_figure(rows: list[tuple[str, torch.Tensor]], path: Path, per_row: int = 16) -> None:
+    """One row of samples per model, same noise in every column."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .eval.images import make_grid
+
+    fig, axes = plt.subplots(len(rows), 1, figsize=(per_row * 0.6, len(rows) * 0.8 + 0.3))
+    axes = [axes] if len(rows) == 1 else axes
+    for ax, (label, imgs) in zip(axes, rows):
+        grid = make_grid(imgs[:per_row], nrow=per_row)
+        ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255)
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_demo(args) -> dict:
+    from .api import quantize
+    from .config import CalibConfig, QuantConfig
+    from .deploy import save_quantized
+    from .eval.evaluate import evaluate_pipeline, format_table
+    from .pipeline import load_pipeline
+
+    settings = [parse_setting(s) for s in args.settings.split(",") if s.strip()]
+    out = Path(args.out)
+    t_all = time.time()
+    timings: dict[str, float] = {}
+    rows, results = [], {}
+    with atomic_dir(out) as tmp:
+        t0 = time.time()
+        fp = load_pipeline(args.model, device=args.device)
+        fp_res, fp_imgs = evaluate_pipeline(fp, args.num, args.seeds, args.steps, args.eta, args.batch_size,
+                                            progress=args.progress)
+        timings["fp_sample_eval"] = time.time() - t0
+        results["FP32"] = fp_res
+        rows.append(("FP32", fp_imgs[args.seeds[0]]))
+        for w, a in settings:
+            label = f"W{w}A{a} {args.method}"
+            t0 = time.time()
+            calib = CalibConfig(batch_size=min(args.batch_size, 64))
+            if args.num_samples:
+                calib.num_samples = calib.num_trajectories = args.num_samples
+            cfg = QuantConfig(method=args.method, weight_bits=w, act_bits=a, steps=args.steps, eta=args.eta,
+                              calib=calib)
+            qpipe, report = quantize(copy.deepcopy(fp), cfg, progress=args.progress)
+            qdir = tmp / "models" / f"w{w}a{a}-{args.method}"
+            save_quantized(qpipe, qdir, cfg, report.__dict__)
+            timings[f"{label} quantize"] = time.time() - t0
+            del qpipe
+            t0 = time.time()
+            loaded = load_pipeline(qdir, device=args.device)  # evaluate what was saved: proves the round trip
+            res, imgs = evaluate_pipeline(loaded, args.num, args.seeds, args.steps, args.eta, args.batch_size,
+                                          reference=fp_imgs, progress=args.progress)
+            res["quantize_report"] = {"seconds": report.seconds, "peak_memory_mb": report.peak_memory_mb,
+                                      "counts": report.counts}
+            timings[f"{label} sample_eval"] = time.time() - t0
+            results[label] = res
+            rows.append((label, imgs[args.seeds[0]]))
+        comparison_figure(rows, tmp / "samples.png")
+        timings["total"] = time.time() - t_all
+        keys = ("fid_digits", "is_digits", "psnr_vs_ref")
+        table = format_table([(k, v["summary"]) for k, v in results.items()], keys=keys)
+        meta = {"command": "edadm demo " + " ".join(_argv_of(args)), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                "edadm_version": __version__, "git_commit": git_commit(), "machine": machine_info(),
+                "model": args.model, "num": args.num, "seeds": args.seeds, "method": args.method,
+                "timings_s": {k: round(v, 1) for k, v in timings.items()}}
+        report = {**meta, "results": results}
+        (tmp / "report.json").write_text(json.dumps(report, indent=2))
+        md = [f"# edadm demo: {args.model}", "",
+              f"FP32 against quantized denoisers ({args.method} PTQ), {args.num} samples per seed, seeds {args.seeds}, "
+              "every model sampled from the same initial noise. Mean ± std over seeds.", "",
+              table, "", "![samples, same noise in each column](samples.png)", "",
+              "| step | seconds |", "|---|---|", *[f"| {k} | {v:.1f} |" for k, v in timings.items()], "",
+              f"- command: `{meta['command']}`", f"- date: {meta['date']}", f"- git commit: {meta['git_commit']}",
+              f"- machine: {meta['machine']}", ""]
+        (tmp / "report.md").write_text("\n".join(md))
+    print(table)
+    print(f"report: {out / 'report.md'}")
+    return report
+
+
+def _argv_of(args) -> list[str]:
+    parts = [f"--model {args.model}", f"--num {args.num}", f"--seeds {','.join(map(str, args.seeds))}",
+             f"--settings {args.settings}", f"--method {args.method}", f"--out {args.out}"]
+    if args.num_samples:
+        parts.append(f"--num-samples {args.num_samples}")
+    return parts

@@ -1,0 +1,1 @@
+"""Knowledge about diffusers denoisers: reference configs, blocks and layers."""

@@ -1,0 +1,176 @@
+"""Loading pipelines (zoo names, local diffusers directories, quantized directories) and
+the sampling loop shared by generation, calibration and evaluation.
+
+The loop is the scheduler's own (`set_timesteps` / `step`), written out here rather than
+calling `pipe(...)` so that calibration can see every x_t and images depend only on
+(seed, image index), not on batch size.
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from .errors import EdadmError
+from .utils import image_seed, initial_noise, resolve_device
+
+log = logging.getLogger("edadm")
+
+QUANT_FILE = "edadm_quant.json"
+SAMPLING_FILE = "edadm_sampling.json"
+
+
+@dataclass
+class SamplingDefaults:
+    steps: int = 50
+    eta: float = 0.0
+
+
+def resolve_model_path(model: str | Path) -> Path:
+    """A zoo name or an existing directory."""
+    from . import zoo
+
+    p = Path(model)
+    if p.is_dir():
+        return p
+    if str(model) in zoo.PIPELINES or str(model) in zoo.CLASSIFIERS:
+        return zoo.zoo_path(str(model))
+    if p.exists():
+        raise EdadmError(f"{model} is not a directory; pass a diffusers pipeline directory or a zoo name")
+    raise EdadmError(f"model {str(model)!r} not found: not a directory and not a zoo name "
+                     f"(zoo: {', '.join(zoo.PIPELINES)})")
+
+
+def is_quantized_dir(path: str | Path) -> bool:
+    return (Path(path) / "unet" / QUANT_FILE).is_file()
+
+
+def load_pipeline(model: str | Path, device: str | torch.device | None = None, engine: str = "fake"):
+    """Load a zoo model, a diffusers pipeline directory, or an edadm quantized directory."""
+    dev = resolve_device(device)
+    path = resolve_model_path(model)
+    if is_quantized_dir(path):
+        from .deploy.serialize import load_quantized
+
+        return load_quantized(path, device=dev, engine=engine)
+    if not (path / "model_index.json").is_file():
+        raise EdadmError(f"{path} is not a diffusers pipeline directory (no model_index.json)")
+    from diffusers import DiffusionPipeline
+
+    quiet_diffusers()
+    try:
+        pipe = DiffusionPipeline.from_pretrained(str(path), local_files_only=True, low_cpu_mem_usage=False)
+    except Exception as exc:  # diffusers raises many types for broken directories
+        raise EdadmError(f"cannot load pipeline from {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+    if getattr(pipe, "unet", None) is None:
+        raise EdadmError(f"{path}: pipeline {type(pipe).__name__} has no unet; supported: DDPMPipeline, DDIMPipeline")
+    pipe.set_progress_bar_config(disable=True)
+    pipe.unet.eval()
+    pipe._edadm_sampling = read_sampling_defaults(path)
+    return pipe.to(dev)
+
+
+def quiet_diffusers() -> None:
+    """Keep diffusers' own progress bars and advice out of edadm's output."""
+    from diffusers.utils import logging as dlog
+
+    dlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+
+
+def read_sampling_defaults(path: Path) -> dict | None:
+    """Sampler settings stored beside a pipeline (edadm_sampling.json), if any."""
+    f = Path(path) / SAMPLING_FILE
+    if not f.is_file():
+        return None
+    try:
+        d = json.loads(f.read_text())
+        return {"steps": int(d["steps"]), "eta": float(d.get("eta", 0.0))}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise EdadmError(f"{f}: bad sampling settings ({exc})") from exc
+
+
+def sampling_defaults(pipe) -> SamplingDefaults:
+    """The default sampler settings recorded with a pipeline (edadm key in model_index) or generic ones."""
+    d = getattr(pipe, "_edadm_sampling", None)
+    return SamplingDefaults(**d) if d else SamplingDefaults()
+
+
+def _sample_shape(unet) -> tuple[int, int, int]:
+    size = unet.config.sample_size
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    return (unet.config.in_channels, h, w)
+
+
+def _device_of(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+StepCallback = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
+
+
+@torch.no_grad()
+def denoise(unet, scheduler, x: torch.Tensor, steps: int, eta: float = 0.0,
+            noise_seeds: list[int] | None = None, callback: StepCallback | None = None) -> torch.Tensor:
+    """Run the scheduler loop from x = x_T; returns x_0.
+
+    callback(step_index, t, x_t, model_output) is called after each denoiser call.
+    noise_seeds: one seed per image for stochastic samplers (eta > 0, DDPM).
+    """
+    sched = copy.deepcopy(scheduler)
+    sched.set_timesteps(steps)
+    x = x * sched.init_noise_sigma
+    step_params = inspect.signature(sched.step).parameters
+    gens = [torch.Generator().manual_seed(s) for s in noise_seeds] if noise_seeds else None
+    for i, t in enumerate(sched.timesteps):
+        inp = sched.scale_model_input(x, t)
+        out = unet(inp, t).sample
+        if callback is not None:
+            callback(i, t, x, out)
+        kwargs = {}
+        if "eta" in step_params:
+            kwargs["eta"] = eta
+        if gens is not None and (eta > 0 or "eta" not in step_params):
+            noise = torch.stack([torch.randn(x.shape[1:], generator=g) for g in gens]).to(x.device, x.dtype)
+            if "variance_noise" in step_params:
+                kwargs["variance_noise"] = noise
+            else:
+                kwargs["generator"] = gens
+        x = sched.step(out, t, x, **kwargs).prev_sample
+    return x
+
+
+def generate(pipe, num: int, seed: int = 0, steps: int | None = None, eta: float | None = None,
+             batch_size: int = 250, start: int = 0, progress: bool = True,
+             callback: Callable[[int, int, torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor:
+    """Images start..start+num-1 of run `seed`, as float [num, C, H, W] in [0, 1] on CPU.
+
+    callback(batch_start, step_index, t, x_t, model_output) sees every step of every batch.
+    """
+    if num <= 0:
+        raise EdadmError(f"number of images must be positive, got {num}")
+    defaults = sampling_defaults(pipe)
+    steps = steps or defaults.steps
+    eta = defaults.eta if eta is None else eta
+    unet = pipe.unet
+    dev = _device_of(unet)
+    shape = _sample_shape(unet)
+    outs = []
+    bar = tqdm(total=num, desc="sampling", unit="img", disable=not progress)
+    for b0 in range(start, start + num, batch_size):
+        n = min(batch_size, start + num - b0)
+        x = initial_noise(seed, b0, n, shape).to(dev)
+        seeds = [image_seed(seed, b0 + k) ^ 0x5DEECE66D for k in range(n)]
+        cb = (lambda i, t, xt, out, _b=b0: callback(_b, i, t, xt, out)) if callback else None
+        x0 = denoise(unet, pipe.scheduler, x, steps, eta, noise_seeds=seeds, callback=cb)
+        outs.append((x0.float().cpu() / 2 + 0.5).clamp(0, 1))
+        bar.update(n)
+    bar.close()
+    return torch.cat(outs)

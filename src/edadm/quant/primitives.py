@@ -1,0 +1,126 @@
+"""Quantization primitives: integer ranges, parameter choice, (fake) quantization, range search.
+
+Kept free of modules (torchao style) so the fake-quant wrappers, the reconstruction
+engine and the integer export all share exactly the same arithmetic.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def qrange(bits: int, symmetric: bool) -> tuple[int, int]:
+    """Integer range of a `bits`-bit code: signed when symmetric, unsigned otherwise."""
+    if not 2 <= int(bits) <= 8:
+        raise ValueError(f"bits must be in 2..8, got {bits}")
+    if symmetric:
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1
+
+
+def choose_qparams(xmin: torch.Tensor, xmax: torch.Tensor, bits: int, symmetric: bool,
+                   eps: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, zero_point) covering [xmin, xmax] (elementwise, so per-channel works).
+
+    The range always contains 0 so that zero (padding, ReLU zeros) is exact.
+    Symmetric ranges have zero_point 0; asymmetric ones an integer zero_point in range.
+    """
+    qmin, qmax = qrange(bits, symmetric)
+    xmin = torch.minimum(xmin, torch.zeros_like(xmin))
+    xmax = torch.maximum(xmax, torch.zeros_like(xmax))
+    if symmetric:
+        amax = torch.maximum(-xmin, xmax)
+        scale = (amax / ((qmax - qmin) / 2)).clamp_min(eps)
+        zero_point = torch.zeros_like(scale)
+    else:
+        scale = ((xmax - xmin) / (qmax - qmin)).clamp_min(eps)
+        zero_point = (qmin - torch.round(xmin / scale)).clamp(qmin, qmax)
+    return scale, zero_point
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """Round with a straight-through gradient."""
+    return (x.round() - x).detach() + x
+
+
+def quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """Integer codes (as float tensor) of x."""
+    return torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax)
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
+    return (q - zero_point) * scale
+
+
+def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """Quantize-dequantize with straight-through rounding; gradients reach x and scale (LSQ-style)."""
+    q = torch.clamp(round_ste(x / scale) + zero_point, qmin, qmax)
+    return (q - zero_point) * scale
+
+
+def lp_error(a: torch.Tensor, b: torch.Tensor, p: float = 2.4, dim=None) -> torch.Tensor:
+    """mean |a - b|^p, over all elements or over `dim`."""
+    d = (a - b).abs().pow(p)
+    return d.mean() if dim is None else d.mean(dim=dim)
+
+
+def _broadcast(v: torch.Tensor, ndim: int) -> torch.Tensor:
+    return v.reshape(-1, *([1] * (ndim - 1)))
+
+
+def search_weight_range(w: torch.Tensor, bits: int, symmetric: bool, per_channel: bool = True,
+                        method: str = "mse", p: float = 2.4, grid: int = 100,
+                        min_ratio: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+    """(xmin, xmax) per output channel (dim 0) or per tensor.
+
+    "minmax" takes the extremes; "mse" shrinks the range by ratios in [min_ratio, 1]
+    and keeps, per channel, the ratio with the lowest Lp error (BRECQ / Q-Diffusion use
+    p = 2.4). The loop over ratios keeps memory at a few copies of w.
+    """
+    x = w.detach().float()
+    flat = x.reshape(x.shape[0], -1) if per_channel else x.reshape(1, -1)
+    xmin, xmax = flat.min(dim=1).values, flat.max(dim=1).values
+    if method == "minmax":
+        return xmin, xmax
+    if method != "mse":
+        raise ValueError(f"unknown range method {method!r}")
+    qmin, qmax = qrange(bits, symmetric)
+    best_err = torch.full_like(xmin, float("inf"))
+    best_min, best_max = xmin.clone(), xmax.clone()
+    for r in torch.linspace(1.0, min_ratio, grid).tolist():
+        cmin, cmax = xmin * r, xmax * r
+        s, z = choose_qparams(cmin, cmax, bits, symmetric)
+        q = dequantize(quantize(flat, s[:, None], z[:, None], qmin, qmax), s[:, None], z[:, None])
+        err = lp_error(q, flat, p, dim=1)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_min = torch.where(better, cmin, best_min)
+        best_max = torch.where(better, cmax, best_max)
+    return best_min, best_max
+
+
+def search_act_range(sample: torch.Tensor, xmin: float, xmax: float, bits: int, symmetric: bool,
+                     method: str = "mse", p: float = 2.4, grid: int = 20,
+                     min_ratio: float = 0.1) -> tuple[float, float]:
+    """Per-tensor activation range from a sample of values and the exact global extremes.
+
+    "mse" searches a grid over independent shrink ratios of the lower and upper bound
+    (activations after SiLU or GELU are far from symmetric) and keeps the lowest Lp error.
+    """
+    if method == "minmax" or sample.numel() == 0:
+        return float(xmin), float(xmax)
+    if method != "mse":
+        raise ValueError(f"unknown range method {method!r}")
+    qmin, qmax = qrange(bits, symmetric)
+    x = sample.detach().float().reshape(1, -1)
+    ratios = torch.linspace(1.0, min_ratio, grid)
+    lo = (xmin * ratios).repeat_interleave(grid)
+    hi = (xmax * ratios).repeat(grid)
+    if symmetric:  # only the larger magnitude matters; a 1-D grid suffices
+        lo, hi = xmin * ratios, xmax * ratios
+    s, z = choose_qparams(lo, hi, bits, symmetric)
+    errs = []
+    for i in range(0, lo.numel(), 50):  # chunk candidates: bounded memory
+        q = dequantize(quantize(x, s[i:i + 50, None], z[i:i + 50, None], qmin, qmax), s[i:i + 50, None], z[i:i + 50, None])
+        errs.append(lp_error(q, x, p, dim=1))
+    k = int(torch.cat(errs).argmin())
+    return float(lo[k]), float(hi[k])

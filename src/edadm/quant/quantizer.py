@@ -1,0 +1,93 @@
+"""Fake-quantization modules: a uniform affine quantizer and an activation range observer."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .primitives import choose_qparams, fake_quantize, qrange, search_act_range, search_weight_range
+
+
+class UniformQuantizer(nn.Module):
+    """Uniform affine fake quantizer, per tensor or per output channel (dim 0).
+
+    `scale` is a Parameter (frozen by default) so that reconstruction can learn activation
+    step sizes LSQ-style; `zero_point` stays fixed once initialised.
+    """
+
+    def __init__(self, bits: int, symmetric: bool, per_channel: bool = False, channels: int = 1):
+        super().__init__()
+        self.bits = int(bits)
+        self.symmetric = bool(symmetric)
+        self.per_channel = bool(per_channel)
+        self.qmin, self.qmax = qrange(self.bits, self.symmetric)
+        n = channels if per_channel else 1
+        self.scale = nn.Parameter(torch.ones(n), requires_grad=False)
+        self.register_buffer("zero_point", torch.zeros(n))
+        self.register_buffer("initialized", torch.tensor(False))
+        self.enabled = True
+
+    def extra_repr(self) -> str:
+        kind = "per-channel" if self.per_channel else "per-tensor"
+        return f"bits={self.bits}, {'symmetric' if self.symmetric else 'asymmetric'}, {kind}"
+
+    @torch.no_grad()
+    def set_range(self, xmin: torch.Tensor | float, xmax: torch.Tensor | float) -> None:
+        xmin = torch.as_tensor(xmin, dtype=torch.float32).reshape(-1)
+        xmax = torch.as_tensor(xmax, dtype=torch.float32).reshape(-1)
+        s, z = choose_qparams(xmin, xmax, self.bits, self.symmetric)
+        self.scale.data = s.to(self.scale.device).expand_as(self.scale).clone()
+        self.zero_point.copy_(z.to(self.zero_point.device).expand_as(self.zero_point))
+        self.initialized.fill_(True)
+
+    @torch.no_grad()
+    def init_from_weight(self, w: torch.Tensor, method: str = "mse", p: float = 2.4) -> None:
+        lo, hi = search_weight_range(w, self.bits, self.symmetric, self.per_channel, method=method, p=p)
+        self.set_range(lo, hi)
+
+    def _view(self, v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return v.reshape(-1, *([1] * (x.dim() - 1))) if self.per_channel else v
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled or not bool(self.initialized):
+            return x
+        return fake_quantize(x, self._view(self.scale, x).to(x.dtype), self._view(self.zero_point, x).to(x.dtype),
+                             self.qmin, self.qmax)
+
+    def quantize_int(self, x: torch.Tensor) -> torch.Tensor:
+        """Integer codes of x (int16 tensor, within [qmin, qmax])."""
+        s, z = self._view(self.scale, x), self._view(self.zero_point, x)
+        return torch.clamp(torch.round(x / s) + z, self.qmin, self.qmax).to(torch.int16)
+
+
+class ActObserver:
+    """Streams a layer's inputs: exact global min / max plus a bounded random value sample.
+
+    Memory is bounded by `max_values` whatever the calibration set size, so calibrating a
+    large model never holds every activation.
+    """
+
+    def __init__(self, max_values: int = 1 << 18, per_batch: int = 1 << 14, seed: int = 0):
+        self.min = float("inf")
+        self.max = float("-inf")
+        self.max_values = max_values
+        self.per_batch = per_batch
+        self.samples: list[torch.Tensor] = []
+        self.count = 0
+        self.gen = torch.Generator().manual_seed(seed)
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        x = x.detach().float().reshape(-1)
+        self.min = min(self.min, float(x.min()))
+        self.max = max(self.max, float(x.max()))
+        k = min(self.per_batch, x.numel())
+        idx = torch.randint(0, x.numel(), (k,), generator=self.gen).to(x.device)
+        self.samples.append(x[idx].cpu())
+        self.count += k
+        if self.count > self.max_values:  # thin out: keep every other value
+            s = torch.cat(self.samples)[::2].contiguous()
+            self.samples, self.count = [s], s.numel()
+
+    def range(self, bits: int, symmetric: bool, method: str = "mse", p: float = 2.4) -> tuple[float, float]:
+        sample = torch.cat(self.samples) if self.samples else torch.empty(0)
+        return search_act_range(sample, self.min, self.max, bits, symmetric, method=method, p=p)

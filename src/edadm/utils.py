@@ -1,0 +1,104 @@
+"""Small shared helpers: devices, seeds, atomic output."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from .errors import EdadmError
+
+log = logging.getLogger("edadm")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """`None` or "auto" picks CUDA when present, else CPU; anything else is validated."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise EdadmError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise EdadmError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+def image_seed(seed: int, index: int) -> int:
+    """Seed of image `index` in a run seeded with `seed`.
+
+    Every image gets its own generator so that an image depends only on (seed, index),
+    not on the batch size or on how many processes share the work.
+    """
+    return (int(seed) * 1_000_003 + int(index)) % (2**63 - 1)
+
+
+def initial_noise(seed: int, start: int, count: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """x_T for images start..start+count-1 of a run, on CPU, float32."""
+    out = torch.empty((count, *shape))
+    for k in range(count):
+        g = torch.Generator().manual_seed(image_seed(seed, start + k))
+        out[k] = torch.randn(shape, generator=g)
+    return out
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary directory beside `final`; rename it to `final` on success.
+
+    On failure the temporary directory is removed, so `final` is never half-written.
+    """
+    final = Path(final)
+    parent = final.parent if str(final.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=parent))
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the usual permissions
+    except OSError as exc:
+        raise EdadmError(f"cannot write output directory {final}: {exc.strerror or exc}") from exc
+    try:
+        yield tmp
+        if final.exists():
+            if not overwrite:
+                raise EdadmError(f"output {final} already exists")
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_file(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary file path beside `final`; rename it to `final` on success."""
+    final = Path(final)
+    parent = final.parent if str(final.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{final.name}.tmp-", suffix=final.suffix, dir=parent)
+        os.close(fd)
+        os.chmod(name, 0o666 & ~_umask())
+    except OSError as exc:
+        raise EdadmError(f"cannot write {final}: {exc.strerror or exc}") from exc
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

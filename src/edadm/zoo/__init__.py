@@ -1,0 +1,33 @@
+"""The shipped demo models (trained by :mod:`edadm.zoo.train`, weights in ``zoo/weights``)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import EdadmError
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+# name -> one-line description; the pipelines are diffusers directories under WEIGHTS_DIR.
+PIPELINES = {
+    "digits-ddpm": "unconditional UNet2DModel (mid-block attention), 32x32 digits, DDIM 100 steps eta 0",
+}
+CLASSIFIERS = {
+    "digits-classifier": "small CNN on 32x32 digits; features for FID-digits and the IS analog",
+}
+DEFAULT_MODEL = "digits-ddpm"
+
+# Sampling defaults per zoo pipeline (the paper's CIFAR-10 setting for digits-ddpm).
+SAMPLING_DEFAULTS = {
+    "digits-ddpm": dict(steps=100, eta=0.0),
+}
+
+
+def zoo_path(name: str) -> Path:
+    """Directory of a shipped model; a clear error when the name is unknown or not trained."""
+    if name not in PIPELINES and name not in CLASSIFIERS:
+        known = ", ".join(sorted([*PIPELINES, *CLASSIFIERS]))
+        raise EdadmError(f"unknown zoo model {name!r}; known: {known}")
+    path = WEIGHTS_DIR / name
+    if not path.is_dir():
+        raise EdadmError(f"zoo model {name!r} has no weights at {path}; train it with `edadm zoo train {name}`")
+    return path

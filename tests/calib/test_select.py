@@ -1,0 +1,61 @@
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edadm.calib import Trajectories, assemble, fix_rounding, uniform_counts
+
+
+@settings(max_examples=50, deadline=None)
+@given(steps=st.integers(1, 200), n=st.integers(1, 2000), used=st.integers(1, 50))
+def test_uniform_counts_sum_and_spacing(steps, n, used):
+    c = uniform_counts(steps, n, num_used=used)
+    assert c.shape == (steps,)
+    assert int(c.sum()) == n
+    nz = c[c > 0]
+    assert nz.max() - nz.min() <= 1  # the same number of samples at each used step
+    assert c[0] > 0  # x_T is among the used steps
+
+
+@settings(max_examples=50, deadline=None)
+@given(w=st.lists(st.floats(0, 10), min_size=1, max_size=100), n=st.integers(0, 5000))
+def test_fix_rounding_sums_exactly(w, n):
+    c = fix_rounding(torch.tensor(w), n)
+    assert int(c.sum()) == n and (c >= 0).all()
+
+
+def test_fix_rounding_is_proportional():
+    c = fix_rounding(torch.tensor([1.0, 2.0, 1.0]), 100)
+    assert c.tolist() == [25, 50, 25]
+
+
+def _traj(steps=10, b=64):
+    xs = torch.arange(steps * b, dtype=torch.float32).reshape(steps, b, 1, 1, 1).expand(steps, b, 1, 2, 2).clone()
+    return Trajectories(xs=xs, ts=torch.arange(steps).flip(0) * 100)
+
+
+def test_assemble_uses_distinct_trajectories_and_counts():
+    traj = _traj()
+    counts = uniform_counts(10, 40, num_used=5)
+    cs = assemble(traj, counts, seed=3)
+    assert len(cs) == 40
+    assert len(set(cs.trajectory.tolist())) == 40  # every sample from a different trajectory
+    assert torch.bincount(cs.step, minlength=10).tolist() == counts.tolist()
+    # the samples are really x[step, trajectory] and t[step]
+    for k in range(40):
+        s, b = int(cs.step[k]), int(cs.trajectory[k])
+        assert torch.equal(cs.x[k], traj.xs[s, b]) and cs.t[k] == traj.ts[s]
+
+
+def test_assemble_is_seeded():
+    traj = _traj()
+    counts = uniform_counts(10, 40, num_used=5)
+    assert torch.equal(assemble(traj, counts, seed=1).step, assemble(traj, counts, seed=1).step)
+    assert not torch.equal(assemble(traj, counts, seed=1).step, assemble(traj, counts, seed=2).step)
+
+
+def test_assemble_rejects_wrong_length():
+    from edadm.errors import EdadmError
+
+    with pytest.raises(EdadmError):
+        assemble(_traj(), torch.ones(3, dtype=torch.long))

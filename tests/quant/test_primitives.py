@@ -1,0 +1,86 @@
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edadm.quant.primitives import (choose_qparams, dequantize, fake_quantize, qrange, quantize,
+                                    search_act_range, search_weight_range)
+
+bits_st = st.integers(min_value=2, max_value=8)
+
+
+def _tensor(seed, shape, scale=1.0):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * scale
+
+
+@settings(max_examples=60, deadline=None)
+@given(bits=bits_st, symmetric=st.booleans(), seed=st.integers(0, 10_000), spread=st.floats(1e-3, 1e3))
+def test_fake_quant_is_idempotent(bits, symmetric, seed, spread):
+    x = _tensor(seed, (64,), spread)
+    s, z = choose_qparams(x.min(), x.max(), bits, symmetric)
+    qmin, qmax = qrange(bits, symmetric)
+    once = fake_quantize(x, s, z, qmin, qmax)
+    twice = fake_quantize(once, s, z, qmin, qmax)
+    assert torch.allclose(once, twice, rtol=0, atol=float(s) * 1e-4)
+
+
+@settings(max_examples=60, deadline=None)
+@given(bits=bits_st, symmetric=st.booleans(), seed=st.integers(0, 10_000), spread=st.floats(1e-3, 1e3))
+def test_error_at_most_half_step_inside_range(bits, symmetric, seed, spread):
+    x = _tensor(seed, (256,), spread)
+    s, z = choose_qparams(x.min(), x.max(), bits, symmetric)
+    qmin, qmax = qrange(bits, symmetric)
+    lo, hi = dequantize(torch.tensor(float(qmin)), s, z), dequantize(torch.tensor(float(qmax)), s, z)
+    inside = (x >= lo) & (x <= hi)
+    err = (fake_quantize(x, s, z, qmin, qmax) - x).abs()
+    assert inside.any()
+    assert (err[inside] <= s / 2 * (1 + 1e-4) + 1e-6).all()
+
+
+@settings(max_examples=30, deadline=None)
+@given(bits=bits_st, symmetric=st.booleans(), seed=st.integers(0, 10_000))
+def test_codes_in_range_and_zero_exact(bits, symmetric, seed):
+    x = torch.cat([_tensor(seed, (100,)), torch.zeros(1)])
+    s, z = choose_qparams(x.min(), x.max(), bits, symmetric)
+    qmin, qmax = qrange(bits, symmetric)
+    q = quantize(x, s, z, qmin, qmax)
+    assert q.min() >= qmin and q.max() <= qmax
+    assert fake_quantize(torch.zeros(1), s, z, qmin, qmax).item() == 0.0
+
+
+@pytest.mark.parametrize("method", ["mse", "minmax"])
+@pytest.mark.parametrize("shape", [(8, 4, 3, 3), (16, 32)])
+def test_per_channel_range_shapes(method, shape):
+    w = _tensor(0, shape)
+    lo, hi = search_weight_range(w, 4, symmetric=False, per_channel=True, method=method)
+    assert lo.shape == hi.shape == (shape[0],)
+    lo_t, hi_t = search_weight_range(w, 4, symmetric=False, per_channel=False, method=method)
+    assert lo_t.shape == hi_t.shape == (1,)
+    flat = w.reshape(shape[0], -1)
+    assert (lo >= flat.min(1).values - 1e-6).all() and (hi <= flat.max(1).values + 1e-6).all()
+
+
+def test_mse_search_beats_minmax_on_outliers():
+    w = _tensor(1, (4, 512))
+    w[:, 0] = 40.0  # one outlier per channel
+    qmin, qmax = qrange(4, False)
+
+    def err(lo, hi):
+        s, z = choose_qparams(lo, hi, 4, False)
+        return ((dequantize(quantize(w, s[:, None], z[:, None], qmin, qmax), s[:, None], z[:, None]) - w).abs() ** 2.4).mean()
+
+    assert err(*search_weight_range(w, 4, False, method="mse")) < err(*search_weight_range(w, 4, False, method="minmax"))
+
+
+def test_act_range_search_clips_a_heavy_tail():
+    x = torch.cat([_tensor(2, (20000,)).abs(), torch.tensor([100.0])])
+    lo, hi = search_act_range(x, float(x.min()), float(x.max()), bits=4, symmetric=False)
+    assert hi < 100.0
+    assert search_act_range(x, float(x.min()), float(x.max()), 4, False, method="minmax") == (float(x.min()), 100.0)
+
+
+def test_bits_out_of_range():
+    with pytest.raises(ValueError):
+        qrange(1, True)
+    with pytest.raises(ValueError):
+        qrange(9, False)

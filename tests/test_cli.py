@@ -1,0 +1,108 @@
+"""CLI smoke tests on tiny settings; every user error: one line, exit 2, nothing written."""
+import json
+
+import pytest
+
+from edadm.cli import main
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_quantize_sample_evaluate(tiny_pipe_dir, tmp_path, capsys):
+    q = tmp_path / "q"
+    code, out, err = _run(capsys, "quantize", tiny_pipe_dir, "--method", "naive", "--weight-bits", 8, "--act-bits", 8,
+                          "--out", q, "--num-samples", 8, "--num-trajectories", 8, "--uniform-steps", 4,
+                          "--no-progress", "--seed", 1)
+    assert code == 0, err
+    assert (q / "unet" / "edadm_quant.json").is_file()
+    meta = json.loads((q / "unet" / "edadm_quant.json").read_text())
+    assert meta["config"]["seed"] == 1 and meta["config"]["calib"]["num_samples"] == 8
+    assert sum(meta["report"]["counts"]) == 8
+
+    grid = tmp_path / "grid.png"
+    code, out, err = _run(capsys, "sample", q, "--num", 4, "--out", grid, "--out-dir", tmp_path / "imgs", "--no-progress")
+    assert code == 0, err
+    assert grid.stat().st_size > 0
+    assert sorted(p.name for p in (tmp_path / "imgs").iterdir()) == [f"{i:06d}.png" for i in range(4)]
+
+    js = tmp_path / "ev.json"
+    code, out, err = _run(capsys, "evaluate", q, "--num", 8, "--seeds", "0,1", "--compare", tiny_pipe_dir,
+                          "--json", js, "--no-progress")
+    assert code == 0, err
+    res = json.loads(js.read_text())
+    assert [r["seed"] for r in res["per_seed"]] == [0, 1]
+    assert res["summary"]["fid_digits"]["n"] == 2
+    assert "psnr_vs_ref" in res["summary"] and "FID-digits" in out
+
+
+def test_sampling_is_seeded_and_batch_independent(tiny_pipe_dir):
+    import torch
+
+    from edadm import load
+    from edadm.pipeline import generate
+
+    pipe = load(tiny_pipe_dir, device="cpu")
+    a = generate(pipe, 5, seed=3, batch_size=5, progress=False)
+    b = generate(pipe, 5, seed=3, batch_size=2, progress=False)
+    c = generate(pipe, 3, seed=3, batch_size=2, start=2, progress=False)
+    assert torch.allclose(a, b, atol=1e-5)
+    assert torch.allclose(a[2:], c, atol=1e-5)
+    assert not torch.allclose(a, generate(pipe, 5, seed=4, progress=False))
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["quantize", "no-such-model", "--out", "{tmp}/o"], "not found"),
+    (["quantize", "{tmp}/missing-dir/", "--out", "{tmp}/o"], "not found"),
+    (["quantize", "{pipe}", "--weight-bits", "9", "--out", "{tmp}/o"], "2..8"),
+    (["quantize", "{pipe}", "--act-bits", "1", "--out", "{tmp}/o"], "2..8"),
+    (["quantize", "{pipe}", "--method", "magic", "--out", "{tmp}/o"], "unknown method"),
+    (["quantize", "{pipe}", "--num-samples", "0", "--out", "{tmp}/o"], "positive integer"),
+    (["quantize", "{tmp}", "--out", "{tmp}/o"], "not a diffusers pipeline"),
+    (["sample", "{pipe}", "--num", "-3"], "positive integer"),
+    (["evaluate", "{pipe}", "--seeds", "a,b"], "seeds"),
+    (["demo", "--settings", "w9a8", "--out", "{tmp}/o"], "bad setting"),
+    (["zoo", "train", "nothing"], "unknown zoo model"),
+])
+def test_bad_input_one_line_exit_2(argv, needle, tiny_pipe_dir, tmp_path, capsys):
+    argv = [a.format(tmp=tmp_path, pipe=tiny_pipe_dir) for a in argv]
+    code, out, err = _run(capsys, *argv)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("edadm: error:") and needle in lines[0], err
+    assert "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_failed_quantize_leaves_nothing(tiny_pipe_dir, tmp_path, capsys, monkeypatch):
+    import edadm.api
+
+    def boom(*a, **k):
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(edadm.api, "init_act_ranges", boom)
+    with pytest.raises(RuntimeError):
+        main(["quantize", str(tiny_pipe_dir), "--out", str(tmp_path / "o"), "--num-samples", "4",
+              "--num-trajectories", "4", "--no-progress"])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_config_file_roundtrip_and_override(tiny_pipe_dir, tmp_path, capsys):
+    from edadm.config import QuantConfig
+
+    cfg = QuantConfig(weight_bits=6, act_bits=7)
+    cfg.calib.num_samples = cfg.calib.num_trajectories = 8
+    cfg.calib.uniform_steps = 2
+    cfg.save(tmp_path / "c.json")
+    assert QuantConfig.load(tmp_path / "c.json") == cfg
+    code, out, err = _run(capsys, "quantize", tiny_pipe_dir, "--config", tmp_path / "c.json", "--act-bits", 8,
+                          "--out", tmp_path / "q", "--no-progress")
+    assert code == 0, err
+    meta = json.loads((tmp_path / "q" / "unet" / "edadm_quant.json").read_text())
+    assert meta["config"]["weight_bits"] == 6 and meta["config"]["act_bits"] == 8
+    (tmp_path / "bad.json").write_text('{"weight_bits": 4, "colour": "red"}')
+    code, out, err = _run(capsys, "quantize", tiny_pipe_dir, "--config", tmp_path / "bad.json", "--out", tmp_path / "q2")
+    assert code == 2 and "unknown quantization config keys: colour" in err
