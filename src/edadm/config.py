@@ -42,6 +42,8 @@ class QuantConfig:
     keep_8bit: list[str] = field(default_factory=lambda: list(DEFAULT_KEEP_8BIT))
     no_act_quant: list[str] = field(default_factory=lambda: list(DEFAULT_NO_ACT_QUANT))
     keep_fp: list[str] = field(default_factory=list)
+    attn_bits: int | None = 8      # q, k, v and softmax probabilities; None: attention matmuls in float
+    split_shortcut: bool = False   # Q-Diffusion split of skip-concatenation convs
     steps: int | None = None   # sampler steps for calibration trajectories; None: model default
     eta: float | None = None
     seed: int = 0
@@ -54,7 +56,7 @@ class QuantConfig:
         self.validate()
 
     def validate(self) -> None:
-        for name in ("weight_bits", "act_bits"):
+        for name in ("weight_bits", "act_bits") + (("attn_bits",) if self.attn_bits is not None else ()):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or not 2 <= v <= 8:
                 raise EdadmError(f"{name.replace('_', '-')} must be an integer in 2..8, got {v!r}")

@@ -47,7 +47,11 @@ def test_saved_weights_are_integers_and_small(tiny_pipe_dir, tiny_quant_dir):
     tensors = load_file(str(tiny_quant_dir / "unet" / TENSOR_FILE))
     meta = json.loads((tiny_quant_dir / "unet" / "edadm_quant.json").read_text())
     assert meta["format_version"] == 1 and meta["config"]["weight_bits"] == 4
+    attn = [n for n, e in meta["layers"].items() if e["type"] == "attention"]
+    assert attn and all(f"{n}.probs_quantizer.scale" in tensors for n in attn)
     for name, entry in meta["layers"].items():
+        if entry["type"] == "attention":
+            continue
         codes = tensors[f"{name}.weight.codes"]
         assert codes.dtype == torch.uint8
         assert f"{name}.weight" not in tensors  # no float copy of quantized weights

@@ -5,7 +5,9 @@ from torch import nn
 from edadm.config import QuantConfig
 from edadm.model.reference_configs import build
 from edadm.quant.modules import LayerSpec, QuantMixin
-from edadm.quant.wrap import layer_plan, quant_modules, set_quant_state, wrap_model
+from edadm.model.structure import split_points
+from edadm.quant.attention import has_attention_quantizers
+from edadm.quant.wrap import AttnSpec, layer_plan, quant_modules, set_quant_state, wrap_model
 
 
 @pytest.mark.parametrize("name,params_m", [("ddpm-cifar10", 35.7), ("sd-v1-4", 859.5)])
@@ -15,7 +17,10 @@ def test_every_conv_and_linear_is_quantized_or_kept(name, params_m):
     layers = [n for n, m in model.named_modules() if type(m) in (nn.Conv2d, nn.Linear)]
     cfg = QuantConfig(weight_bits=4, act_bits=8, keep_fp=["*.proj_in"])
     plan = wrap_model(model, cfg)
-    assert set(plan) == set(layers)
+    attns = [n for n, m in model.named_modules() if type(m).__name__ == "Attention"]
+    assert attns and all(isinstance(plan[n], AttnSpec) and has_attention_quantizers(model.get_submodule(n))
+                         for n in attns)
+    assert set(plan) == set(layers) | set(attns)
     for n in layers:
         mod = model.get_submodule(n)
         if isinstance(plan[n], LayerSpec):
@@ -40,7 +45,7 @@ def test_weight_symmetry_default_follows_bits():
     assert plan["conv_in"].weight_symmetric is False
     assert plan["conv_out"].weight_symmetric is True  # kept at 8 bits: int8 kernels need zero point 0
     plan8 = layer_plan(model, QuantConfig(weight_bits=8))
-    assert all(s.weight_symmetric for s in plan8.values())
+    assert all(s.weight_symmetric for s in plan8.values() if isinstance(s, LayerSpec))
 
 
 def test_quant_state_switches_fp_and_quantized(make_tiny_unet):
@@ -55,8 +60,67 @@ def test_quant_state_switches_fp_and_quantized(make_tiny_unet):
             m.act_quantizer.set_range(-5.0, 5.0)
     with torch.no_grad():
         set_quant_state(unet, weight=False, act=False)
-        assert torch.equal(unet(x, t).sample, ref)  # quantizers off: exactly the FP model
+        # quantizers off: the FP model (the quantized attention processor computes softmax
+        # attention with explicit matmuls instead of SDPA, hence not bit-identical)
+        assert torch.allclose(unet(x, t).sample, ref, atol=1e-5, rtol=1e-4)
         set_quant_state(unet, weight=True, act=True)
         q = unet(x, t).sample
     assert not torch.equal(q, ref)
     assert (q - ref).pow(2).mean() < ref.pow(2).mean()
+
+
+def test_split_points_match_skip_concatenation():
+    """The split channel counts equal the channels of h in torch.cat([h, skip]) at run time."""
+    import torch
+
+    from edadm.model.reference_configs import DDPM_CIFAR10_UNET
+    from diffusers import UNet2DModel
+
+    cfg = {k: v for k, v in DDPM_CIFAR10_UNET.items() if k != "_class_name"}
+    cfg.update(block_out_channels=[32, 64, 64, 64], layers_per_block=2)
+    unet = UNet2DModel(**cfg).eval()
+    seen = {}
+    real_cat = torch.cat
+
+    def spy(tensors, dim=0, **kw):
+        out = real_cat(tensors, dim=dim, **kw)
+        if dim == 1 and len(tensors) == 2 and tensors[0].dim() == 4:
+            seen.setdefault(out.shape[1], set()).add(tensors[0].shape[1])
+        return out
+
+    torch.cat = spy
+    try:
+        with torch.no_grad():
+            unet(torch.randn(1, 3, 32, 32), torch.tensor([10]))
+    finally:
+        torch.cat = real_cat
+    pts = split_points(unet)
+    assert pts and all(n.startswith("up_blocks.") for n in pts)
+    for name, k in pts.items():
+        conv = unet.get_submodule(name)
+        assert k in seen[conv.in_channels]
+
+
+def test_split_quantizers_see_parts_separately(make_tiny_unet):
+    import torch
+
+    unet = make_tiny_unet()
+    plan = wrap_model(unet, QuantConfig(weight_bits=4, act_bits=8, split_shortcut=True))
+    name = next(n for n, s in plan.items() if isinstance(s, LayerSpec) and s.split)
+    mod = unet.get_submodule(name)
+    k = mod.split
+    seen = {}
+    mod.act_quantizer.register_forward_hook(lambda m, a, o: seen.__setitem__(1, a[0].shape[1]))
+    mod.act_quantizer2.register_forward_hook(lambda m, a, o: seen.__setitem__(2, a[0].shape[1]))
+    for wq, sl in mod.weight_quantizers():
+        wq.init_from_weight(mod.weight[:, sl], method="minmax")
+    x = torch.randn(2, mod.in_channels, 8, 8)
+    x[:, k:] *= 100.0  # the skip part has a 100x larger range
+    mod.act_quantizer.set_range(float(x[:, :k].min()), float(x[:, :k].max()))
+    mod.act_quantizer2.set_range(float(x[:, k:].min()), float(x[:, k:].max()))
+    with torch.no_grad():
+        mod(x)
+    assert seen == {1: k, 2: mod.in_channels - k}
+    assert mod.act_quantizer2.scale.item() > 50 * mod.act_quantizer.scale.item()
+    w_part1 = mod.weight[:, :k]
+    assert torch.allclose(mod.quant_weight()[:, :k], mod.weight_quantizer(w_part1))

@@ -62,6 +62,11 @@ class CalibrationSet:
         for i in range(0, len(self), batch_size):
             yield self.x[i:i + batch_size], self.t[i:i + batch_size]
 
+    def model_inputs(self, batch_size: int, device):
+        """(args, kwargs) for the denoiser, batch by batch, on `device`."""
+        for x, t in self.batches(batch_size):
+            yield (x.to(device), t.to(device)), {}
+
 
 def assemble(traj: Trajectories, counts: torch.Tensor, seed: int = 0) -> CalibrationSet:
     """Repeat each step index count times, shuffle, and take sample k from trajectory k.

@@ -25,8 +25,9 @@ from .. import __version__
 from ..config import QuantConfig
 from ..errors import EdadmError
 from ..pipeline import QUANT_FILE, SAMPLING_FILE, quiet_diffusers, read_sampling_defaults, sampling_defaults
-from ..quant.modules import LayerSpec, QuantMixin
-from ..quant.wrap import quant_modules, wrap_model
+from ..quant.attention import has_attention_quantizers
+from ..quant.modules import QuantMixin
+from ..quant.wrap import quant_modules, spec_from_dict, wrap_model
 from ..utils import atomic_dir
 from .packing import pack_codes, unpack_codes
 
@@ -40,32 +41,41 @@ def quantized_state(unet: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dic
     """(tensors, layer table) for a fake-quantized denoiser: integer codes for weights."""
     tensors: dict[str, torch.Tensor] = {}
     layers: dict[str, dict] = {}
-    qnames = dict(quant_modules(unet))
     skip = set()
-    for name, mod in qnames.items():
-        wq = mod.weight_quantizer
-        if not bool(wq.initialized):
-            raise EdadmError(f"layer {name} has no calibrated weight range; quantize before saving")
-        q = wq.quantize_int(mod.weight.detach().float())
-        codes = (q - wq.qmin).to(torch.uint8)
-        tensors[f"{name}.weight.codes"] = pack_codes(codes.cpu(), wq.bits).contiguous()
-        tensors[f"{name}.weight.scale"] = wq.scale.detach().float().cpu().contiguous()
-        tensors[f"{name}.weight.zero_point"] = wq.zero_point.detach().float().cpu().contiguous()
+    for name, mod in quant_modules(unet):
         entry = {"type": type(mod).__name__, "spec": mod.spec.to_dict(), "weight_shape": list(mod.weight.shape),
-                 "qmin": wq.qmin}
-        aq = mod.act_quantizer
-        if aq is not None:
+                 "parts": []}
+        for i, (wq, sl) in enumerate(mod.weight_quantizers()):
+            if not bool(wq.initialized):
+                raise EdadmError(f"layer {name} has no calibrated weight range; quantize before saving")
+            w = mod.weight.detach()[:, sl].float()
+            codes = (wq.quantize_int(w) - wq.qmin).to(torch.uint8)
+            key = f"{name}.{_part('weight', i)}"
+            tensors[f"{key}.codes"] = pack_codes(codes.cpu(), wq.bits).contiguous()
+            tensors[f"{key}.scale"] = wq.scale.detach().float().cpu().contiguous()
+            tensors[f"{key}.zero_point"] = wq.zero_point.detach().float().cpu().contiguous()
+            entry["parts"].append({"shape": list(w.shape), "qmin": wq.qmin})
+        for i, aq in enumerate(mod.act_quantizers()):
             if not bool(aq.initialized):
                 raise EdadmError(f"layer {name} has no calibrated activation range; quantize before saving")
-            tensors[f"{name}.input.scale"] = aq.scale.detach().float().cpu().contiguous()
-            tensors[f"{name}.input.zero_point"] = aq.zero_point.detach().float().cpu().contiguous()
+            key = f"{name}.{_part('input', i)}"
+            tensors[f"{key}.scale"] = aq.scale.detach().float().cpu().contiguous()
+            tensors[f"{key}.zero_point"] = aq.zero_point.detach().float().cpu().contiguous()
         layers[name] = entry
         skip.update({f"{name}.{k}" for k, _ in mod.named_parameters(recurse=True) if k != "bias"})
         skip.update({f"{name}.{k}" for k, _ in mod.named_buffers(recurse=True)})
+    for name, mod in unet.named_modules():
+        if has_attention_quantizers(mod):
+            layers[name] = {"type": "attention", "spec": {"kind": "attention", "bits": mod.probs_quantizer.bits,
+                                                         "symmetric": mod.q_quantizer.symmetric}}
     for k, v in unet.state_dict().items():
         if k not in skip:
             tensors[k] = v.detach().cpu().contiguous()
     return tensors, layers
+
+
+def _part(kind: str, i: int) -> str:
+    return kind if i == 0 else f"{kind}{i + 1}"
 
 
 def model_card(config: QuantConfig, report: dict | None, unet_class: str, engine_note: str) -> str:
@@ -178,31 +188,37 @@ def load_quantized_unet(path: str | Path, device: torch.device | str = "cpu"):
         raise EdadmError(f"{path}/unet/{TENSOR_FILE}: cannot read tensors ({str(exc).splitlines()[0]})") from exc
     with torch.device("meta"):
         unet = cls.from_config(unet_config)
-    plan = {name: LayerSpec(**entry["spec"]) for name, entry in meta["layers"].items()}
     try:
+        plan = {name: spec_from_dict(entry["spec"]) for name, entry in meta["layers"].items()}
         wrap_model(unet, plan=plan)
-    except (AttributeError, KeyError) as exc:
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise EdadmError(f"{path}: layer table does not match the {cls.__name__} config ({exc})") from exc
     state = {}
     for name, entry in meta["layers"].items():
+        if entry.get("type") == "attention":
+            continue
         mod: QuantMixin = unet.get_submodule(name)
-        spec = mod.spec
+        parts = []
         try:
-            codes = unpack_codes(tensors.pop(f"{name}.weight.codes"), spec.weight_bits, tuple(entry["weight_shape"]))
-            scale = tensors.pop(f"{name}.weight.scale")
-            zp = tensors.pop(f"{name}.weight.zero_point")
+            for i, ((_, _), part) in enumerate(zip(mod.weight_quantizers(), entry["parts"])):
+                key = f"{name}.{_part('weight', i)}"
+                codes = unpack_codes(tensors.pop(f"{key}.codes"), mod.spec.weight_bits, tuple(part["shape"]))
+                scale, zp = tensors.pop(f"{key}.scale"), tensors.pop(f"{key}.zero_point")
+                view = (-1,) + (1,) * (codes.dim() - 1)
+                parts.append((codes.float() + part["qmin"] - zp.reshape(view)) * scale.reshape(view))
+                qname = "weight_quantizer" if i == 0 else f"weight_quantizer{i + 1}"
+                state[f"{name}.{qname}.scale"] = scale
+                state[f"{name}.{qname}.zero_point"] = zp
+                state[f"{name}.{qname}.initialized"] = torch.tensor(True)
+            for i, _ in enumerate(mod.act_quantizers()):
+                key = f"{name}.{_part('input', i)}"
+                qname = "act_quantizer" if i == 0 else f"act_quantizer{i + 1}"
+                state[f"{name}.{qname}.scale"] = tensors.pop(f"{key}.scale")
+                state[f"{name}.{qname}.zero_point"] = tensors.pop(f"{key}.zero_point")
+                state[f"{name}.{qname}.initialized"] = torch.tensor(True)
         except KeyError as exc:
             raise EdadmError(f"{path}: tensor {exc} missing from {TENSOR_FILE}") from exc
-        view = (-1,) + (1,) * (codes.dim() - 1)
-        w = (codes.float() + entry["qmin"] - zp.reshape(view)) * scale.reshape(view)
-        state[f"{name}.weight"] = w
-        state[f"{name}.weight_quantizer.scale"] = scale
-        state[f"{name}.weight_quantizer.zero_point"] = zp
-        state[f"{name}.weight_quantizer.initialized"] = torch.tensor(True)
-        if mod.act_quantizer is not None:
-            state[f"{name}.act_quantizer.scale"] = tensors.pop(f"{name}.input.scale")
-            state[f"{name}.act_quantizer.zero_point"] = tensors.pop(f"{name}.input.zero_point")
-            state[f"{name}.act_quantizer.initialized"] = torch.tensor(True)
+        state[f"{name}.weight"] = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
     state.update(tensors)
     try:
         unet.load_state_dict(state, strict=True, assign=True)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .quantizer import ActObserver, UniformQuantizer
+from .quantizer import UniformQuantizer
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,7 @@ class LayerSpec:
     act_bits: int | None
     weight_symmetric: bool
     act_symmetric: bool = False
+    split: int = 0  # > 0: input channels [:split] and [split:] quantized separately (skip concatenation)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -35,21 +36,48 @@ class QuantMixin:
     def _setup_quant(self, spec: LayerSpec) -> None:
         self.spec = spec
         self.weight_quantizer = UniformQuantizer(spec.weight_bits, spec.weight_symmetric, per_channel=True,
-                                                 channels=self.weight.shape[0])
+                                                 channels=self.weight.shape[0], role="weight")
         self.act_quantizer = (UniformQuantizer(spec.act_bits, spec.act_symmetric) if spec.act_bits else None)
-        self.observer: ActObserver | None = None
+        self.split = 0
+        if spec.split:
+            self._setup_split(spec.split)
+
+    def _setup_split(self, k: int) -> None:
+        """Q-Diffusion's split shortcut: input channels [:k] and [k:] (a skip concatenation)
+        get their own activation quantizer and their own per-output-channel weight quantizer."""
+        if not 0 < k < self.weight.shape[1]:
+            raise ValueError(f"split {k} outside the {self.weight.shape[1]} input channels")
+        self.split = k
+        self.weight_quantizer2 = UniformQuantizer(self.spec.weight_bits, self.spec.weight_symmetric, per_channel=True,
+                                                  channels=self.weight.shape[0], role="weight")
+        self.act_quantizer2 = (UniformQuantizer(self.spec.act_bits, self.spec.act_symmetric)
+                               if self.spec.act_bits else None)
+
+    def weight_quantizers(self) -> list[tuple[UniformQuantizer, slice]]:
+        """(quantizer, input-channel slice of the weight) pairs."""
+        if not self.split:
+            return [(self.weight_quantizer, slice(None))]
+        return [(self.weight_quantizer, slice(0, self.split)), (self.weight_quantizer2, slice(self.split, None))]
+
+    def act_quantizers(self) -> list[UniformQuantizer]:
+        return [q for q in (self.act_quantizer, getattr(self, "act_quantizer2", None)) if q is not None]
 
     def set_quant_state(self, weight: bool, act: bool) -> None:
-        self.weight_quantizer.enabled = weight
-        if self.act_quantizer is not None:
-            self.act_quantizer.enabled = act
+        for wq, _ in self.weight_quantizers():
+            wq.enabled = weight
+        for aq in self.act_quantizers():
+            aq.enabled = act
 
     def quant_input(self, x: torch.Tensor) -> torch.Tensor:
-        if self.observer is not None:
-            self.observer.update(x)
-        return self.act_quantizer(x) if self.act_quantizer is not None else x
+        if self.act_quantizer is None:
+            return x
+        if self.split:
+            return torch.cat([self.act_quantizer(x[:, :self.split]), self.act_quantizer2(x[:, self.split:])], dim=1)
+        return self.act_quantizer(x)
 
     def quant_weight(self) -> torch.Tensor:
+        if self.split:
+            return torch.cat([wq(self.weight[:, sl]) for wq, sl in self.weight_quantizers()], dim=1)
         return self.weight_quantizer(self.weight)
 
     @classmethod

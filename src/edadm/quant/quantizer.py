@@ -14,8 +14,10 @@ class UniformQuantizer(nn.Module):
     step sizes LSQ-style; `zero_point` stays fixed once initialised.
     """
 
-    def __init__(self, bits: int, symmetric: bool, per_channel: bool = False, channels: int = 1):
+    def __init__(self, bits: int, symmetric: bool, per_channel: bool = False, channels: int = 1,
+                 role: str = "act"):
         super().__init__()
+        self.role = role  # "weight" or "act": which switch (set_quant_state) controls it
         self.bits = int(bits)
         self.symmetric = bool(symmetric)
         self.per_channel = bool(per_channel)
@@ -25,6 +27,8 @@ class UniformQuantizer(nn.Module):
         self.register_buffer("zero_point", torch.zeros(n))
         self.register_buffer("initialized", torch.tensor(False))
         self.enabled = True
+        self.observer: ActObserver | None = None  # set during range calibration
+        self.drop_prob = 0.0  # QDrop: during reconstruction, keep each element in float with this probability
 
     def extra_repr(self) -> str:
         kind = "per-channel" if self.per_channel else "per-tensor"
@@ -48,10 +52,15 @@ class UniformQuantizer(nn.Module):
         return v.reshape(-1, *([1] * (x.dim() - 1))) if self.per_channel else v
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.observer is not None:
+            self.observer.update(x)
         if not self.enabled or not bool(self.initialized):
             return x
-        return fake_quantize(x, self._view(self.scale, x).to(x.dtype), self._view(self.zero_point, x).to(x.dtype),
-                             self.qmin, self.qmax)
+        xq = fake_quantize(x, self._view(self.scale, x).to(x.dtype), self._view(self.zero_point, x).to(x.dtype),
+                           self.qmin, self.qmax)
+        if self.drop_prob > 0:
+            xq = torch.where(torch.rand_like(x) < self.drop_prob, x, xq)
+        return xq
 
     def quantize_int(self, x: torch.Tensor) -> torch.Tensor:
         """Integer codes of x (int16 tensor, within [qmin, qmax])."""

@@ -1,25 +1,46 @@
-"""Swap a denoiser's Conv2d / Linear layers for fake-quant ones, and switch quantization."""
+"""Swap a denoiser's Conv2d / Linear layers for fake-quant ones, add attention quantizers,
+and switch quantization on and off."""
 from __future__ import annotations
 
 import fnmatch
+from dataclasses import asdict, dataclass
 from typing import Iterator
 
 from torch import nn
 
 from ..config import QuantConfig
+from ..model.structure import split_points
+from .attention import add_attention_quantizers, has_attention_quantizers
 from .modules import QUANT_CLASSES, LayerSpec, QuantMixin
+from .quantizer import UniformQuantizer
+
+
+@dataclass(frozen=True)
+class AttnSpec:
+    """Quantizers on q, k, v and the softmax probabilities of one Attention module."""
+
+    bits: int
+    symmetric: bool = False
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "kind": "attention"}
 
 
 def _match(name: str, patterns) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-def layer_plan(model: nn.Module, config: QuantConfig) -> dict[str, LayerSpec | str]:
-    """For each Conv2d / Linear: its LayerSpec, or the reason it stays in float."""
-    plan: dict[str, LayerSpec | str] = {}
+def layer_plan(model: nn.Module, config: QuantConfig) -> dict[str, LayerSpec | AttnSpec | str]:
+    """For each Conv2d / Linear: its LayerSpec, or the reason it stays in float; for each
+    diffusers Attention: its AttnSpec when attention quantization is on."""
+    plan: dict[str, LayerSpec | AttnSpec | str] = {}
+    splits = split_points(model) if config.split_shortcut else {}
     for name, mod in model.named_modules():
         if isinstance(mod, QuantMixin):
             plan[name] = mod.spec
+            continue
+        if type(mod).__name__ == "Attention" and config.attn_bits and not _match(name, config.keep_fp):
+            plan[name] = AttnSpec(bits=config.attn_bits, symmetric=config.act_symmetric)
             continue
         if type(mod) not in QUANT_CLASSES:
             continue
@@ -33,7 +54,7 @@ def layer_plan(model: nn.Module, config: QuantConfig) -> dict[str, LayerSpec | s
         # whose codes minus zero point still fit int8, so the same kernels run them.
         wsym = config.weight_symmetric if config.weight_symmetric is not None else wbits == 8
         plan[name] = LayerSpec(weight_bits=wbits, act_bits=abits, weight_symmetric=wsym,
-                               act_symmetric=config.act_symmetric)
+                               act_symmetric=config.act_symmetric, split=splits.get(name, 0))
     return plan
 
 
@@ -44,17 +65,27 @@ def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def wrap_model(model: nn.Module, config: QuantConfig | None = None,
-               plan: dict[str, LayerSpec | str] | None = None) -> dict[str, LayerSpec | str]:
-    """Replace, in place, every Conv2d / Linear the plan quantizes; return the plan."""
+               plan: dict[str, LayerSpec | AttnSpec | str] | None = None) -> dict[str, LayerSpec | AttnSpec | str]:
+    """Replace, in place, every Conv2d / Linear the plan quantizes and attach attention
+    quantizers; return the plan."""
     plan = plan if plan is not None else layer_plan(model, config or QuantConfig())
     for name, spec in plan.items():
-        if not isinstance(spec, LayerSpec):
-            continue
         mod = model.get_submodule(name)
-        if isinstance(mod, QuantMixin):
-            continue
-        _set_submodule(model, name, QUANT_CLASSES[type(mod)].from_float(mod, spec))
+        if isinstance(spec, AttnSpec):
+            if not has_attention_quantizers(mod):
+                add_attention_quantizers(mod, spec.bits, spec.symmetric)
+                for q in (mod.q_quantizer, mod.k_quantizer, mod.v_quantizer, mod.probs_quantizer):
+                    q.to(next(mod.parameters()).device)
+        elif isinstance(spec, LayerSpec) and not isinstance(mod, QuantMixin):
+            _set_submodule(model, name, QUANT_CLASSES[type(mod)].from_float(mod, spec))
     return plan
+
+
+def spec_from_dict(d: dict) -> LayerSpec | AttnSpec:
+    d = dict(d)
+    if d.pop("kind", None) == "attention":
+        return AttnSpec(**d)
+    return LayerSpec(**d)
 
 
 def quant_modules(model: nn.Module) -> Iterator[tuple[str, QuantMixin]]:
@@ -63,7 +94,15 @@ def quant_modules(model: nn.Module) -> Iterator[tuple[str, QuantMixin]]:
             yield name, mod
 
 
+def act_quantizers(model: nn.Module) -> Iterator[tuple[str, UniformQuantizer]]:
+    """Every activation quantizer: layer inputs and attention q / k / v / probabilities."""
+    for name, mod in model.named_modules():
+        if isinstance(mod, UniformQuantizer) and mod.role == "act":
+            yield name, mod
+
+
 def set_quant_state(model: nn.Module, weight: bool = True, act: bool = True) -> None:
     """Turn weight and activation fake quantization on or off for the whole model."""
-    for _, mod in quant_modules(model):
-        mod.set_quant_state(weight, act)
+    for mod in model.modules():
+        if isinstance(mod, UniformQuantizer):
+            mod.enabled = weight if mod.role == "weight" else act

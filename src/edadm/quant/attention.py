@@ -1,0 +1,71 @@
+"""Quantized attention: q, k, v and the softmax probabilities get activation quantizers.
+
+A diffusers attention processor (the same computation as diffusers' `AttnProcessor`,
+written out because the quantizers sit between its steps); the quantizers live on the
+Attention module so they are saved, moved and switched with the model.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .quantizer import UniformQuantizer
+
+ATTN_QUANTIZERS = ("q_quantizer", "k_quantizer", "v_quantizer", "probs_quantizer")
+
+
+def add_attention_quantizers(attn: nn.Module, bits: int, symmetric: bool = False) -> None:
+    """Attach quantizers for q, k, v (per tensor) and the probabilities (unsigned: zero point 0)."""
+    for name in ATTN_QUANTIZERS[:3]:
+        setattr(attn, name, UniformQuantizer(bits, symmetric))
+    attn.probs_quantizer = UniformQuantizer(bits, symmetric=False)
+    attn.set_processor(QuantAttnProcessor())
+
+
+def has_attention_quantizers(attn: nn.Module) -> bool:
+    return isinstance(getattr(attn, "probs_quantizer", None), UniformQuantizer)
+
+
+class QuantAttnProcessor:
+    """diffusers-compatible processor with quantized q, k, v and attention probabilities."""
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, *args, **kwargs):
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch_size, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
+        batch_size, sequence_length, _ = (hidden_states.shape if encoder_hidden_states is None
+                                          else encoder_hidden_states.shape)
+        attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key = attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+        if getattr(attn, "norm_q", None) is not None:
+            query = attn.norm_q(query)
+        if getattr(attn, "norm_k", None) is not None:
+            key = attn.norm_k(key)
+
+        query = attn.head_to_batch_dim(attn.q_quantizer(query))
+        key = attn.head_to_batch_dim(attn.k_quantizer(key))
+        value = attn.head_to_batch_dim(attn.v_quantizer(value))
+
+        probs = attn.probs_quantizer(attn.get_attention_scores(query, key, attention_mask))
+        hidden_states = attn.batch_to_head_dim(torch.bmm(probs, value))
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
