@@ -41,7 +41,7 @@ def tiny_quant_dir(tiny_pipe_dir, tmp_path_factory):
     from edadm import CalibConfig, QuantConfig, load, quantize, save
 
     pipe = load(tiny_pipe_dir, device="cpu")
-    cfg = QuantConfig(weight_bits=4, act_bits=8, calib=CalibConfig(num_samples=16, num_trajectories=16,
+    cfg = QuantConfig(method="naive", weight_bits=4, act_bits=8, calib=CalibConfig(num_samples=16, num_trajectories=16,
                                                                    uniform_steps=4, batch_size=16))
     quantize(pipe, cfg, progress=False)
     out = tmp_path_factory.mktemp("q") / "w4a8"

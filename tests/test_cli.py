@@ -93,7 +93,7 @@ def test_failed_quantize_leaves_nothing(tiny_pipe_dir, tmp_path, capsys, monkeyp
 def test_config_file_roundtrip_and_override(tiny_pipe_dir, tmp_path, capsys):
     from edadm.config import QuantConfig
 
-    cfg = QuantConfig(weight_bits=6, act_bits=7)
+    cfg = QuantConfig(method="naive", weight_bits=6, act_bits=7)
     cfg.calib.num_samples = cfg.calib.num_trajectories = 8
     cfg.calib.uniform_steps = 2
     cfg.save(tmp_path / "c.json")

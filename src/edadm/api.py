@@ -1,15 +1,17 @@
-"""The public Python surface: quantize a pipeline, save it, load it."""
+"""The public Python surface: quantize a pipeline (save / load live in edadm.deploy)."""
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .calib import assemble, collect_trajectories, uniform_counts
+from .calib import (assemble, collect_trajectories, ptq4dm_counts, random_counts, tdac_allocation,
+                    uniform_counts)
 from .config import QuantConfig
 from .errors import EdadmError
+from .model.structure import feature_module
 from .pipeline import sampling_defaults
 from .quant.calibrate import init_act_ranges, init_weight_ranges
 from .quant.wrap import wrap_model
@@ -24,11 +26,16 @@ class QuantReport:
     config: dict
     steps: int
     eta: float
-    counts: list[int]
-    timesteps: list[int]
+    counts: list[int]            # calibration samples per sampler step
+    timesteps: list[int]         # timestep value of each sampler step
+    allocation: dict = field(default_factory=dict)  # strategy details (TDAC density / variety / radius)
     seconds: dict = field(default_factory=dict)
     peak_memory_mb: float | None = None
+    recon: list[dict] = field(default_factory=list)  # per-unit reconstruction logs
     plan: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 def _peak_rss_mb() -> float | None:
@@ -40,11 +47,32 @@ def _peak_rss_mb() -> float | None:
         return None
 
 
+def allocate(traj, config: QuantConfig, num_train_timesteps: int) -> tuple[torch.Tensor, dict]:
+    """Per-step counts for the configured strategy, and what the strategy computed."""
+    c = config.calib
+    s = traj.num_steps
+    if c.strategy == "uniform":
+        return uniform_counts(s, c.num_samples, num_used=c.uniform_steps), {"uniform_steps": c.uniform_steps}
+    if c.strategy == "random":
+        return random_counts(s, c.num_samples, seed=config.seed), {}
+    if c.strategy == "ptq4dm":
+        return (ptq4dm_counts(traj.ts, c.num_samples, num_train_timesteps, c.ptq4dm_mean, c.ptq4dm_std, config.seed),
+                {"mean": c.ptq4dm_mean, "std": c.ptq4dm_std})
+    if c.strategy == "tdac":
+        res = tdac_allocation(traj.features.distances(), traj.features.variety_pairs(), c.num_samples,
+                              lam=c.tdac_lambda, radius=c.tdac_radius, radius_quantile=c.tdac_radius_quantile)
+        return res.counts, {"radius": res.radius, "radius_quantile": res.radius_quantile, "lambda": c.tdac_lambda,
+                            "density": res.density.tolist(), "variety": res.variety.tolist(),
+                            "weights": res.weights.tolist()}
+    raise EdadmError(f"unknown calibration strategy {c.strategy!r}")
+
+
 def quantize(pipe, config: QuantConfig | None = None, progress: bool = True):
     """Quantize `pipe.unet` in place (fake quantization) and return (pipe, QuantReport).
 
-    Steps: FP trajectories of the evaluation sampler -> calibration set -> wrap layers ->
-    weight ranges -> activation ranges (-> reconstruction, for methods that have it).
+    FP trajectories of the evaluation sampler -> calibration set (uniform / PTQ4DM / TDAC)
+    -> wrap layers -> weight and activation ranges (MSE search) -> block reconstruction
+    (BRECQ, + FBR inner-layer terms) for methods that reconstruct.
     """
     config = config or QuantConfig()
     config.validate()
@@ -53,17 +81,25 @@ def quantize(pipe, config: QuantConfig | None = None, progress: bool = True):
     steps = config.steps or defaults.steps
     eta = defaults.eta if config.eta is None else config.eta
     c = config.calib
-    if c.num_samples < 1:
-        raise EdadmError("calibration needs at least one sample")
+    if c.num_samples < steps and c.strategy == "tdac":
+        log.warning("TDAC with fewer calibration samples (%d) than steps (%d): some steps get none",
+                    c.num_samples, steps)
     seconds = {}
     t0 = time.time()
+    fmod = None
+    if c.strategy == "tdac":
+        try:
+            fmod = feature_module(pipe.unet)[1]
+        except ValueError as exc:
+            raise EdadmError(f"TDAC needs a feature point: {exc}") from exc
     traj = collect_trajectories(pipe, c.num_trajectories, seed=config.seed + 10_000, steps=steps, eta=eta,
-                                batch_size=c.batch_size, progress=progress)
+                                batch_size=c.batch_size, progress=progress, feature_module=fmod)
     if not torch.isfinite(traj.xs).all():
         raise EdadmError("full-precision trajectories contain NaN or Inf; check the model and sampler settings")
     seconds["trajectories"] = time.time() - t0
-    counts = uniform_counts(traj.num_steps, c.num_samples, num_used=c.uniform_steps)
+    counts, details = allocate(traj, config, pipe.scheduler.config.num_train_timesteps)
     calib = assemble(traj, counts, seed=config.seed)
+    timesteps = traj.ts.tolist()
     del traj
     t0 = time.time()
     plan = wrap_model(pipe.unet, config)
@@ -71,9 +107,17 @@ def quantize(pipe, config: QuantConfig | None = None, progress: bool = True):
     init_act_ranges(pipe.unet, calib, batch_size=c.batch_size, method=config.act_range, p=config.lp,
                     seed=config.seed, progress=progress)
     seconds["scales"] = time.time() - t0
-    report = QuantReport(config=config.to_dict(), steps=steps, eta=eta, counts=counts.tolist(),
-                         timesteps=calib.t.unique().tolist(), seconds={k: round(v, 2) for k, v in seconds.items()},
-                         peak_memory_mb=_peak_rss_mb(),
+    recon_logs = []
+    if config.recon.enabled:
+        from .recon.engine import reconstruct
+
+        t0 = time.time()
+        recon_logs = [asdict(u) for u in reconstruct(pipe.unet, calib, config.recon, calib_batch=c.batch_size,
+                                                     progress=progress)]
+        seconds["reconstruction"] = time.time() - t0
+    report = QuantReport(config=config.to_dict(), steps=steps, eta=eta, counts=counts.tolist(), timesteps=timesteps,
+                         allocation=details, seconds={k: round(v, 2) for k, v in seconds.items()},
+                         peak_memory_mb=_peak_rss_mb(), recon=recon_logs,
                          plan={k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in plan.items()})
     pipe._edadm_quant = (config, report)
     return pipe, report

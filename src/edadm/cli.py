@@ -63,6 +63,18 @@ def _eta(s: str) -> float:
     return v
 
 
+def _radius(s: str):
+    if s == "auto":
+        return s
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"radius must be 'auto' or a non-negative number, got {s!r}") from None
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"radius must be non-negative, got {s!r}")
+    return v
+
+
 def _check_writable(path: Path) -> None:
     """Fail before hours of work when the output location cannot be written."""
     parent = path.parent if str(path.parent) else Path(".")
@@ -94,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("quantize", help="quantize a pipeline's denoiser and save it")
     q.add_argument("model", help="zoo name (e.g. digits-ddpm) or a local diffusers pipeline directory")
     q.add_argument("--out", required=True, type=Path, help="output directory")
-    q.add_argument("--method", default=None, help="naive")
+    q.add_argument("--method", default=None, help="eda-dm (default), eda-dm-tdac-only, eda-dm-fbr-only, qdiffusion, "
+                   "ptq4dm, naive")
     q.add_argument("--weight-bits", type=_bits, default=None)
     q.add_argument("--act-bits", type=_bits, default=None)
     q.add_argument("--config", type=Path, default=None, help="JSON quantization config; flags override it")
@@ -103,6 +116,23 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--uniform-steps", type=_positive_int, default=None, help="steps used by uniform calibration")
     q.add_argument("--weight-range", choices=["mse", "minmax"], default=None)
     q.add_argument("--act-range", choices=["mse", "minmax"], default=None)
+    q.add_argument("--attn-bits", type=_bits, default=None, help="bits of attention q, k, v and probabilities")
+    q.add_argument("--split-shortcut", action=argparse.BooleanOptionalAction, default=None,
+                   help="split quantizers of skip-concatenation convs (default: the method's)")
+    q.add_argument("--strategy", choices=["tdac", "uniform", "ptq4dm", "random"], default=None,
+                   help="calibration strategy (default: the method's)")
+    q.add_argument("--tdac-lambda", type=float, default=None, help="TDAC variety weight (default 1.2)")
+    q.add_argument("--tdac-radius", type=_radius, default=None,
+                   help="TDAC density radius: 'auto' (0.2 quantile of step distances) or a number")
+    q.add_argument("--recon", action=argparse.BooleanOptionalAction, default=None,
+                   help="block reconstruction (default: the method's)")
+    q.add_argument("--iters", type=_positive_int, default=None, help="reconstruction iterations per unit")
+    q.add_argument("--recon-batch-size", type=_positive_int, default=None)
+    q.add_argument("--lr-weight", type=float, default=None, help="AdaRound learning rate")
+    q.add_argument("--lr-act", type=float, default=None, help="activation step-size learning rate")
+    q.add_argument("--add-loss", type=float, default=None, help="FBR inner-layer loss weight (0: BRECQ)")
+    q.add_argument("--round-weight", type=float, default=None, help="AdaRound regulariser weight")
+    q.add_argument("--qdrop", type=float, default=None, help="QDrop input mixing probability")
     q.add_argument("--seed", type=int, default=None)
     _common(q)
     q.set_defaults(batch_size=None)  # calibration batch: the config's (64) unless given
@@ -147,22 +177,44 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+# flag -> (section, key) of QuantConfig; section None is the top level
+_CONFIG_FLAGS = {
+    "method": (None, "method"), "weight_bits": (None, "weight_bits"), "act_bits": (None, "act_bits"),
+    "attn_bits": (None, "attn_bits"), "weight_range": (None, "weight_range"), "act_range": (None, "act_range"),
+    "split_shortcut": (None, "split_shortcut"), "seed": (None, "seed"), "steps": (None, "steps"), "eta": (None, "eta"),
+    "strategy": ("calib", "strategy"), "num_samples": ("calib", "num_samples"),
+    "num_trajectories": ("calib", "num_trajectories"), "uniform_steps": ("calib", "uniform_steps"),
+    "batch_size": ("calib", "batch_size"), "tdac_lambda": ("calib", "tdac_lambda"),
+    "tdac_radius": ("calib", "tdac_radius"), "recon": ("recon", "enabled"), "iters": ("recon", "iters"),
+    "recon_batch_size": ("recon", "batch_size"), "lr_weight": ("recon", "lr_weight"), "lr_act": ("recon", "lr_act"),
+    "add_loss": ("recon", "add_loss"), "round_weight": ("recon", "round_weight"),
+    "qdrop": ("recon", "input_mix_prob"),
+}
+
+
 def _quant_config(args):
+    """Config file (if any), then the flags given; unset fields take the method's preset."""
     from .config import QuantConfig
 
-    cfg = QuantConfig.load(args.config).to_dict() if args.config else QuantConfig().to_dict()
-    for flag, key in (("method", "method"), ("weight_bits", "weight_bits"), ("act_bits", "act_bits"),
-                      ("weight_range", "weight_range"), ("act_range", "act_range"), ("seed", "seed"),
-                      ("steps", "steps"), ("eta", "eta")):
+    cfg = json.loads(Path(args.config).read_text()) if args.config and Path(args.config).is_file() else {}
+    if args.config and not Path(args.config).is_file():
+        raise EdadmError(f"config file {args.config} not found")
+    if not isinstance(cfg, dict):
+        raise EdadmError(f"config file {args.config} must hold a JSON object")
+    if args.method is not None and cfg.get("method") not in (None, args.method):
+        # a different method: drop the file's preset-derived choices so the new method's apply
+        cfg.get("calib", {}).pop("strategy", None)
+        cfg.get("recon", {}).pop("enabled", None)
+        cfg.get("recon", {}).pop("add_loss", None)
+        cfg.pop("split_shortcut", None)
+    for flag, (section, key) in _CONFIG_FLAGS.items():
         v = getattr(args, flag, None)
-        if v is not None:
+        if v is None:
+            continue
+        if section is None:
             cfg[key] = v
-    for flag in ("num_samples", "num_trajectories", "uniform_steps"):
-        v = getattr(args, flag, None)
-        if v is not None:
-            cfg["calib"][flag] = v
-    if getattr(args, "batch_size", None):
-        cfg["calib"]["batch_size"] = args.batch_size
+        else:
+            cfg.setdefault(section, {})[key] = v
     cfg = QuantConfig.from_dict(cfg)
     if cfg.calib.num_trajectories < cfg.calib.num_samples:
         log.warning("fewer trajectories (%d) than calibration samples (%d): trajectories are reused",
@@ -184,7 +236,7 @@ def cmd_quantize(args) -> int:
     t0 = time.time()
     pipe = load_pipeline(args.model, device=args.device)
     pipe, report = quantize(pipe, cfg, progress=args.progress)
-    save_quantized(pipe, args.out, cfg, report.__dict__)
+    save_quantized(pipe, args.out, cfg, report.to_dict())
     log.info("quantized %s (%s W%dA%d) in %.1fs -> %s", args.model, cfg.method, cfg.weight_bits, cfg.act_bits,
              time.time() - t0, args.out)
     print(f"saved {args.out} ({cfg.method} W{cfg.weight_bits}A{cfg.act_bits}, {time.time() - t0:.1f}s)")

@@ -1,4 +1,4 @@
-"""Versioned configuration dataclasses that round-trip to JSON."""
+"""Versioned configuration dataclasses that round-trip to JSON, and the method presets."""
 from __future__ import annotations
 
 import json
@@ -8,8 +8,7 @@ from pathlib import Path
 from .errors import EdadmError
 
 CONFIG_VERSION = 1
-METHODS = ("naive",)
-CALIB_STRATEGIES = ("uniform",)
+CALIB_STRATEGIES = ("uniform", "tdac", "ptq4dm", "random")
 RANGE_METHODS = ("mse", "minmax")
 
 # METHOD.md: the first time-embedding Linear and the output conv stay at 8 bits and the
@@ -17,21 +16,95 @@ RANGE_METHODS = ("mse", "minmax")
 DEFAULT_KEEP_8BIT = ("time_embedding.linear_1", "conv_out")
 DEFAULT_NO_ACT_QUANT = ("conv_out",)
 
+# Each method is a choice of calibration strategy, reconstruction and FBR weight; every
+# value can still be overridden. add_loss 0 is BRECQ's block loss; 0.8 the EDA-DM reference.
+METHOD_PRESETS: dict[str, dict] = {
+    "naive": {"strategy": "uniform", "recon": False, "add_loss": 0.0, "split_shortcut": False},
+    "ptq4dm": {"strategy": "ptq4dm", "recon": True, "add_loss": 0.0, "split_shortcut": False},
+    "qdiffusion": {"strategy": "uniform", "recon": True, "add_loss": 0.0, "split_shortcut": True},
+    "eda-dm": {"strategy": "tdac", "recon": True, "add_loss": 0.8, "split_shortcut": True},
+    "eda-dm-tdac-only": {"strategy": "tdac", "recon": True, "add_loss": 0.0, "split_shortcut": True},
+    "eda-dm-fbr-only": {"strategy": "uniform", "recon": True, "add_loss": 0.8, "split_shortcut": True},
+}
+METHODS = tuple(METHOD_PRESETS)
+
+
+def _check_positive_int(owner: str, name: str, v) -> None:
+    if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+        raise EdadmError(f"{owner}{name.replace('_', '-')} must be a positive integer, got {v!r}")
+
+
+def _check_number(name: str, v, lo: float | None = None, hi: float | None = None) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+        raise EdadmError(f"{name.replace('_', '-')} must be a number, got {v!r}")
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise EdadmError(f"{name.replace('_', '-')} must be in [{lo}, {hi}], got {v!r}")
+
 
 @dataclass
 class CalibConfig:
-    strategy: str = "uniform"
+    strategy: str | None = None   # None: the method's
     num_samples: int = 256        # N: calibration samples
-    num_trajectories: int = 256   # B: FP trajectories collected (>= N gives distinct trajectories)
+    num_trajectories: int = 256   # B: FP trajectories collected (>= N: every sample from its own trajectory)
     uniform_steps: int = 16       # uniform: number of evenly spaced steps used
     batch_size: int = 64          # batch for trajectory collection and calibration passes
+    tdac_lambda: float = 1.2      # weight of variety against density (reference: 1.2 CIFAR-10 / ImageNet)
+    tdac_radius: float | str = "auto"   # number, or "auto": a quantile of pairwise step distances
+    tdac_radius_quantile: float = 0.2
+    ptq4dm_mean: float = 0.4      # PTQ4DM: timesteps ~ N(mean*T, std*T)
+    ptq4dm_std: float = 0.4
+
+    def validate(self) -> None:
+        if self.strategy is not None and self.strategy not in CALIB_STRATEGIES:
+            raise EdadmError(f"unknown calibration strategy {self.strategy!r}; choose from {', '.join(CALIB_STRATEGIES)}")
+        for name in ("num_samples", "num_trajectories", "uniform_steps", "batch_size"):
+            _check_positive_int("calibration ", name, getattr(self, name))
+        _check_number("tdac_lambda", self.tdac_lambda, 0.0)
+        if self.tdac_radius != "auto":
+            _check_number("tdac_radius", self.tdac_radius, 0.0)
+        _check_number("tdac_radius_quantile", self.tdac_radius_quantile, 0.0, 1.0)
+        _check_number("ptq4dm_std", self.ptq4dm_std, 1e-6)
+        _check_number("ptq4dm_mean", self.ptq4dm_mean, 0.0, 1.0)
+
+
+@dataclass
+class ReconConfig:
+    """Block reconstruction (BRECQ) with the FBR loss; AdaRound + LSQ activation steps + QDrop."""
+
+    enabled: bool | None = None   # None: the method's
+    iters: int = 1000             # per unit (reference: 5000 CIFAR-10 / LSUN, 1000 ImageNet / SD)
+    batch_size: int = 32
+    lr_weight: float = 1e-2       # AdaRound rounding variables (Adam)
+    lr_act: float = 1e-3          # activation step sizes (Adam)
+    learn_act_scale: bool = True
+    add_loss: float | None = None  # FBR inner-layer weight; None: the method's (0 BRECQ, 0.8 EDA-DM)
+    round_weight: float = 0.01    # AdaRound regulariser weight (0: off)
+    b_start: float = 20.0
+    b_end: float = 2.0
+    warmup: float = 0.2           # fraction of iterations without the rounding regulariser
+    input_mix_prob: float = 0.5   # QDrop: probability of the FP input, element-wise
+    act_drop_prob: float = 0.5    # QDrop: probability of keeping an activation in float
+    seed: int = 0
+
+    def validate(self) -> None:
+        _check_positive_int("reconstruction ", "iters", self.iters)
+        _check_positive_int("reconstruction ", "batch_size", self.batch_size)
+        for name in ("lr_weight", "lr_act", "round_weight", "b_start", "b_end"):
+            _check_number(name, getattr(self, name), 0.0)
+        if self.add_loss is not None:
+            _check_number("add_loss", self.add_loss, 0.0)
+        for name in ("warmup", "input_mix_prob", "act_drop_prob"):
+            _check_number(name, getattr(self, name), 0.0, 1.0)
 
 
 @dataclass
 class QuantConfig:
-    """Everything that decides how a denoiser is quantized."""
+    """Everything that decides how a denoiser is quantized.
 
-    method: str = "naive"
+    Fields left at None take the method's preset (METHOD_PRESETS) when the config is made.
+    """
+
+    method: str = "eda-dm"
     weight_bits: int = 8
     act_bits: int = 8
     weight_symmetric: bool | None = None  # None: symmetric at 8 bits (int8 kernels), asymmetric below
@@ -43,16 +116,30 @@ class QuantConfig:
     no_act_quant: list[str] = field(default_factory=lambda: list(DEFAULT_NO_ACT_QUANT))
     keep_fp: list[str] = field(default_factory=list)
     attn_bits: int | None = 8      # q, k, v and softmax probabilities; None: attention matmuls in float
-    split_shortcut: bool = False   # Q-Diffusion split of skip-concatenation convs
+    split_shortcut: bool | None = None  # Q-Diffusion split of skip-concatenation convs; None: the method's
     steps: int | None = None   # sampler steps for calibration trajectories; None: model default
     eta: float | None = None
     seed: int = 0
     calib: CalibConfig = field(default_factory=CalibConfig)
+    recon: ReconConfig = field(default_factory=ReconConfig)
     version: int = CONFIG_VERSION
 
     def __post_init__(self):
         if isinstance(self.calib, dict):
             self.calib = CalibConfig(**self.calib)
+        if isinstance(self.recon, dict):
+            self.recon = ReconConfig(**self.recon)
+        if self.method not in METHOD_PRESETS:
+            raise EdadmError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+        preset = METHOD_PRESETS[self.method]
+        if self.calib.strategy is None:
+            self.calib.strategy = preset["strategy"]
+        if self.recon.enabled is None:
+            self.recon.enabled = preset["recon"]
+        if self.recon.add_loss is None:
+            self.recon.add_loss = preset["add_loss"]
+        if self.split_shortcut is None:
+            self.split_shortcut = preset["split_shortcut"]
         self.validate()
 
     def validate(self) -> None:
@@ -62,21 +149,22 @@ class QuantConfig:
                 raise EdadmError(f"{name.replace('_', '-')} must be an integer in 2..8, got {v!r}")
         if self.method not in METHODS:
             raise EdadmError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
-        if self.calib.strategy not in CALIB_STRATEGIES:
-            raise EdadmError(f"unknown calibration strategy {self.calib.strategy!r}; choose from {', '.join(CALIB_STRATEGIES)}")
         for name in ("weight_range", "act_range"):
             if getattr(self, name) not in RANGE_METHODS:
                 raise EdadmError(f"{name.replace('_', '-')} must be one of {', '.join(RANGE_METHODS)}")
-        for name in ("num_samples", "num_trajectories", "uniform_steps", "batch_size"):
-            v = getattr(self.calib, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise EdadmError(f"calibration {name.replace('_', '-')} must be a positive integer, got {v!r}")
-        if self.steps is not None and (not isinstance(self.steps, int) or self.steps <= 0):
-            raise EdadmError(f"steps must be a positive integer, got {self.steps!r}")
-        if not self.lp > 0:
-            raise EdadmError(f"lp must be positive, got {self.lp!r}")
-        if self.version > CONFIG_VERSION:
-            raise EdadmError(f"config version {self.version} is newer than this edadm ({CONFIG_VERSION}); upgrade edadm")
+        self.calib.validate()
+        self.recon.validate()
+        if self.steps is not None:
+            _check_positive_int("", "steps", self.steps)
+        if self.eta is not None:
+            _check_number("eta", self.eta, 0.0, 1.0)
+        _check_number("lp", self.lp, 1e-6)
+        for name in ("keep_8bit", "no_act_quant", "keep_fp"):
+            v = getattr(self, name)
+            if not isinstance(v, list) or not all(isinstance(p, str) for p in v):
+                raise EdadmError(f"{name.replace('_', '-')} must be a list of module-name patterns")
+        if not isinstance(self.version, int) or self.version > CONFIG_VERSION:
+            raise EdadmError(f"config version {self.version!r} is not supported by this edadm ({CONFIG_VERSION})")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -85,18 +173,24 @@ class QuantConfig:
     def from_dict(cls, d: dict) -> "QuantConfig":
         if not isinstance(d, dict):
             raise EdadmError("quantization config must be a JSON object")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
+        d = dict(d)
+        subs = {}
+        for key, sub_cls in (("calib", CalibConfig), ("recon", ReconConfig)):
+            sub = d.pop(key, {}) or {}
+            if not isinstance(sub, dict):
+                raise EdadmError(f"{key} must be a JSON object")
+            unknown = set(sub) - {f.name for f in fields(sub_cls)}
+            if unknown:
+                raise EdadmError(f"unknown {key} config keys: {', '.join(sorted(unknown))}")
+            try:
+                subs[key] = sub_cls(**sub)
+            except TypeError as exc:
+                raise EdadmError(f"bad {key} config: {exc}") from exc
+        unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
-            raise EdadmError(f"unknown quantization config keys: {', '.join(unknown)}")
-        calib = d.get("calib", {})
-        if not isinstance(calib, dict):
-            raise EdadmError("calib must be a JSON object")
-        cknown = {f.name for f in fields(CalibConfig)}
-        if set(calib) - cknown:
-            raise EdadmError(f"unknown calibration config keys: {', '.join(sorted(set(calib) - cknown))}")
+            raise EdadmError(f"unknown quantization config keys: {', '.join(sorted(unknown))}")
         try:
-            return cls(**{**d, "calib": CalibConfig(**calib)})
+            return cls(**d, **subs)
         except TypeError as exc:
             raise EdadmError(f"bad quantization config: {exc}") from exc
 
@@ -107,5 +201,5 @@ class QuantConfig:
     def load(cls, path: str | Path) -> "QuantConfig":
         try:
             return cls.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise EdadmError(f"cannot read config {path}: {exc}") from exc

@@ -107,7 +107,7 @@ def run_demo(args) -> dict:
                               calib=calib)
             qpipe, report = quantize(copy.deepcopy(fp), cfg, progress=args.progress)
             qdir = tmp / "models" / f"w{w}a{a}-{args.method}"
-            save_quantized(qpipe, qdir, cfg, report.__dict__)
+            save_quantized(qpipe, qdir, cfg, report.to_dict())
             timings[f"{label} quantize"] = time.time() - t0
             del qpipe
             t0 = time.time()

@@ -25,7 +25,7 @@ def test_save_load_roundtrip_is_exact(tiny_pipe_dir, tiny_quant_dir):
     from edadm import CalibConfig, QuantConfig, quantize
 
     pipe = load(tiny_pipe_dir, device="cpu")
-    cfg = QuantConfig(weight_bits=4, act_bits=8, calib=CalibConfig(num_samples=16, num_trajectories=16,
+    cfg = QuantConfig(method="naive", weight_bits=4, act_bits=8, calib=CalibConfig(num_samples=16, num_trajectories=16,
                                                                    uniform_steps=4, batch_size=16))
     quantize(pipe, cfg, progress=False)
     reloaded = load(tiny_quant_dir, device="cpu")

@@ -1,5 +1,8 @@
 """Calibration data: FP trajectories and the strategies that pick samples from them."""
-from .select import CalibrationSet, assemble, fix_rounding, uniform_counts
+from .select import CalibrationSet, assemble, fix_rounding, ptq4dm_counts, random_counts, uniform_counts
+from .tdac import TdacAccumulator, TdacResult, auto_radius, tdac_allocation
 from .trajectories import Trajectories, collect_trajectories
 
-__all__ = ["CalibrationSet", "Trajectories", "assemble", "collect_trajectories", "fix_rounding", "uniform_counts"]
+__all__ = ["CalibrationSet", "TdacAccumulator", "TdacResult", "Trajectories", "assemble", "auto_radius",
+           "collect_trajectories", "fix_rounding", "ptq4dm_counts", "random_counts", "tdac_allocation",
+           "uniform_counts"]

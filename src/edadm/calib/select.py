@@ -11,7 +11,10 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import EdadmError
-from .trajectories import Trajectories
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .trajectories import Trajectories
 
 
 def uniform_counts(num_steps: int, num_samples: int, every: int | None = None, num_used: int | None = None) -> torch.Tensor:
@@ -29,6 +32,24 @@ def uniform_counts(num_steps: int, num_samples: int, every: int | None = None, n
     counts[idx] = base
     counts[idx[:extra]] += 1
     return counts
+
+
+def ptq4dm_counts(timesteps: torch.Tensor, num_samples: int, num_train_timesteps: int, mean: float = 0.4,
+                  std: float = 0.4, seed: int = 0) -> torch.Tensor:
+    """PTQ4DM: N timestep values drawn from a normal distribution N(mean*T, std*T) (clipped to
+    [0, T-1]; T the training timesteps, 0 = clean, so mean 0.4 leans toward the end of
+    denoising), each mapped to the sampler step with the nearest timestep value."""
+    g = torch.Generator().manual_seed(seed)
+    t = (torch.randn(num_samples, generator=g, dtype=torch.float64) * std + mean) * num_train_timesteps
+    t = t.clamp(0, num_train_timesteps - 1)
+    step = (timesteps.double()[None, :] - t[:, None]).abs().argmin(dim=1)
+    return torch.bincount(step, minlength=timesteps.numel())
+
+
+def random_counts(num_steps: int, num_samples: int, seed: int = 0) -> torch.Tensor:
+    """Each sample from a uniformly random step."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.bincount(torch.randint(0, num_steps, (num_samples,), generator=g), minlength=num_steps)
 
 
 def fix_rounding(weights: torch.Tensor, total: int) -> torch.Tensor:
@@ -68,7 +89,7 @@ class CalibrationSet:
             yield (x.to(device), t.to(device)), {}
 
 
-def assemble(traj: Trajectories, counts: torch.Tensor, seed: int = 0) -> CalibrationSet:
+def assemble(traj: "Trajectories", counts: torch.Tensor, seed: int = 0) -> CalibrationSet:
     """Repeat each step index count times, shuffle, and take sample k from trajectory k.
 
     With at least as many trajectories as samples, every sample comes from a different

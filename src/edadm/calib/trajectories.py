@@ -4,19 +4,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from ..pipeline import generate
+from .tdac import TdacAccumulator
 
 
 @dataclass
 class Trajectories:
     """xs[s, b]: the denoiser input x_t at step s of trajectory b (x_T included, x_0 not).
 
-    ts[s]: the timestep value of step s. Stored on CPU.
+    ts[s]: the timestep value of step s. Stored on CPU. `features`: TDAC statistics of the
+    feature map at every step, when a feature module was given.
     """
 
     xs: torch.Tensor
     ts: torch.Tensor
+    features: TdacAccumulator | None = None
 
     @property
     def num_steps(self) -> int:
@@ -29,16 +33,40 @@ class Trajectories:
 
 @torch.no_grad()
 def collect_trajectories(pipe, num: int, seed: int, steps: int | None = None, eta: float | None = None,
-                         batch_size: int = 64, progress: bool = True) -> Trajectories:
-    """Sample `num` trajectories with the pipeline's FP denoiser and keep every x_t."""
+                         batch_size: int = 64, progress: bool = True,
+                         feature_module: nn.Module | None = None) -> Trajectories:
+    """Sample `num` trajectories with the pipeline's FP denoiser and keep every x_t.
+
+    With `feature_module`, its input at every step is folded into TDAC statistics batch by
+    batch (the features themselves are not kept).
+    """
     chunks: dict[int, list[torch.Tensor]] = {}
     ts: list[int] = []
+    acc = TdacAccumulator() if feature_module is not None else None
+    pending: list[torch.Tensor] = []
+    last: list[torch.Tensor] = []
+    hook = None
+    if feature_module is not None:
+        hook = feature_module.register_forward_pre_hook(lambda m, args: last.append(args[0].detach()))
 
     def record(b0, i, t, xt, out):
         chunks.setdefault(b0, []).append(xt.detach().float().cpu())
-        if b0 == 0:
+        if b0 == min(chunks):
             ts.append(int(t))
+        if acc is not None:
+            if i == 0 and pending:
+                acc.add(pending)
+                pending.clear()
+            pending.append(last.pop())
+            last.clear()
 
-    generate(pipe, num, seed=seed, steps=steps, eta=eta, batch_size=batch_size, progress=progress, callback=record)
+    try:
+        generate(pipe, num, seed=seed, steps=steps, eta=eta, batch_size=batch_size, progress=progress,
+                 callback=record)
+    finally:
+        if hook is not None:
+            hook.remove()
+    if acc is not None and pending:
+        acc.add(pending)
     xs = torch.cat([torch.stack(chunks[b]) for b in sorted(chunks)], dim=1)  # [S, B, C, H, W]
-    return Trajectories(xs=xs, ts=torch.tensor(ts, dtype=torch.long))
+    return Trajectories(xs=xs, ts=torch.tensor(ts, dtype=torch.long), features=acc)

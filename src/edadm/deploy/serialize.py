@@ -116,7 +116,7 @@ def save_quantized(pipe, out: str | Path, config: QuantConfig | None = None, rep
         if not hasattr(pipe, "_edadm_quant"):
             raise EdadmError("pipeline is not quantized; run edadm.quantize first")
         config, rep = pipe._edadm_quant
-        report = report or rep.__dict__
+        report = report or rep.to_dict()
     unet = pipe.unet
     tensors, layers = quantized_state(unet)
     defaults = sampling_defaults(pipe)
@@ -141,6 +141,16 @@ def save_quantized(pipe, out: str | Path, config: QuantConfig | None = None, rep
         save_file(tensors, str(tmp / "unet" / TENSOR_FILE), metadata={"format": "edadm", "version": str(FORMAT_VERSION)})
         (tmp / "README.md").write_text(model_card(config, report, type(unet).__name__,
                                                   "fake quantization in float (integer kernels: see the int engine)"))
+        if report and report.get("counts"):
+            from ..calib.plot import allocation_figure
+
+            (tmp / "calibration").mkdir()
+            (tmp / "calibration" / "counts.json").write_text(json.dumps(
+                {"strategy": config.calib.strategy, "counts": report["counts"], "timesteps": report.get("timesteps"),
+                 "details": report.get("allocation")}, indent=2))
+            allocation_figure(report["counts"], report.get("timesteps") or [], tmp / "calibration" / "allocation.png",
+                              title=f"{config.method}: {config.calib.strategy} allocation of "
+                                    f"{sum(report['counts'])} samples", details=report.get("allocation"))
         for rel, data in (extra_files or {}).items():
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             (tmp / rel).write_bytes(data)

@@ -39,6 +39,7 @@ class QuantMixin:
                                                  channels=self.weight.shape[0], role="weight")
         self.act_quantizer = (UniformQuantizer(spec.act_bits, spec.act_symmetric) if spec.act_bits else None)
         self.split = 0
+        self.rounding: list | None = None  # AdaRound modules per weight part, only during reconstruction
         if spec.split:
             self._setup_split(spec.split)
 
@@ -76,9 +77,11 @@ class QuantMixin:
         return self.act_quantizer(x)
 
     def quant_weight(self) -> torch.Tensor:
-        if self.split:
-            return torch.cat([wq(self.weight[:, sl]) for wq, sl in self.weight_quantizers()], dim=1)
-        return self.weight_quantizer(self.weight)
+        parts = []
+        for i, (wq, sl) in enumerate(self.weight_quantizers()):
+            w = self.weight[:, sl] if self.split else self.weight
+            parts.append(self.rounding[i](w) if self.rounding is not None and wq.enabled else wq(w))
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
     @classmethod
     def from_float(cls, mod: nn.Module, spec: LayerSpec):

@@ -1,0 +1,267 @@
+"""Block reconstruction (BRECQ) with the FBR loss of EDA-DM.
+
+For every unit in forward order (a residual / attention / transformer block, or a quantized
+layer outside blocks):
+
+1. cache the unit's inputs from the full-precision model and from the quantized model
+   (every earlier unit already reconstructed), in chunks of one calibration batch;
+2. cache the FP unit's output on the FP inputs, and (FBR) the outputs of its inner layers;
+3. learn AdaRound rounding of its weights jointly with its activation step sizes (LSQ),
+   with QDrop (inputs mixed element-wise between FP and quantized, activations kept in
+   float element-wise with probability act_drop_prob), Adam with cosine decay;
+4. fix the rounding (hard) into the weights.
+
+Loss: MSE(block_q(x), block_fp(x)) + add_loss * sum_j MSE(layer_j,q, layer_j,fp) over the
+unit's quantized layers except the last (add_loss = 0: plain BRECQ), + the AdaRound
+rounding regulariser.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..calib import CalibrationSet
+from ..model.structure import forward_order, reconstruction_units
+from ..quant.modules import QuantMixin
+from ..quant.quantizer import UniformQuantizer
+from ..quant.wrap import set_quant_state
+from .adaround import AdaRoundQuantizer
+
+log = logging.getLogger("edadm")
+
+
+@dataclass
+class UnitLog:
+    name: str
+    kind: str
+    iters: int
+    seconds: float
+    history: list[dict] = field(default_factory=list)  # every log_every iters: per-term losses
+    before: float | None = None  # unit output MSE vs FP on the calibration inputs, before / after
+    after: float | None = None
+    fallback: str | None = None
+
+
+class _Stop(Exception):
+    pass
+
+
+def channel_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Squared error summed over channels, averaged over everything else (the reference lp_loss)."""
+    d = (pred - target).pow(2)
+    if d.dim() <= 1:
+        return d.mean()
+    ch = 1 if d.dim() == 4 else d.dim() - 1
+    return d.sum(ch).mean()
+
+
+def fbr_loss(out: torch.Tensor, target: torch.Tensor, inner_out: list[torch.Tensor],
+             inner_target: list[torch.Tensor], add_loss: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total, block term, inner term): block MSE + add_loss * sum of inner-layer MSEs."""
+    block = channel_mse(out, target)
+    inner = sum((channel_mse(o, t) for o, t in zip(inner_out, inner_target)), torch.zeros((), device=out.device))
+    return block + add_loss * inner if add_loss else block, block, inner
+
+
+def _first_tensor(out):
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (tuple, list)):
+        return out[0]
+    return out[0] if hasattr(out, "__getitem__") else out.sample
+
+
+def _to(obj, device):
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_to(o, device) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    return obj
+
+
+def _select(obj, idx):
+    """Rows idx of every batched tensor in a nested (args, kwargs) structure."""
+    if isinstance(obj, torch.Tensor):
+        return obj[idx] if obj.dim() > 0 else obj
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_select(o, idx) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _select(v, idx) for k, v in obj.items()}
+    return obj
+
+
+@torch.no_grad()
+def capture_inputs(model: nn.Module, unit: nn.Module, calib: CalibrationSet, batch_size: int,
+                   quantized: bool) -> list[tuple[tuple, dict]]:
+    """The unit's (args, kwargs) for the whole calibration set, one CPU chunk per batch;
+    the forward pass stops at the unit."""
+    dev = next(model.parameters()).device
+    chunks: list[tuple[tuple, dict]] = []
+
+    def hook(mod, args, kwargs):
+        chunks.append((_to(args, "cpu"), _to(kwargs, "cpu")))
+        raise _Stop
+
+    set_quant_state(model, weight=quantized, act=quantized)
+    h = unit.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        for args, kwargs in calib.model_inputs(batch_size, dev):
+            try:
+                model(*args, **kwargs)
+            except _Stop:
+                pass
+    finally:
+        h.remove()
+        set_quant_state(model, weight=True, act=True)
+    return chunks
+
+
+def _inner_layers(unit: nn.Module) -> list[nn.Module]:
+    layers = [m for m in unit.modules() if isinstance(m, QuantMixin)]
+    return layers[:-1]
+
+
+def _run(unit, args, kwargs, inner: list[nn.Module]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    outs: list[torch.Tensor] = []
+    hooks = [m.register_forward_hook(lambda mod, a, o: outs.append(o)) for m in inner]
+    try:
+        y = _first_tensor(unit(*args, **kwargs))
+    finally:
+        for h in hooks:
+            h.remove()
+    return y, outs
+
+
+def reconstruct_unit(model: nn.Module, name: str, kind: str, calib: CalibrationSet, cfg, calib_batch: int,
+                     progress: bool = False) -> UnitLog:
+    unit = model.get_submodule(name)
+    dev = next(model.parameters()).device
+    t0 = time.time()
+    fp_in = capture_inputs(model, unit, calib, calib_batch, quantized=False)
+    q_in = capture_inputs(model, unit, calib, calib_batch, quantized=True)
+    inner = _inner_layers(unit) if cfg.add_loss > 0 and kind == "block" else []
+    qlayers = [m for m in unit.modules() if isinstance(m, QuantMixin)]
+    act_qs = [m for m in unit.modules() if isinstance(m, UniformQuantizer) and m.role == "act" and bool(m.initialized)]
+
+    # FP targets (unit output and inner-layer outputs) on FP inputs, computed once per chunk
+    targets = []
+    with torch.no_grad():
+        set_quant_state(unit, weight=False, act=False)
+        for args, kwargs in fp_in:
+            y, inner_y = _run(unit, _to(args, dev), _to(kwargs, dev), inner)
+            targets.append((y.cpu(), [o.cpu() for o in inner_y]))
+        set_quant_state(unit, weight=True, act=True)
+
+    def eval_error() -> float:
+        tot, n = 0.0, 0
+        with torch.no_grad():
+            for (args, kwargs), (y, _) in zip(q_in, targets):
+                out = _first_tensor(unit(*_to(args, dev), **_to(kwargs, dev)))
+                tot += float(channel_mse(out, y.to(dev))) * y.shape[0]
+                n += y.shape[0]
+        return tot / max(n, 1)
+
+    ulog = UnitLog(name=name, kind=kind, iters=cfg.iters, seconds=0.0)
+    ulog.before = eval_error()
+
+    # learnable parameters: AdaRound per weight part, activation step sizes
+    for m in qlayers:
+        m.rounding = [AdaRoundQuantizer(wq, m.weight[:, sl] if m.split else m.weight).to(dev)
+                      for wq, sl in m.weight_quantizers()]
+    alphas = [r.alpha for m in qlayers for r in m.rounding]
+    saved_scales = [q.scale.detach().clone() for q in act_qs]
+    for q in act_qs:
+        q.scale.requires_grad_(cfg.learn_act_scale)
+        q.drop_prob = cfg.act_drop_prob
+    groups = [{"params": alphas, "lr": cfg.lr_weight}]
+    if cfg.learn_act_scale and act_qs:
+        groups.append({"params": [q.scale for q in act_qs], "lr": cfg.lr_act})
+    opt = torch.optim.Adam(groups)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.iters), eta_min=0.0)
+    gen = torch.Generator().manual_seed(cfg.seed + sum(map(ord, name)))
+    log_every = max(1, cfg.iters // 20)
+    warm = int(cfg.warmup * cfg.iters)
+    failed = None
+    bar = tqdm(range(cfg.iters), desc=f"recon {name}", leave=False, disable=not progress)
+    try:
+        for it in bar:
+            c = int(torch.randint(0, len(q_in), (1,), generator=gen))
+            n = targets[c][0].shape[0]
+            idx = torch.randperm(n, generator=gen)[: min(cfg.batch_size, n)]
+            args = _to(_select(q_in[c][0], idx), dev)
+            kwargs = _to(_select(q_in[c][1], idx), dev)
+            if cfg.input_mix_prob > 0:  # QDrop: element-wise mix of quantized and FP inputs
+                x_fp = _to(_select(fp_in[c][0][0], idx), dev)
+                mask = torch.rand(x_fp.shape, generator=gen).to(dev) < cfg.input_mix_prob
+                args = (torch.where(mask, x_fp, args[0]), *args[1:])
+            y_t = targets[c][0][idx].to(dev)
+            out, inner_out = _run(unit, args, kwargs, inner)
+            rec_loss, block_loss, inner_loss = fbr_loss(out, y_t, inner_out, [t[idx].to(dev) for t in targets[c][1]],
+                                                        cfg.add_loss)
+            if it < warm or cfg.round_weight == 0:
+                round_loss, beta = torch.zeros((), device=dev), None
+            else:
+                frac = (it - warm) / max(1, cfg.iters - warm)
+                beta = cfg.b_end + (cfg.b_start - cfg.b_end) * max(0.0, 1 - frac)
+                round_loss = cfg.round_weight * sum(r.round_loss(beta) for m in qlayers for r in m.rounding)
+            loss = rec_loss + round_loss
+            if not torch.isfinite(loss):
+                failed = f"non-finite loss at iteration {it}"
+                break
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            for q in act_qs:  # a step size must stay positive
+                q.scale.data.clamp_(min=1e-8)
+            if it % log_every == 0 or it == cfg.iters - 1:
+                rec = {"iter": it, "block": block_loss.item(), "inner": inner_loss.item(),
+                       "round": round_loss.item(), "total": loss.item()}
+                ulog.history.append(rec)
+                bar.set_postfix(block=f"{rec['block']:.4g}", inner=f"{rec['inner']:.4g}")
+    finally:
+        for q in act_qs:
+            q.scale.requires_grad_(False)
+            q.drop_prob = 0.0
+    with torch.no_grad():
+        if failed is None:
+            for m in qlayers:  # bake the hard rounding into the weights
+                for r, (wq, sl) in zip(m.rounding, m.weight_quantizers()):
+                    r.hard = True
+                    w = m.weight.data[:, sl] if m.split else m.weight.data
+                    w.copy_(r(w))
+        else:
+            for q, s in zip(act_qs, saved_scales):
+                q.scale.data.copy_(s)
+            ulog.fallback = failed
+            log.warning("reconstruction of %s failed (%s): keeping its pre-reconstruction parameters", name, failed)
+        for m in qlayers:
+            m.rounding = None
+    ulog.after = eval_error()
+    ulog.seconds = time.time() - t0
+    return ulog
+
+
+def reconstruct(model: nn.Module, calib: CalibrationSet, cfg, calib_batch: int = 64,
+                progress: bool = True) -> list[UnitLog]:
+    """Reconstruct every unit of a wrapped, scale-initialised model, in forward order."""
+    torch.manual_seed(cfg.seed)
+    units = dict(reconstruction_units(model, lambda m: isinstance(m, QuantMixin)))
+    args, kwargs = next(iter(calib.model_inputs(1, next(model.parameters()).device)))
+    order = forward_order(model, list(units), args, kwargs)
+    logs = []
+    bar = tqdm(order, desc="reconstruction", disable=not progress)
+    for name in bar:
+        bar.set_postfix(unit=name)
+        ulog = reconstruct_unit(model, name, units[name], calib, cfg, calib_batch, progress=progress)
+        log.debug("%s %s: output MSE %.4g -> %.4g (%.1fs)", units[name], name, ulog.before, ulog.after, ulog.seconds)
+        logs.append(ulog)
+    set_quant_state(model, weight=True, act=True)
+    return logs
