@@ -99,7 +99,7 @@ def test_adaround_starts_at_the_fp_weight_and_rounds_to_floor_or_ceil():
     from edadm.quant.quantizer import UniformQuantizer
 
     g = torch.Generator().manual_seed(0)
-    w = torch.randn(4, 9, generator=g)
+    w = torch.randn(4, 64, generator=g)
     q = UniformQuantizer(4, False, per_channel=True, channels=4, role="weight")
     q.init_from_weight(w, method="minmax")
     ada = AdaRoundQuantizer(q, w)
