@@ -84,3 +84,21 @@ def test_bits_out_of_range():
         qrange(1, True)
     with pytest.raises(ValueError):
         qrange(9, False)
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("bits,symmetric", [(8, False), (8, True), (4, False), (3, True)])
+def test_fused_inference_path_matches_reference_arithmetic(per_channel, bits, symmetric):
+    from edadm.quant.quantizer import UniformQuantizer
+
+    x = _tensor(5, (6, 7, 3, 3), 2.0)
+    q = UniformQuantizer(bits, symmetric, per_channel=per_channel, channels=6)
+    if per_channel:
+        q.init_from_weight(x, method="mse")
+    else:
+        q.set_range(float(x.min()) * 0.7, float(x.max()) * 0.7)
+    with torch.no_grad():
+        fused = q(x)
+    with torch.enable_grad():
+        ref = q(x.clone().requires_grad_(True)).detach()
+    assert torch.equal(fused, ref)

@@ -1,5 +1,8 @@
 """Quantization primitives: integer ranges, parameter choice, (fake) quantization, range search.
 
+Quantization multiplies by 1/scale (not divides by scale), as PyTorch's fused fake-quant
+and quantize kernels do, so every path rounds ties identically.
+
 Kept free of modules (torchao style) so the fake-quant wrappers, the reconstruction
 engine and the integer export all share exactly the same arithmetic.
 """
@@ -44,7 +47,7 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
 
 def quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
     """Integer codes (as float tensor) of x."""
-    return torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax)
+    return torch.clamp(torch.round(x * (1.0 / scale)) + zero_point, qmin, qmax)
 
 
 def dequantize(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
@@ -53,7 +56,7 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -
 
 def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
     """Quantize-dequantize with straight-through rounding; gradients reach x and scale (LSQ-style)."""
-    q = torch.clamp(round_ste(x / scale) + zero_point, qmin, qmax)
+    q = torch.clamp(round_ste(x * (1.0 / scale)) + zero_point, qmin, qmax)
     return (q - zero_point) * scale
 
 

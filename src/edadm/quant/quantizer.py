@@ -56,16 +56,26 @@ class UniformQuantizer(nn.Module):
             self.observer.update(x)
         if not self.enabled or not bool(self.initialized):
             return x
+        if not torch.is_grad_enabled() and self.drop_prob == 0 and x.dtype == torch.float32:
+            return self._fused(x)
         xq = fake_quantize(x, self._view(self.scale, x).to(x.dtype), self._view(self.zero_point, x).to(x.dtype),
                            self.qmin, self.qmax)
         if self.drop_prob > 0:
             xq = torch.where(torch.rand_like(x) < self.drop_prob, x, xq)
         return xq
 
+    def _fused(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference path: PyTorch's fused fake-quant kernels (one pass instead of six);
+        the same arithmetic as :func:`fake_quantize` (round half to even, clamp)."""
+        zp = self.zero_point.round().to(torch.int32)
+        if self.per_channel:
+            return torch.fake_quantize_per_channel_affine(x, self.scale.detach(), zp, 0, self.qmin, self.qmax)
+        return torch.fake_quantize_per_tensor_affine(x, self.scale.detach(), zp, self.qmin, self.qmax)
+
     def quantize_int(self, x: torch.Tensor) -> torch.Tensor:
         """Integer codes of x (int16 tensor, within [qmin, qmax])."""
         s, z = self._view(self.scale, x), self._view(self.zero_point, x)
-        return torch.clamp(torch.round(x / s) + z, self.qmin, self.qmax).to(torch.int16)
+        return torch.clamp(torch.round(x * (1.0 / s)) + z, self.qmin, self.qmax).to(torch.int16)
 
 
 class ActObserver:
