@@ -106,3 +106,25 @@ def test_config_file_roundtrip_and_override(tiny_pipe_dir, tmp_path, capsys):
     (tmp_path / "bad.json").write_text('{"weight_bits": 4, "colour": "red"}')
     code, out, err = _run(capsys, "quantize", tiny_pipe_dir, "--config", tmp_path / "bad.json", "--out", tmp_path / "q2")
     assert code == 2 and "unknown quantization config keys: colour" in err
+
+
+@pytest.mark.parametrize("method", ["eda-dm", "ptq4dm"])
+def test_quantize_with_reconstruction_methods(method, tiny_pipe_dir, tmp_path, capsys):
+    q = tmp_path / "q"
+    code, out, err = _run(capsys, "quantize", tiny_pipe_dir, "--method", method, "--weight-bits", 4, "--act-bits", 8,
+                          "--out", q, "--num-samples", 8, "--num-trajectories", 8, "--iters", 2,
+                          "--recon-batch-size", 4, "--no-progress")
+    assert code == 0, err
+    meta = json.loads((q / "unet" / "edadm_quant.json").read_text())
+    rep = meta["report"]
+    assert sum(rep["counts"]) == 8 and len(rep["counts"]) == 4
+    assert rep["recon"] and all(u["iters"] == 2 for u in rep["recon"])
+    assert (q / "calibration" / "allocation.png").stat().st_size > 0
+    counts = json.loads((q / "calibration" / "counts.json").read_text())
+    assert counts["strategy"] == ("tdac" if method == "eda-dm" else "ptq4dm")
+    if method == "eda-dm":
+        assert meta["config"]["recon"]["add_loss"] == 0.8 and meta["config"]["split_shortcut"] is True
+        assert counts["details"]["radius_quantile"] == 0.2 and len(counts["details"]["density"]) == 4
+        assert any(e["spec"].get("split") for e in meta["layers"].values())
+    code, out, err = _run(capsys, "sample", q, "--num", 2, "--out", tmp_path / "g.png", "--no-progress")
+    assert code == 0, err

@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import platform
 import subprocess
 import time
@@ -33,6 +34,10 @@ def parse_setting(s: str) -> tuple[int, int]:
 def machine_info() -> dict:
     info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
+    try:  # a load well above 0 while measuring means another process shared the cores
+        info["loadavg_1m"] = round(os.getloadavg()[0], 2)
+    except OSError:
+        pass
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
