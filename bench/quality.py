@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import fmt, metadata, write_json, write_text  # noqa: E402
 
-from edadm.eval.evaluate import evaluate_pipeline  # noqa: E402
+from edadm.eval.evaluate import add_paired_delta, evaluate_pipeline  # noqa: E402
 from edadm.pipeline import load_pipeline  # noqa: E402
 
 log = logging.getLogger("bench.quality")
@@ -123,6 +123,7 @@ def main(argv=None) -> int:
             t0 = time.time()
             res, _ = evaluate_pipeline(pipe, args.num, seeds, batch_size=args.batch_size, reference=fp_imgs,
                                        progress=True)
+            add_paired_delta(res, fp_res)
             entry = {**metadata(), "model": args.model, "method": method, "setting": setting, "num": args.num,
                      "seeds": seeds, "summary": res["summary"], "per_seed": res["per_seed"],
                      "eval_seconds": round(time.time() - t0, 1), "quantize": {
@@ -154,15 +155,17 @@ def build_tables(model: str, settings: list[str], methods: list[str], fp_res: di
              f"- machine: {meta['machine'].get('cpu')}, {meta['machine']['threads']} threads, torch "
              f"{meta['machine']['torch']}",
              f"- samples: {fp_res['num']} per seed, seeds {fp_res['seeds']}, the same initial noise for every model; "
-             "mean ± std over seeds", "", "## FID-digits (lower is better) and PSNR vs FP (dB)", ""]
-    head = "| method | " + " | ".join(f"{s.upper()} FID | {s.upper()} PSNR" for s in settings) + " |"
-    lines += [head, "|---|" + "---|---|" * len(settings)]
-    lines.append("| FP32 | " + " | ".join(f"{fmt(fp_res['summary']['fid_digits'])} | -" for _ in settings) + " |")
+             "mean ± std over seeds. ΔFID is the per-seed difference to FP (same noise), whose spread is the "
+             "one to compare methods by.", "", "## FID-digits (lower is better), ΔFID vs FP and PSNR vs FP (dB)", ""]
+    head = "| method | " + " | ".join(f"{s.upper()} FID | ΔFID | PSNR" for s in settings) + " |"
+    lines += [head, "|---|" + "---|---|---|" * len(settings)]
+    lines.append("| FP32 | " + " | ".join(f"{fmt(fp_res['summary']['fid_digits'])} | 0 | -" for _ in settings) + " |")
     for m in methods:
         cells = []
         for s in settings:
             e = entries.get((s, m))
             cells += [fmt(e["summary"]["fid_digits"]) if e else "not run",
+                      fmt(e["summary"].get("fid_digits_delta")) if e else "not run",
                       fmt(e["summary"].get("psnr_vs_ref"), 2) if e else "not run"]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines += ["", "## IS-digits (higher is better)", "", "| method | " + " | ".join(s.upper() for s in settings) + " |",

@@ -75,7 +75,7 @@ class ReconConfig:
     iters: int = 1000             # per unit (reference: 5000 CIFAR-10 / LSUN, 1000 ImageNet / SD)
     batch_size: int = 32
     lr_weight: float = 1e-2       # AdaRound rounding variables (Adam)
-    lr_act: float = 1e-3          # activation step sizes (Adam)
+    lr_act: float = 1e-3          # activation step sizes (Adam), relative to each initial step size
     learn_act_scale: bool = True
     add_loss: float | None = None  # FBR inner-layer weight; None: the method's (0 BRECQ, 0.8 EDA-DM)
     round_weight: float = 0.01    # AdaRound regulariser weight (0: off)

@@ -86,7 +86,7 @@ def run_demo(args) -> dict:
     from .api import quantize
     from .config import CalibConfig, QuantConfig
     from .deploy import save_quantized
-    from .eval.evaluate import evaluate_pipeline, format_table
+    from .eval.evaluate import add_paired_delta, evaluate_pipeline, format_table
     from .pipeline import load_pipeline
 
     settings = [parse_setting(s) for s in args.settings.split(",") if s.strip()]
@@ -119,6 +119,7 @@ def run_demo(args) -> dict:
             loaded = load_pipeline(qdir, device=args.device)  # evaluate what was saved: proves the round trip
             res, imgs = evaluate_pipeline(loaded, args.num, args.seeds, args.steps, args.eta, args.batch_size,
                                           reference=fp_imgs, progress=args.progress)
+            add_paired_delta(res, fp_res)
             res["quantize_report"] = {"seconds": report.seconds, "peak_memory_mb": report.peak_memory_mb,
                                       "counts": report.counts}
             timings[f"{label} sample_eval"] = time.time() - t0
@@ -126,7 +127,7 @@ def run_demo(args) -> dict:
             rows.append((label, imgs[args.seeds[0]]))
         comparison_figure(rows, tmp / "samples.png")
         timings["total"] = time.time() - t_all
-        keys = ("fid_digits", "is_digits", "psnr_vs_ref")
+        keys = ("fid_digits", "fid_digits_delta", "is_digits", "psnr_vs_ref")
         table = format_table([(k, v["summary"]) for k, v in results.items()], keys=keys)
         meta = {"command": "edadm demo " + " ".join(_argv_of(args)), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                 "edadm_version": __version__, "git_commit": git_commit(), "machine": machine_info(),

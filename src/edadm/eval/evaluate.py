@@ -50,9 +50,18 @@ def evaluate_pipeline(pipe, num: int, seeds: list[int], steps: int | None = None
     return {"num": num, "seeds": list(seeds), "per_seed": per_seed, "summary": summary}, images
 
 
+def add_paired_delta(result: dict, reference: dict, key: str = "fid_digits") -> None:
+    """Per-seed difference to a reference run sampled from the same noise (e.g. FP), and its
+    mean / std: seeds move both runs together, so the paired spread is the honest one."""
+    ref = {m["seed"]: m[key] for m in reference["per_seed"]}
+    deltas = [m[key] - ref[m["seed"]] for m in result["per_seed"] if m["seed"] in ref]
+    if deltas:
+        result["summary"][f"{key}_delta"] = mean_std(deltas)
+
+
 def format_table(rows: list[tuple[str, dict]], keys=("fid_digits", "is_digits", "psnr_vs_ref")) -> str:
     """Markdown table of mean +- std per row for the given summary keys."""
-    names = {"fid_digits": "FID-digits (lower better)", "is_digits": "IS-digits (higher better)",
+    names = {"fid_digits": "FID-digits (lower better)", "fid_digits_delta": "ΔFID vs FP, paired by seed", "is_digits": "IS-digits (higher better)",
              "psnr_vs_ref": "PSNR vs FP, dB", "confidence": "classifier confidence", "sample_seconds": "sampling s"}
     head = "| model | " + " | ".join(names.get(k, k) for k in keys) + " |"
     sep = "|---|" + "---|" * len(keys)

@@ -181,8 +181,12 @@ def reconstruct_unit(model: nn.Module, name: str, kind: str, calib: CalibrationS
         q.scale.requires_grad_(cfg.learn_act_scale)
         q.drop_prob = cfg.act_drop_prob
     groups = [{"params": alphas, "lr": cfg.lr_weight}]
-    if cfg.learn_act_scale and act_qs:
-        groups.append({"params": [q.scale for q in act_qs], "lr": cfg.lr_act})
+    if cfg.learn_act_scale:
+        # Adam moves a parameter by about lr per step whatever its gradient's size, so an
+        # absolute lr means 5 % of a 0.02 step size but 0.1 % of a 1.0 one. lr_act is
+        # therefore relative to each quantizer's initial step size: scale-free across layers
+        # and models (the reference code uses one absolute lr per dataset).
+        groups += [{"params": [q.scale], "lr": cfg.lr_act * float(q.scale.detach().abs().max())} for q in act_qs]
     opt = torch.optim.Adam(groups)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.iters), eta_min=0.0)
     gen = torch.Generator().manual_seed(cfg.seed + sum(map(ord, name)))
