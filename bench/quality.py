@@ -116,6 +116,7 @@ def main(argv=None) -> int:
                     log.info("skip %s %s (done %s)", setting, method, prev.get("date"))
                     continue
             log.info("== %s %s", setting, method)
+            started = metadata()  # commit and date at the start of this entry
             qdir = args.cache / f"q-{args.model}-{setting}-{method}"
             shutil.rmtree(qdir, ignore_errors=True)
             q = quantize_subprocess(args.model, method, w, a, qdir, extra)
@@ -124,7 +125,7 @@ def main(argv=None) -> int:
             res, _ = evaluate_pipeline(pipe, args.num, seeds, batch_size=args.batch_size, reference=fp_imgs,
                                        progress=True)
             add_paired_delta(res, fp_res)
-            entry = {**metadata(), "model": args.model, "method": method, "setting": setting, "num": args.num,
+            entry = {**started, "finished": metadata()["date"], "model": args.model, "method": method, "setting": setting, "num": args.num,
                      "seeds": seeds, "summary": res["summary"], "per_seed": res["per_seed"],
                      "eval_seconds": round(time.time() - t0, 1), "quantize": {
                          "command": q["command"], "wall_seconds": q["wall_seconds"],
@@ -184,7 +185,7 @@ def build_tables(model: str, settings: list[str], methods: list[str], fp_res: di
                          else "not run")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     loads = {f"{s}/{m}": e["machine"].get("loadavg_1m") for (s, m), e in entries.items()}
-    lines += ["", "Each entry's JSON records the 1-minute load average when it finished (`machine.loadavg_1m`; "
+    lines += ["", "Each entry's JSON records the 1-minute load average when it started (`machine.loadavg_1m`; "
               f"here {loads}). The quantization subprocess itself keeps both cores busy (load ~2); "
               "a value well above that means another process shared the cores and its wall time is not valid.", ""]
     write_text(RESULTS / f"{tag}.md", "\n".join(lines))

@@ -91,6 +91,7 @@ def run_demo(args) -> dict:
 
     settings = [parse_setting(s) for s in args.settings.split(",") if s.strip()]
     out = Path(args.out)
+    commit = git_commit()  # read at the start: the code this run executes
     t_all = time.time()
     timings: dict[str, float] = {}
     rows, results = [], {}
@@ -130,7 +131,7 @@ def run_demo(args) -> dict:
         keys = ("fid_digits", "fid_digits_delta", "is_digits", "psnr_vs_ref")
         table = format_table([(k, v["summary"]) for k, v in results.items()], keys=keys)
         meta = {"command": "edadm demo " + " ".join(_argv_of(args)), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-                "edadm_version": __version__, "git_commit": git_commit(), "machine": machine_info(),
+                "edadm_version": __version__, "git_commit": commit, "machine": machine_info(),
                 "model": args.model, "num": args.num, "seeds": args.seeds, "method": args.method,
                 "timings_s": {k: round(v, 1) for k, v in timings.items()}}
         report = {**meta, "results": results}
