@@ -225,12 +225,10 @@ def _quant_config(args):
 def cmd_quantize(args) -> int:
     from .api import quantize
     from .deploy import save_quantized
-    from .pipeline import is_quantized_dir, load_pipeline
+    from .pipeline import is_quantized_dir, load_pipeline, resolve_model_path
 
     cfg = _quant_config(args)
     _check_writable(args.out)
-    from .pipeline import resolve_model_path
-
     if is_quantized_dir(resolve_model_path(args.model)):
         raise EdadmError(f"{args.model} is already quantized; pass the full-precision pipeline")
     t0 = time.time()

@@ -66,10 +66,6 @@ def lp_error(a: torch.Tensor, b: torch.Tensor, p: float = 2.4, dim=None) -> torc
     return d.mean() if dim is None else d.mean(dim=dim)
 
 
-def _broadcast(v: torch.Tensor, ndim: int) -> torch.Tensor:
-    return v.reshape(-1, *([1] * (ndim - 1)))
-
-
 def search_weight_range(w: torch.Tensor, bits: int, symmetric: bool, per_channel: bool = True,
                         method: str = "mse", p: float = 2.4, grid: int = 100,
                         min_ratio: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:

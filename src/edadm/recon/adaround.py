@@ -42,8 +42,3 @@ class AdaRoundQuantizer(nn.Module):
     def round_loss(self, beta: float) -> torch.Tensor:
         """Pushes h toward 0 or 1: sum(1 - |2h - 1|^beta)."""
         return (1 - (2 * self.h() - 1).abs().pow(beta)).sum()
-
-    @torch.no_grad()
-    def hard_weight(self) -> torch.Tensor:
-        self.hard = True
-        return self.forward(self.w_floor)  # shape donor only; the values come from w_floor / alpha
