@@ -12,7 +12,7 @@ def quantize(pipe, config: QuantConfig | None = None, progress: bool = True):
     return _q(pipe, config, progress=progress)
 
 
-def load(path, device=None, engine: str = "fake"):
+def load(path, device=None, engine: str = "int"):
     """Load a zoo name, a diffusers directory or an edadm quantized directory as a pipeline."""
     from .pipeline import load_pipeline
 

@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", type=Path, default=None, help="grid PNG (default grid.png)")
     s.add_argument("--out-dir", type=Path, default=None, help="one PNG per image")
-    s.add_argument("--engine", choices=["fake"], default="fake", help="execution engine for quantized models")
+    s.add_argument("--engine", choices=["int", "fake"], default="int",
+                   help="quantized models: integer kernels (int) or float simulation (fake)")
     _common(s)
 
     e = sub.add_parser("evaluate", help="sample and measure FID-digits / IS-digits over seeds")
@@ -152,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seeds", type=_seeds, default=[0, 1, 2])
     e.add_argument("--compare", default=None, help="another model: PSNR / MSE against its images from the same noise")
     e.add_argument("--json", type=Path, default=None, help="write results as JSON")
-    e.add_argument("--engine", choices=["fake"], default="fake")
+    e.add_argument("--engine", choices=["int", "fake"], default="int",
+                   help="quantized models: integer kernels (int) or float simulation (fake)")
     _common(e)
 
     d = sub.add_parser("demo", help="FP vs W8A8 vs W4A8 on the shipped digits model, with a report")

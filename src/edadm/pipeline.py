@@ -52,8 +52,12 @@ def is_quantized_dir(path: str | Path) -> bool:
     return (Path(path) / "unet" / QUANT_FILE).is_file()
 
 
-def load_pipeline(model: str | Path, device: str | torch.device | None = None, engine: str = "fake"):
-    """Load a zoo model, a diffusers pipeline directory, or an edadm quantized directory."""
+def load_pipeline(model: str | Path, device: str | torch.device | None = None, engine: str = "int"):
+    """Load a zoo model, a diffusers pipeline directory, or an edadm quantized directory.
+
+    engine (quantized directories only): "int" runs integer kernels (edadm.deploy.intengine),
+    "fake" the float simulation used during calibration.
+    """
     dev = resolve_device(device)
     path = resolve_model_path(model)
     if is_quantized_dir(path):

@@ -176,13 +176,11 @@ def read_quant_meta(path: str | Path) -> dict:
     return meta
 
 
-def load_quantized_unet(path: str | Path, device: torch.device | str = "cpu"):
-    """Rebuild the fake-quantized denoiser from integer codes, without its FP checkpoint."""
+def _read_quant_files(path: Path):
     import diffusers
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    path = Path(path)
     meta = read_quant_meta(path)
     config = QuantConfig.from_dict(meta["config"])
     cls = getattr(diffusers, meta.get("unet_class", ""), None)
@@ -198,38 +196,34 @@ def load_quantized_unet(path: str | Path, device: torch.device | str = "cpu"):
         raise EdadmError(f"{path}/unet/{TENSOR_FILE}: cannot read tensors ({str(exc).splitlines()[0]})") from exc
     with torch.device("meta"):
         unet = cls.from_config(unet_config)
+    return meta, config, cls, unet, tensors
+
+
+def _wrap_from_meta(unet, meta: dict, path: Path, cls, attention_only: bool = False) -> None:
     try:
-        plan = {name: spec_from_dict(entry["spec"]) for name, entry in meta["layers"].items()}
+        plan = {name: spec_from_dict(entry["spec"]) for name, entry in meta["layers"].items()
+                if not attention_only or entry.get("type") == "attention"}
         wrap_model(unet, plan=plan)
     except (AttributeError, KeyError, TypeError, ValueError) as exc:
         raise EdadmError(f"{path}: layer table does not match the {cls.__name__} config ({exc})") from exc
-    state = {}
-    for name, entry in meta["layers"].items():
-        if entry.get("type") == "attention":
-            continue
-        mod: QuantMixin = unet.get_submodule(name)
-        parts = []
-        try:
-            for i, ((_, _), part) in enumerate(zip(mod.weight_quantizers(), entry["parts"])):
-                key = f"{name}.{_part('weight', i)}"
-                codes = unpack_codes(tensors.pop(f"{key}.codes"), mod.spec.weight_bits, tuple(part["shape"]))
-                scale, zp = tensors.pop(f"{key}.scale"), tensors.pop(f"{key}.zero_point")
-                view = (-1,) + (1,) * (codes.dim() - 1)
-                parts.append((codes.float() + part["qmin"] - zp.reshape(view)) * scale.reshape(view))
-                qname = "weight_quantizer" if i == 0 else f"weight_quantizer{i + 1}"
-                state[f"{name}.{qname}.scale"] = scale
-                state[f"{name}.{qname}.zero_point"] = zp
-                state[f"{name}.{qname}.initialized"] = torch.tensor(True)
-            for i, _ in enumerate(mod.act_quantizers()):
-                key = f"{name}.{_part('input', i)}"
-                qname = "act_quantizer" if i == 0 else f"act_quantizer{i + 1}"
-                state[f"{name}.{qname}.scale"] = tensors.pop(f"{key}.scale")
-                state[f"{name}.{qname}.zero_point"] = tensors.pop(f"{key}.zero_point")
-                state[f"{name}.{qname}.initialized"] = torch.tensor(True)
-        except KeyError as exc:
-            raise EdadmError(f"{path}: tensor {exc} missing from {TENSOR_FILE}") from exc
-        state[f"{name}.weight"] = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-    state.update(tensors)
+
+
+def _layer_tensors(tensors: dict, name: str, entry: dict, spec) -> tuple[list, list, list]:
+    """Per weight part: (signed codes int16, scale, zero point); per input part: (scale, zero point)."""
+    weights, acts = [], []
+    for i, part in enumerate(entry["parts"]):
+        key = f"{name}.{_part('weight', i)}"
+        codes = unpack_codes(tensors.pop(f"{key}.codes"), spec.weight_bits, tuple(part["shape"]))
+        weights.append((codes.to(torch.int16) + part["qmin"], tensors.pop(f"{key}.scale"),
+                        tensors.pop(f"{key}.zero_point")))
+    if spec.act_bits:
+        for i in range(len(entry["parts"])):
+            key = f"{name}.{_part('input', i)}"
+            acts.append((tensors.pop(f"{key}.scale"), tensors.pop(f"{key}.zero_point")))
+    return weights, acts
+
+
+def _load_state(unet, state: dict, path: Path) -> None:
     try:
         unet.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as exc:
@@ -237,18 +231,91 @@ def load_quantized_unet(path: str | Path, device: torch.device | str = "cpu"):
     for p in unet.parameters():
         p.requires_grad_(False)
     unet.eval()
+
+
+def load_quantized_unet(path: str | Path, device: torch.device | str = "cpu"):
+    """Rebuild the fake-quantized denoiser (the simulation) from integer codes, without its
+    FP checkpoint."""
+    path = Path(path)
+    meta, config, cls, unet, tensors = _read_quant_files(path)
+    _wrap_from_meta(unet, meta, path, cls)
+    state = {}
+    for name, entry in meta["layers"].items():
+        if entry.get("type") == "attention":
+            continue
+        mod: QuantMixin = unet.get_submodule(name)
+        try:
+            weights, acts = _layer_tensors(tensors, name, entry, mod.spec)
+        except KeyError as exc:
+            raise EdadmError(f"{path}: tensor {exc} missing from {TENSOR_FILE}") from exc
+        parts = []
+        for i, (codes, scale, zp) in enumerate(weights):
+            view = (-1,) + (1,) * (codes.dim() - 1)
+            parts.append((codes.float() - zp.reshape(view)) * scale.reshape(view))
+            qname = "weight_quantizer" if i == 0 else f"weight_quantizer{i + 1}"
+            state.update({f"{name}.{qname}.scale": scale, f"{name}.{qname}.zero_point": zp,
+                          f"{name}.{qname}.initialized": torch.tensor(True)})
+        for i, (scale, zp) in enumerate(acts):
+            qname = "act_quantizer" if i == 0 else f"act_quantizer{i + 1}"
+            state.update({f"{name}.{qname}.scale": scale, f"{name}.{qname}.zero_point": zp,
+                          f"{name}.{qname}.initialized": torch.tensor(True)})
+        state[f"{name}.weight"] = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+    state.update(tensors)
+    _load_state(unet, state, path)
     return unet.to(device), config, meta
+
+
+def load_int_unet(path: str | Path, device: torch.device | str = "cpu"):
+    """Rebuild the denoiser for integer execution straight from the stored codes: every
+    quantized Conv2d / Linear becomes an IntLayer holding int8 weights; no float copy of a
+    quantized weight is made (except for layers the method keeps in float input)."""
+    from .intengine import ActQuant, IntLayer, _conv_args, _set_submodule, int_weight, prepare_int
+
+    path = Path(path)
+    meta, config, cls, unet, tensors = _read_quant_files(path)
+    _wrap_from_meta(unet, meta, path, cls, attention_only=True)
+    state = {}
+    for name, entry in meta["layers"].items():
+        if entry.get("type") == "attention":
+            continue
+        try:
+            spec = spec_from_dict(entry["spec"])
+            mod = unet.get_submodule(name)
+            weights, acts = _layer_tensors(tensors, name, entry, spec)
+            bias = tensors.pop(f"{name}.bias", None)
+        except (KeyError, AttributeError, TypeError, ValueError) as exc:
+            raise EdadmError(f"{path}: layer {name}: {exc} missing or inconsistent in {TENSOR_FILE}") from exc
+        ints = [int_weight(c, zp, name) for c, _, zp in weights]
+        if any(w is None for w in ints):
+            raise EdadmError(f"{path}: layer {name} has 8-bit asymmetric weights, which int8 kernels cannot run; "
+                             "use --engine fake")
+        act_q = ([ActQuant.from_params(s, z, spec.act_bits, spec.act_symmetric) for s, z in acts] if acts
+                 else [None] * len(ints))
+        kind = "conv" if isinstance(mod, torch.nn.Conv2d) else "linear"
+        layer = IntLayer(kind, ints, [s for _, s, _ in weights], act_q, bias,
+                         _conv_args(mod) if kind == "conv" else None, name=name)
+        _set_submodule(unet, name, layer)
+        state.update({f"{name}.{k}": v for k, v in layer.state_dict().items()})
+    state.update(tensors)
+    _load_state(unet, state, path)
+    unet.to(device)
+    counts = prepare_int(unet)
+    log.info("integer engine: %s", ", ".join(f"{n} layers {b}" for b, n in sorted(counts.items())))
+    return unet, config, meta
 
 
 def load_quantized(path: str | Path, device: torch.device | str = "cpu", engine: str = "fake"):
     """Load a quantized pipeline directory as a diffusers pipeline."""
     from diffusers import DiffusionPipeline
 
-    if engine != "fake":
-        raise EdadmError(f"engine {engine!r} is not available; use --engine fake")
+    from .intengine import ENGINES
+
+    if engine not in ENGINES:
+        raise EdadmError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
     path = Path(path)
     quiet_diffusers()
-    unet, config, meta = load_quantized_unet(path, device)
+    loader = load_int_unet if engine == "int" else load_quantized_unet
+    unet, config, meta = loader(path, device)
     try:
         pipe = DiffusionPipeline.from_pretrained(str(path), unet=unet, local_files_only=True, low_cpu_mem_usage=False)
     except Exception as exc:

@@ -1,0 +1,308 @@
+"""Integer execution of quantized Conv2d / Linear layers.
+
+Each quantized layer becomes an :class:`IntLayer` holding int8 weights (codes minus their
+zero point; 4-bit codes fit too) with per-output-channel scales, and the static per-tensor
+input scale found by calibration. At run time the input is quantized with plain tensor ops
+to uint8 and the product runs in an integer kernel:
+
+- x86 CPU: oneDNN's u8 x s8 kernels, ``torch.ops.onednn.qconv_pointwise`` /
+  ``qlinear_pointwise`` with weights prepacked once, float32 or bfloat16 output. These ops
+  are what PyTorch's own x86 inductor quantization lowers to; they are internal, so the
+  package pins torch and ``tests/deploy/test_intengine.py`` checks they exist.
+- CUDA Linear: ``torch._int_mm`` (int8 x int8 -> int32) with the activation zero point
+  folded into a per-channel correction.
+- anywhere else (CUDA convolutions, or a layer whose weight codes do not fit int8): the
+  same arithmetic in float from the integer codes, announced by one warning line.
+
+No library offers "static per-tensor u8 activations + per-channel s8 weights from an
+existing calibration" as a module: torch.ao's quantized modules are deprecated and PT2E
+re-derives its own observers, so the wrapper is written here (~200 lines).
+
+What the method keeps in float stays float: layers whose input is not quantized (the output
+conv) run in float with dequantized weights; attention q / k / v / probabilities keep their
+quantize-dequantize simulation.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import EdadmError
+
+log = logging.getLogger("edadm")
+
+ENGINES = ("fake", "int")
+_warned: set[str] = set()
+
+
+def onednn_available() -> bool:
+    """True when this PyTorch build has the oneDNN integer conv / linear ops used on CPU."""
+    ops = getattr(torch.ops, "onednn", None)
+    try:
+        return all(hasattr(ops, n) for n in ("qconv_prepack", "qconv_pointwise", "qlinear_prepack",
+                                              "qlinear_pointwise")) and torch.backends.mkldnn.is_available()
+    except Exception:  # pragma: no cover - exotic builds
+        return False
+
+
+def _warn_once(key: str, msg: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(msg)
+
+
+@dataclass
+class ActQuant:
+    """Static per-tensor input quantization, expressed in the uint8 domain the kernels take."""
+
+    scale: float
+    inv_scale: float      # float32(1 / scale): the exact multiplier the fake-quant path uses
+    zero_point: int       # uint8-domain zero point
+    qmin: int
+    qmax: int
+
+    @classmethod
+    def from_params(cls, scale: torch.Tensor, zero_point: torch.Tensor, bits: int, symmetric: bool) -> "ActQuant":
+        s = scale.detach().float().reshape(-1)[:1]
+        shift = 128 if symmetric else 0  # signed codes -> uint8 by + 128, zero point with them
+        qmin = -(2 ** (bits - 1)) if symmetric else 0
+        qmax = 2 ** (bits - 1) - 1 if symmetric else 2 ** bits - 1
+        z = int(zero_point.detach().float().reshape(-1)[0].round()) + shift
+        return cls(scale=float(s), inv_scale=float(1.0 / s), zero_point=z, qmin=qmin + shift, qmax=qmax + shift)
+
+
+class IntLayer(nn.Module):
+    """A Conv2d or Linear run with integer weights and static input quantization.
+
+    `parts` splits the input channels (Q-Diffusion's split shortcut: the skip and the
+    upsampled path have their own input and weight scales); the outputs of the parts add up.
+    """
+
+    def __init__(self, kind: str, weights: list[torch.Tensor], w_scales: list[torch.Tensor],
+                 acts: list[ActQuant | None], bias: torch.Tensor | None, conv: dict | None = None, name: str = ""):
+        super().__init__()
+        if kind not in ("conv", "linear"):
+            raise ValueError(kind)
+        self.kind, self.name, self.conv = kind, name, conv or {}
+        self.acts = acts
+        self.bounds = []
+        start = 0
+        for i, (w, s) in enumerate(zip(weights, w_scales)):
+            if w.dtype != torch.int8:
+                raise ValueError("IntLayer weights must be int8")
+            self.register_buffer(f"w{i}", w, persistent=True)
+            self.register_buffer(f"s{i}", s.float().reshape(-1), persistent=True)
+            self.bounds.append((start, start + w.shape[1]))
+            start += w.shape[1]
+        self.in_channels = start
+        self.register_buffer("bias", None if bias is None else bias.detach().clone(), persistent=True)
+        self._packed: list | None = None   # oneDNN prepacked weights (opaque, not in the state dict)
+        self._wf: list | None = None       # float32 weights for the float / dequant backends
+        self._zeros: torch.Tensor | None = None
+        self.backend = "dequant"
+        self.prepare()
+
+    @property
+    def num_parts(self) -> int:
+        return len(self.bounds)
+
+    def weight_int(self, i: int) -> torch.Tensor:
+        return getattr(self, f"w{i}")
+
+    def weight_scale(self, i: int) -> torch.Tensor:
+        return getattr(self, f"s{i}")
+
+    def extra_repr(self) -> str:
+        w = self.weight_int(0)
+        return f"{self.kind}, in={self.in_channels}, out={w.shape[0]}, parts={self.num_parts}, backend={self.backend}"
+
+    # -- backend selection -------------------------------------------------------------------
+    def prepare(self) -> str:
+        """Choose the backend for the layer's current device and prepack weights once."""
+        dev = self.weight_int(0).device
+        self._packed, self._wf = None, None
+        if dev.type == "meta":
+            return self.backend
+        self._zeros = torch.zeros(self.weight_int(0).shape[0], dtype=torch.long)
+        if any(a is None for a in self.acts):
+            self.backend = "float"  # the method keeps this input in float
+        elif dev.type == "cpu" and onednn_available():
+            self._packed = [self._prepack(i) for i in range(self.num_parts)]
+            self.backend = "onednn"
+        elif dev.type == "cuda" and self.kind == "linear":
+            self.backend = "int_mm"
+        else:
+            self.backend = "dequant"
+        if self.backend in ("float", "dequant"):
+            self._wf = [self._float_weight(i) for i in range(self.num_parts)]
+        return self.backend
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        self.prepare()  # device or dtype moved: reselect the backend, repack
+        return out
+
+    def _prepack(self, i: int):
+        w = self.weight_int(i)
+        if self.kind == "linear":
+            return torch.ops.onednn.qlinear_prepack(w, None)
+        a = self.acts[i]
+        c = self.conv
+        return torch.ops.onednn.qconv_prepack(w, self.weight_scale(i), a.scale, a.zero_point, c["stride"],
+                                              c["padding"], c["dilation"], c["groups"], None)
+
+    # -- arithmetic ----------------------------------------------------------------------------
+    def _quant_u8(self, x: torch.Tensor, a: ActQuant) -> torch.Tensor:
+        q = torch.clamp(torch.round(x.float() * a.inv_scale) + a.zero_point, a.qmin, a.qmax)
+        return q.to(torch.uint8)
+
+    def _float_weight(self, i: int) -> torch.Tensor:
+        w = self.weight_int(i)
+        return w.float() * self.weight_scale(i).reshape(-1, *([1] * (w.dim() - 1)))
+
+    def _float_op(self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if self.kind == "linear":
+            return F.linear(x, w, bias)
+        c = self.conv
+        return F.conv2d(x, w, bias, c["stride"], c["padding"], c["dilation"], c["groups"])
+
+    def _part_input(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        if self.num_parts == 1:
+            return x
+        lo, hi = self.bounds[i]
+        return x[:, lo:hi] if self.kind == "conv" else x[..., lo:hi]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = None
+        for i in range(self.num_parts):
+            xi = self._part_input(x, i)
+            bias = self.bias.to(x.dtype) if (self.bias is not None and i == 0) else None
+            y = getattr(self, f"_run_{self.backend}")(xi, i, bias)
+            out = y if out is None else out + y
+        return out
+
+    def _run_float(self, x, i, bias):
+        return self._float_op(x, self._wf[i].to(x.dtype), bias)
+
+    def _run_dequant(self, x, i, bias):
+        a = self.acts[i]
+        xq = ((self._quant_u8(x, a).float() - a.zero_point) * a.scale).to(x.dtype)
+        return self._float_op(xq, self._wf[i].to(x.dtype), bias)
+
+    def _run_onednn(self, x, i, bias):
+        a = self.acts[i]
+        q = self._quant_u8(x, a)
+        zeros = self._zeros
+        if self.kind == "conv":
+            q = q.contiguous(memory_format=torch.channels_last)
+            c = self.conv
+            return torch.ops.onednn.qconv_pointwise(q, a.scale, a.zero_point, self._packed[i], self.weight_scale(i),
+                                                    zeros, bias, c["stride"], c["padding"], c["dilation"],
+                                                    c["groups"], 1.0, 0, x.dtype, "none", [], "")
+        return torch.ops.onednn.qlinear_pointwise(q, a.scale, a.zero_point, self._packed[i], self.weight_scale(i),
+                                                  zeros, bias, 1.0, 0, x.dtype, "none", [], "")
+
+    def _run_int_mm(self, x, i, bias):
+        """int8 GEMM: y = s_x * s_w * (q_x' @ W^T - z' * rowsum(W)), q_x' = q_x - 128 (int8)."""
+        a = self.acts[i]
+        shape = x.shape
+        q = (self._quant_u8(x, a).reshape(-1, shape[-1]).to(torch.int16) - 128).to(torch.int8)
+        w = self.weight_int(i)
+        m = q.shape[0]
+        if m <= 16 or q.shape[1] % 8 or w.shape[0] % 8:  # _int_mm's shape constraints
+            return self._run_dequant(x, i, bias)
+        acc = torch._int_mm(q, w.t().contiguous())
+        corr = (a.zero_point - 128) * w.to(torch.int32).sum(1)
+        y = (acc - corr).float() * (a.scale * self.weight_scale(i))
+        if bias is not None:
+            y = y + bias.float()
+        return y.to(x.dtype).reshape(*shape[:-1], w.shape[0])
+
+
+def _conv_args(mod: nn.Module) -> dict:
+    if getattr(mod, "padding_mode", "zeros") != "zeros":
+        raise EdadmError(f"integer engine: padding mode {mod.padding_mode!r} is not supported")
+    pad = mod.padding
+    if isinstance(pad, str):
+        raise EdadmError(f"integer engine: string padding {pad!r} is not supported")
+    return {"stride": list(mod.stride), "padding": list(pad), "dilation": list(mod.dilation), "groups": mod.groups}
+
+
+def int_weight(codes: torch.Tensor, zero_point: torch.Tensor, name: str) -> torch.Tensor | None:
+    """Signed codes minus their per-channel zero point as int8, or None if they do not fit."""
+    view = (-1,) + (1,) * (codes.dim() - 1)
+    w = codes.to(torch.int16) - zero_point.round().to(torch.int16).reshape(view)
+    if int(w.min()) < -128 or int(w.max()) > 127:
+        return None
+    return w.to(torch.int8)
+
+
+def int_layer_from_quant(name: str, mod) -> IntLayer | None:
+    """An IntLayer with the same parameters as a calibrated fake-quant QConv2d / QLinear, or
+    None when its weight codes do not fit int8 (8-bit asymmetric weights)."""
+    weights, scales, acts = [], [], []
+    act_qs = mod.act_quantizers() if mod.act_quantizer is not None else [None] * len(mod.weight_quantizers())
+    for (wq, sl), aq in zip(mod.weight_quantizers(), act_qs):
+        w = mod.weight.detach()[:, sl] if mod.split else mod.weight.detach()
+        wi = int_weight(wq.quantize_int(w.float()), wq.zero_point.detach(), name)
+        if wi is None:
+            return None
+        weights.append(wi.cpu())
+        scales.append(wq.scale.detach().float().cpu())
+        acts.append(None if aq is None else ActQuant.from_params(aq.scale, aq.zero_point, aq.bits, aq.symmetric))
+    kind = "conv" if isinstance(mod, nn.Conv2d) else "linear"
+    bias = None if mod.bias is None else mod.bias.detach().cpu()
+    layer = IntLayer(kind, weights, scales, acts, bias, _conv_args(mod) if kind == "conv" else None, name=name)
+    return layer
+
+
+def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new)
+
+
+def prepare_int(model: nn.Module) -> dict[str, int]:
+    """(Re)select every IntLayer's backend for its device; returns backend -> layer count and
+    warns once when some quantized layers have no integer kernel here."""
+    counts: dict[str, int] = {}
+    slow = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, IntLayer):
+            b = mod.prepare()
+            counts[b] = counts.get(b, 0) + 1
+            if b == "dequant":
+                slow.append(name)
+    if slow:
+        dev = next(model.buffers()).device
+        _warn_once(f"dequant-{dev.type}", f"integer engine: no integer kernel for {len(slow)} layer(s) on {dev.type} "
+                                          f"(for example {slow[0]}); they run the same arithmetic in float")
+    return counts
+
+
+def convert_to_int(model: nn.Module) -> dict[str, int]:
+    """Replace, in place, every calibrated fake-quant layer of `model` by an IntLayer.
+
+    Layers whose codes do not fit int8 stay fake-quantized (one warning). Returns backend ->
+    layer count."""
+    from ..quant.wrap import quant_modules
+
+    dev = next(model.parameters()).device
+    kept = []
+    for name, mod in list(quant_modules(model)):
+        layer = int_layer_from_quant(name, mod)
+        if layer is None:
+            kept.append(name)
+            continue
+        _set_submodule(model, name, layer.to(dev))
+    if kept:
+        _warn_once("kept-fake", f"integer engine: {len(kept)} layer(s) with 8-bit asymmetric weights do not fit "
+                                f"int8 kernels and stay fake-quantized (for example {kept[0]})")
+    counts = prepare_int(model)
+    if kept:
+        counts["fake"] = len(kept)
+    return counts
