@@ -87,7 +87,9 @@ def test_failed_quantize_leaves_nothing(tiny_pipe_dir, tmp_path, capsys, monkeyp
     with pytest.raises(RuntimeError):
         main(["quantize", str(tiny_pipe_dir), "--out", str(tmp_path / "o"), "--num-samples", "4",
               "--num-trajectories", "4", "--no-progress"])
-    assert list(tmp_path.iterdir()) == []
+    # no output directory; only the hidden checkpoint that --resume continues from
+    assert [p.name for p in tmp_path.iterdir()] == [".o.ckpt"]
+    assert (tmp_path / ".o.ckpt" / "calib.pt").is_file()
 
 
 def test_config_file_roundtrip_and_override(tiny_pipe_dir, tmp_path, capsys):

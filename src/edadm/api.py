@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .calib import (assemble, collect_trajectories, ptq4dm_counts, random_counts, tdac_allocation,
+from .calib import (CalibrationSet, assemble, collect_trajectories, ptq4dm_counts, random_counts, tdac_allocation,
                     uniform_counts)
 from .config import QuantConfig
 from .errors import EdadmError
@@ -33,6 +33,7 @@ class QuantReport:
     peak_memory_mb: float | None = None
     recon: list[dict] = field(default_factory=list)  # per-unit reconstruction logs
     plan: dict = field(default_factory=dict)
+    resumed: bool = False         # finished stages were read from a checkpoint
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -67,24 +68,9 @@ def allocate(traj, config: QuantConfig, num_train_timesteps: int) -> tuple[torch
     raise EdadmError(f"unknown calibration strategy {c.strategy!r}")
 
 
-def quantize(pipe, config: QuantConfig | None = None, progress: bool = True):
-    """Quantize `pipe.unet` in place (fake quantization) and return (pipe, QuantReport).
-
-    FP trajectories of the evaluation sampler -> calibration set (uniform / PTQ4DM / TDAC)
-    -> wrap layers -> weight and activation ranges (MSE search) -> block reconstruction
-    (BRECQ, + FBR inner-layer terms) for methods that reconstruct.
-    """
-    config = config or QuantConfig()
-    config.validate()
-    torch.manual_seed(config.seed)
-    defaults = sampling_defaults(pipe)
-    steps = config.steps or defaults.steps
-    eta = defaults.eta if config.eta is None else config.eta
+def _calibration_set(pipe, config: QuantConfig, steps: int, eta: float, progress: bool, seconds: dict):
+    """FP trajectories -> per-step counts -> CalibrationSet (+ counts, details, timesteps)."""
     c = config.calib
-    if c.num_samples < steps and c.strategy == "tdac":
-        log.warning("TDAC with fewer calibration samples (%d) than steps (%d): some steps get none",
-                    c.num_samples, steps)
-    seconds = {}
     t0 = time.time()
     fmod = None
     if c.strategy == "tdac":
@@ -99,24 +85,63 @@ def quantize(pipe, config: QuantConfig | None = None, progress: bool = True):
     seconds["trajectories"] = time.time() - t0
     counts, details = allocate(traj, config, pipe.scheduler.config.num_train_timesteps)
     calib = assemble(traj, counts, seed=config.seed)
-    timesteps = traj.ts.tolist()
-    del traj
+    return calib, counts.tolist(), details, traj.ts.tolist()
+
+
+def quantize(pipe, config: QuantConfig | None = None, progress: bool = True, checkpoint=None):
+    """Quantize `pipe.unet` in place (fake quantization) and return (pipe, QuantReport).
+
+    FP trajectories of the evaluation sampler -> calibration set (uniform / PTQ4DM / TDAC)
+    -> wrap layers -> weight and activation ranges (MSE search) -> block reconstruction
+    (BRECQ, + FBR inner-layer terms) for methods that reconstruct.
+
+    checkpoint: an edadm.checkpoint.Checkpoint; each stage is saved there and, when it was
+    opened with resume=True, finished stages are read back instead of recomputed.
+    """
+    config = config or QuantConfig()
+    config.validate()
+    torch.manual_seed(config.seed)
+    defaults = sampling_defaults(pipe)
+    steps = config.steps or defaults.steps
+    eta = defaults.eta if config.eta is None else config.eta
+    c = config.calib
+    covered = min(steps, c.uniform_steps) if c.strategy == "uniform" else steps
+    if c.num_samples < covered:
+        raise EdadmError(f"calibration size {c.num_samples} is smaller than the {covered} sampler steps it must "
+                         f"cover; use --num-samples >= {covered} (or fewer --steps)")
+    seconds = {}
+    saved = checkpoint.load_calib() if checkpoint is not None else None
+    if saved is not None:
+        calib, counts, details, timesteps = (CalibrationSet(**saved["calib"]), saved["counts"], saved["details"],
+                                              saved["timesteps"])
+        seconds.update(saved["seconds"])
+    else:
+        calib, counts, details, timesteps = _calibration_set(pipe, config, steps, eta, progress, seconds)
+        if checkpoint is not None:
+            checkpoint.save_calib({"calib": asdict(calib), "counts": counts, "details": details,
+                                   "timesteps": timesteps, "seconds": dict(seconds)})
     t0 = time.time()
     plan = wrap_model(pipe.unet, config)
-    init_weight_ranges(pipe.unet, method=config.weight_range, p=config.lp)
-    init_act_ranges(pipe.unet, calib, batch_size=c.batch_size, method=config.act_range, p=config.lp,
-                    seed=config.seed, progress=progress)
-    seconds["scales"] = time.time() - t0
+    if checkpoint is None or not checkpoint.load_ranges(pipe.unet):
+        init_weight_ranges(pipe.unet, method=config.weight_range, p=config.lp)
+        init_act_ranges(pipe.unet, calib, batch_size=c.batch_size, method=config.act_range, p=config.lp,
+                        seed=config.seed, progress=progress)
+        seconds["scales"] = time.time() - t0
+        if checkpoint is not None:
+            checkpoint.save_ranges(pipe.unet)
     recon_logs = []
     if config.recon.enabled:
         from .recon.engine import reconstruct
 
         t0 = time.time()
+        done = checkpoint.finished_units() if checkpoint is not None else []
+        on_unit = (lambda i, name, ulog: checkpoint.save_unit(i, name, pipe.unet, ulog)) if checkpoint else None
         recon_logs = [asdict(u) for u in reconstruct(pipe.unet, calib, config.recon, calib_batch=c.batch_size,
-                                                     progress=progress)]
+                                                     progress=progress, done=done, on_unit=on_unit)]
         seconds["reconstruction"] = time.time() - t0
-    report = QuantReport(config=config.to_dict(), steps=steps, eta=eta, counts=counts.tolist(), timesteps=timesteps,
+    report = QuantReport(config=config.to_dict(), steps=steps, eta=eta, counts=list(counts), timesteps=list(timesteps),
                          allocation=details, seconds={k: round(v, 2) for k, v in seconds.items()},
+                         resumed=checkpoint is not None and checkpoint.resume,
                          peak_memory_mb=_peak_rss_mb(), recon=recon_logs,
                          plan={k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in plan.items()})
     pipe._edadm_quant = (config, report)

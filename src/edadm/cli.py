@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("quantize", help="quantize a pipeline's denoiser and save it")
     q.add_argument("model", help="zoo name (e.g. digits-ddpm) or a local diffusers pipeline directory")
     q.add_argument("--out", required=True, type=Path, help="output directory")
+    q.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from its checkpoint (.OUT.ckpt beside --out)")
     q.add_argument("--method", default=None, help="eda-dm (default), eda-dm-tdac-only, eda-dm-fbr-only, qdiffusion, "
                    "ptq4dm, naive")
     q.add_argument("--weight-bits", type=_bits, default=None)
@@ -226,6 +228,7 @@ def _quant_config(args):
 
 def cmd_quantize(args) -> int:
     from .api import quantize
+    from .checkpoint import Checkpoint, default_checkpoint_dir
     from .deploy import save_quantized
     from .pipeline import is_quantized_dir, load_pipeline, resolve_model_path
 
@@ -235,8 +238,13 @@ def cmd_quantize(args) -> int:
         raise EdadmError(f"{args.model} is already quantized; pass the full-precision pipeline")
     t0 = time.time()
     pipe = load_pipeline(args.model, device=args.device)
-    pipe, report = quantize(pipe, cfg, progress=args.progress)
+    ck_dir = default_checkpoint_dir(args.out)
+    if args.resume and not ck_dir.is_dir():
+        log.warning("no checkpoint at %s: starting from the beginning", ck_dir)
+    ck = Checkpoint(ck_dir, {"model": str(args.model), "config": cfg.to_dict()}, resume=args.resume)
+    pipe, report = quantize(pipe, cfg, progress=args.progress, checkpoint=ck)
     save_quantized(pipe, args.out, cfg, report.to_dict())
+    ck.remove()
     log.info("quantized %s (%s W%dA%d) in %.1fs -> %s", args.model, cfg.method, cfg.weight_bits, cfg.act_bits,
              time.time() - t0, args.out)
     print(f"saved {args.out} ({cfg.method} W{cfg.weight_bits}A{cfg.act_bits}, {time.time() - t0:.1f}s)")

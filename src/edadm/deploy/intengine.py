@@ -142,8 +142,13 @@ class IntLayer(nn.Module):
         return self.backend
 
     def _apply(self, fn, recurse=True):
+        # Scales stay float32 whatever dtype the model is cast to (a bfloat16 scale has 8
+        # significant bits); only their device follows the module.
+        scales = [self.weight_scale(i) for i in range(self.num_parts)]
         out = super()._apply(fn, recurse)
-        self.prepare()  # device or dtype moved: reselect the backend, repack
+        for i, sc in enumerate(scales):
+            setattr(self, f"s{i}", sc.to(self.weight_int(i).device, torch.float32))
+        self.prepare()  # device moved: reselect the backend, repack
         return out
 
     def _prepack(self, i: int):
@@ -221,6 +226,44 @@ class IntLayer(nn.Module):
         if bias is not None:
             y = y + bias.float()
         return y.to(x.dtype).reshape(*shape[:-1], w.shape[0])
+
+
+class StaticQuant(nn.Module):
+    """Frozen per-tensor quantize-dequantize with Python-number parameters: the attention
+    q / k / v / probability quantizers at inference. No tensor-valued flags, so
+    torch.compile traces it without graph breaks; computes in float32 like the simulation."""
+
+    def __init__(self, scale: float, inv_scale: float, zero_point: int, qmin: int, qmax: int):
+        super().__init__()
+        self.scale, self.inv_scale, self.zero_point, self.qmin, self.qmax = scale, inv_scale, zero_point, qmin, qmax
+
+    @classmethod
+    def from_quantizer(cls, q) -> "StaticQuant":
+        s = q.scale.detach().float().reshape(-1)[:1]
+        return cls(float(s), float(1.0 / s), int(q.zero_point.reshape(-1)[0].round()), q.qmin, q.qmax)
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale:.4g}, zero_point={self.zero_point}, range=[{self.qmin}, {self.qmax}]"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = torch.clamp(torch.round(x.float() * self.inv_scale) + self.zero_point, self.qmin, self.qmax)
+        return ((q - self.zero_point) * self.scale).to(x.dtype)
+
+
+def freeze_attention_quantizers(model: nn.Module) -> int:
+    """Replace calibrated attention quantizers by StaticQuant; returns how many modules."""
+    from ..quant.attention import ATTN_QUANTIZERS, has_attention_quantizers
+
+    n = 0
+    for mod in model.modules():
+        if has_attention_quantizers(mod):
+            for name in ATTN_QUANTIZERS:
+                q = getattr(mod, name)
+                if not bool(q.initialized):
+                    raise EdadmError("attention quantizers are not calibrated")
+                setattr(mod, name, StaticQuant.from_quantizer(q))
+            n += 1
+    return n
 
 
 def _conv_args(mod: nn.Module) -> dict:
@@ -302,6 +345,7 @@ def convert_to_int(model: nn.Module) -> dict[str, int]:
     if kept:
         _warn_once("kept-fake", f"integer engine: {len(kept)} layer(s) with 8-bit asymmetric weights do not fit "
                                 f"int8 kernels and stay fake-quantized (for example {kept[0]})")
+    freeze_attention_quantizers(model)
     counts = prepare_int(model)
     if kept:
         counts["fake"] = len(kept)

@@ -269,7 +269,8 @@ def load_int_unet(path: str | Path, device: torch.device | str = "cpu"):
     """Rebuild the denoiser for integer execution straight from the stored codes: every
     quantized Conv2d / Linear becomes an IntLayer holding int8 weights; no float copy of a
     quantized weight is made (except for layers the method keeps in float input)."""
-    from .intengine import ActQuant, IntLayer, _conv_args, _set_submodule, int_weight, prepare_int
+    from .intengine import (ActQuant, IntLayer, _conv_args, _set_submodule, freeze_attention_quantizers, int_weight,
+                            prepare_int)
 
     path = Path(path)
     meta, config, cls, unet, tensors = _read_quant_files(path)
@@ -298,6 +299,7 @@ def load_int_unet(path: str | Path, device: torch.device | str = "cpu"):
         state.update({f"{name}.{k}": v for k, v in layer.state_dict().items()})
     state.update(tensors)
     _load_state(unet, state, path)
+    freeze_attention_quantizers(unet)
     unet.to(device)
     counts = prepare_int(unet)
     log.info("integer engine: %s", ", ".join(f"{n} layers {b}" for b, n in sorted(counts.items())))

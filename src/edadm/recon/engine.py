@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
@@ -254,18 +254,38 @@ def reconstruct_unit(model: nn.Module, name: str, kind: str, calib: CalibrationS
 
 
 def reconstruct(model: nn.Module, calib: CalibrationSet, cfg, calib_batch: int = 64,
-                progress: bool = True) -> list[UnitLog]:
-    """Reconstruct every unit of a wrapped, scale-initialised model, in forward order."""
-    torch.manual_seed(cfg.seed)
+                progress: bool = True, done: list[dict] | None = None, on_unit=None) -> list[UnitLog]:
+    """Reconstruct every unit of a wrapped, scale-initialised model, in forward order.
+
+    done: units already reconstructed by an interrupted run (edadm.checkpoint), applied
+    instead of recomputed; on_unit(index, name, log_dict) is called after each new unit.
+    Each unit seeds the global RNG from (seed, index), so a resumed run draws the same
+    random numbers as an uninterrupted one.
+    """
+    from ..checkpoint import Checkpoint
+    from ..errors import EdadmError
+
     units = dict(reconstruction_units(model, lambda m: isinstance(m, QuantMixin)))
     args, kwargs = next(iter(calib.model_inputs(1, next(model.parameters()).device)))
     order = forward_order(model, list(units), args, kwargs)
     logs = []
-    bar = tqdm(order, desc="reconstruction", disable=not progress)
-    for name in bar:
+    for i, saved in enumerate(done or []):
+        if i >= len(order) or saved["name"] != order[i]:
+            raise EdadmError(f"checkpoint unit {i} ({saved['name']}) does not match this model's reconstruction order")
+        Checkpoint.apply_unit(model, saved)
+        logs.append(UnitLog(**saved["log"]))
+    if logs:
+        log.info("resuming reconstruction after %d of %d units", len(logs), len(order))
+    bar = tqdm(order, desc="reconstruction", disable=not progress, initial=len(logs))
+    for i, name in enumerate(order[len(logs):], start=len(logs)):
         bar.set_postfix(unit=name)
+        torch.manual_seed(cfg.seed * 100_003 + i)
         ulog = reconstruct_unit(model, name, units[name], calib, cfg, calib_batch, progress=progress)
         log.debug("%s %s: output MSE %.4g -> %.4g (%.1fs)", units[name], name, ulog.before, ulog.after, ulog.seconds)
         logs.append(ulog)
+        if on_unit is not None:
+            on_unit(i, name, asdict(ulog))
+        bar.update(1)
+    bar.close()
     set_quant_state(model, weight=True, act=True)
     return logs

@@ -1,0 +1,313 @@
+"""Speed, size and memory of FP and integer denoisers, all measured in one run.
+
+For each model and variant, a fresh worker process (its own peak RSS, its own compile
+cache) measures the denoiser forward at each batch size (warm-up, then `--repeats` timed
+calls: min / median / max ms) and, where asked, a full DDIM sampling run.
+
+Variants:
+- fp32-eager: the diffusers model as loaded;
+- bf16-autocast: the same under torch.autocast(cpu, bfloat16);
+- bf16-compiled: bf16 weights + channels_last + torch.compile (inductor, freezing): the
+  strongest float path found on this CPU;
+- int-w8a8 / int-w4a8: edadm's integer engine (edadm.deploy.intengine) loaded from a saved
+  quantized directory, eager in fp32;
+- int-w8a8-compiled / int-w4a8-compiled: the integer engine inside a bf16 channels_last model
+  under torch.compile with freezing.
+
+Models: digits-ddpm (shipped, trained; naive calibration on its own trajectories),
+ddpm-cifar10 (google/ddpm-cifar10-32 architecture) and sd-v1-4 (Stable Diffusion v1.4 UNet
+at 64x64 latents) with random weights and scales calibrated on random inputs: weights do not
+change speed. Integer weights are 4-bit or 8-bit on disk; at load both become int8 for the
+kernels (no CPU int4 conv kernel exists), so W4A8 and W8A8 run at the same speed and differ in
+size.
+
+    python bench/speed.py                                   # digits-ddpm and ddpm-cifar10
+    python bench/speed.py --models sd-v1-4 --batches 1 --repeats 3 --name speed_sd
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import metadata, write_json, write_text  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+VARIANTS = ["fp32-eager", "bf16-autocast", "bf16-compiled", "int-w8a8", "int-w4a8", "int-w8a8-compiled",
+            "int-w4a8-compiled"]
+DEFAULT_MODELS = ["digits-ddpm", "ddpm-cifar10"]
+
+
+# ---------------------------------------------------------------- model construction -------
+class _RandomCalib:
+    """Duck-typed CalibrationSet: random inputs in the model's input shape (speed only)."""
+
+    def __init__(self, unet, n: int = 16, batch: int = 4):
+        self.unet, self.n, self.batch = unet, n, batch
+
+    def model_inputs(self, batch_size, device):
+        g = torch.Generator().manual_seed(0)
+        for _ in range(max(1, self.n // self.batch)):
+            yield _example_inputs(self.unet, self.batch, g, device)
+
+
+def _example_inputs(unet, batch: int, g: torch.Generator | None = None, device="cpu"):
+    c = unet.config
+    size = c.sample_size if isinstance(c.sample_size, int) else c.sample_size[0]
+    x = torch.randn(batch, c.in_channels, size, size, generator=g).to(device)
+    t = torch.randint(1, 1000, (batch,), generator=g).to(device)
+    kwargs = {}
+    if getattr(c, "cross_attention_dim", None):
+        kwargs["encoder_hidden_states"] = torch.randn(batch, 77, c.cross_attention_dim, generator=g).to(device)
+    return (x, t), kwargs
+
+
+def build_fp_pipeline(model: str):
+    from diffusers import DDIMPipeline, DDIMScheduler
+
+    from edadm.model.reference_configs import build
+    from edadm.pipeline import load_pipeline
+
+    if model == "digits-ddpm":
+        return load_pipeline(model, device="cpu")
+    torch.manual_seed(0)
+    unet = build(model).eval()
+    pipe = DDIMPipeline(unet=unet, scheduler=DDIMScheduler(num_train_timesteps=1000))
+    pipe._edadm_sampling = {"steps": 50, "eta": 0.0}
+    return pipe
+
+
+def write_quantized(model: str, w: int, out: Path) -> None:
+    """Calibrate (naive) and save an integer directory for `model` at W{w}A8."""
+    from edadm import CalibConfig, QuantConfig, quantize, save
+    from edadm.quant.calibrate import init_act_ranges, init_weight_ranges
+    from edadm.quant.wrap import wrap_model
+
+    pipe = build_fp_pipeline(model)
+    if model == "digits-ddpm":
+        cfg = QuantConfig(method="naive", weight_bits=w, act_bits=8,
+                          calib=CalibConfig(num_samples=64, num_trajectories=64, uniform_steps=16, batch_size=64))
+        quantize(pipe, cfg, progress=False)
+        save(pipe, out)
+        return
+    cfg = QuantConfig(method="naive", weight_bits=w, act_bits=8)
+    wrap_model(pipe.unet, cfg)
+    init_weight_ranges(pipe.unet, method="minmax")
+    init_act_ranges(pipe.unet, _RandomCalib(pipe.unet), batch_size=4, method="minmax", progress=False)
+    save(pipe, out, config=cfg, report={"note": "random weights, scales from random inputs: for speed only"})
+
+
+# ---------------------------------------------------------------- worker -------------------
+class _CallUnet(torch.nn.Module):
+    """Presents a (possibly compiled) forward to edadm.pipeline.generate as a denoiser."""
+
+    def __init__(self, call, config):
+        super().__init__()
+        self.call, self.config = call, config
+        self.anchor = torch.nn.Parameter(torch.zeros(1), requires_grad=False)  # device lookup
+
+    def forward(self, x, t):
+        return SimpleNamespace(sample=self.call((x, t), {}).float())
+
+
+def _param_bytes(module: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters()) + sum(
+        b.numel() * b.element_size() for b in module.buffers())
+
+def _timed(fn, repeats: int) -> dict:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return {"min": min(times), "median": statistics.median(times), "max": max(times), "n": len(times),
+            "all": [round(v, 2) for v in times]}
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def worker(model: str, variant: str, batches: list[int], repeats: int, sample_steps: int, sample_batch: int,
+           qdir: Path | None) -> dict:
+    import torch._inductor.config as inductor_config
+
+    from edadm.pipeline import generate, load_pipeline
+
+    res: dict = {"model": model, "variant": variant, "threads": torch.get_num_threads()}
+    t0 = time.perf_counter()
+    if variant.startswith("int"):
+        pipe = load_pipeline(qdir, device="cpu", engine="int")
+        res["unet_bytes"] = _dir_bytes(qdir / "unet")
+    else:
+        pipe = build_fp_pipeline(model)
+    res["load_seconds"] = round(time.perf_counter() - t0, 3)
+    unet = pipe.unet.eval()
+    if not variant.startswith("int"):
+        res["unet_bytes"] = _param_bytes(unet)
+    compiled = variant.endswith("compiled")
+    dtype = torch.bfloat16 if compiled else torch.float32
+    if compiled:
+        inductor_config.freezing = True
+        unet = unet.to(dtype).to(memory_format=torch.channels_last)
+        fwd = torch.compile(unet)
+    else:
+        fwd = unet
+
+    def call(args, kwargs):
+        x, t = args
+        x = x.to(dtype)
+        if compiled:
+            x = x.contiguous(memory_format=torch.channels_last)
+        kw = {k: v.to(dtype) for k, v in kwargs.items()}
+        if variant == "bf16-autocast":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return fwd(x, t, **kw).sample
+        return fwd(x, t, **kw).sample
+
+    res["forward"] = {}
+    with torch.inference_mode():
+        for b in batches:
+            args, kwargs = _example_inputs(pipe.unet, b, torch.Generator().manual_seed(b))
+            t0 = time.perf_counter()
+            call(args, kwargs)  # first call: compilation for this shape
+            first = time.perf_counter() - t0
+            for _ in range(2):
+                call(args, kwargs)
+            stats = _timed(lambda: call(args, kwargs), repeats)
+            stats["first_call_seconds"] = round(first, 2)
+            res["forward"][str(b)] = stats
+        if sample_steps and not getattr(pipe.unet.config, "cross_attention_dim", None):
+            # full DDIM sampling through the same forward (compiled or not)
+            runner = _CallUnet(call, pipe.unet.config)
+            pipe_s = SimpleNamespace(unet=runner, scheduler=pipe.scheduler,
+                                     _edadm_sampling={"steps": sample_steps, "eta": 0.0})
+            generate(pipe_s, sample_batch, seed=0, steps=sample_steps, batch_size=sample_batch, progress=False)
+            res["sampling"] = _timed(lambda: generate(pipe_s, sample_batch, seed=0, steps=sample_steps,
+                                                      batch_size=sample_batch, progress=False), 2)
+            res["sampling"].update(steps=sample_steps, batch=sample_batch)
+    fwd = unet = pipe = None  # noqa: F841 - release before measuring peak RSS
+    gc.collect()
+    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return res
+
+
+# ---------------------------------------------------------------- orchestration ------------
+def run_worker(args, model, variant, qdir) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        out = Path(f.name)
+    cmd = [sys.executable, __file__, "--worker", model, variant, "--batches", ",".join(map(str, args.batches)),
+           "--repeats", str(args.repeats), "--sample-steps", str(args.sample_steps), "--sample-batch",
+           str(args.sample_batch), "--worker-out", str(out)] + (["--qdir", str(qdir)] if qdir else [])
+    t0 = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"model": model, "variant": variant, "error": proc.stderr.strip().splitlines()[-1:]}
+    res = json.loads(out.read_text())
+    out.unlink()
+    res["worker_seconds"] = round(time.time() - t0, 1)
+    return res
+
+
+def table(rows: list[dict], batches: list[int]) -> list[str]:
+    lines = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mr = [r for r in rows if r["model"] == model]
+        base = {b: next((r["forward"][str(b)]["median"] for r in mr if r["variant"] == "fp32-eager" and "forward" in r),
+                        None) for b in batches}
+        best_float = {b: next((r["forward"][str(b)]["median"] for r in mr
+                               if r["variant"] == "bf16-compiled" and "forward" in r), None) for b in batches}
+        lines += [f"## {model}", "",
+                  "| variant | " + " | ".join(f"batch {b}: ms min / median / max (x FP32, x best float)" for b in batches)
+                  + " | first call s (compile) | sampling s | unet MB | peak RSS MB |",
+                  "|---|" + "---|" * len(batches) + "---|---|---|---|"]
+        for r in mr:
+            if "error" in r:
+                lines.append(f"| {r['variant']} | error: {r['error']} |")
+                continue
+            cells = []
+            for b in batches:
+                s = r["forward"][str(b)]
+                ratio = f"{base[b] / s['median']:.2f}x" if base[b] else "-"
+                ratio2 = f"{best_float[b] / s['median']:.2f}x" if best_float[b] else "-"
+                cells.append(f"{s['min']:.1f} / {s['median']:.1f} / {s['max']:.1f} ({ratio}, {ratio2})")
+            first = ", ".join(f"{r['forward'][str(b)]['first_call_seconds']}" for b in batches)
+            samp = r.get("sampling")
+            samp_s = f"{samp['median'] / 1000:.2f} ({samp['steps']} steps x {samp['batch']})" if samp else "-"
+            lines.append(f"| {r['variant']} | " + " | ".join(cells) + f" | {first} | {samp_s} | "
+                         f"{r['unet_bytes'] / 2**20:.2f} | {r['peak_rss_mb']:.0f} |")
+        lines.append("")
+    return lines
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default=",".join(DEFAULT_MODELS))
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--batches", type=lambda s: [int(v) for v in s.split(",")], default=[1, 16])
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--sample-steps", type=int, default=20, help="DDIM steps of the timed sampling run (0: none)")
+    ap.add_argument("--sample-batch", type=int, default=16)
+    ap.add_argument("--name", default="speed")
+    ap.add_argument("--worker", nargs=2, metavar=("MODEL", "VARIANT"), help=argparse.SUPPRESS)
+    ap.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--qdir", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        import logging
+
+        logging.basicConfig(level=logging.ERROR)
+        res = worker(*args.worker, args.batches, args.repeats, args.sample_steps, args.sample_batch, args.qdir)
+        args.worker_out.write_text(json.dumps(res))
+        return
+    meta = metadata(argv)
+    rows = []
+    tmp = Path(tempfile.mkdtemp(prefix="edadm-speed-"))
+    try:
+        for model in args.models.split(","):
+            qdirs = {}
+            for variant in args.variants.split(","):
+                qdir = None
+                if variant.startswith("int"):
+                    w = 4 if "w4" in variant else 8
+                    if w not in qdirs:
+                        qdirs[w] = tmp / f"{model}-w{w}a8"
+                        t0 = time.time()
+                        write_quantized(model, w, qdirs[w])
+                        print(f"{model} W{w}A8 directory written in {time.time() - t0:.0f}s", flush=True)
+                    qdir = qdirs[w]
+                r = run_worker(args, model, variant, qdir)
+                print(json.dumps({k: r.get(k) for k in ("model", "variant", "forward", "error")}, default=str)[:400],
+                      flush=True)
+                rows.append(r)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    res = {**meta, "batches": args.batches, "repeats": args.repeats, "threads": torch.get_num_threads(),
+           "rows": rows}
+    write_json(RESULTS / f"{args.name}.json", res)
+    lines = [f"# Denoiser speed: FP vs integer engine ({args.name})", "",
+             f"`{meta['command']}`", "", f"Date {meta['date']}, commit {meta['git_commit']}, machine "
+             f"{meta['machine'].get('cpu', '')}, {res['threads']} threads.", "",
+             "Forward latency of the denoiser alone (median of repeats after 2 warm-up calls; ratios are FP32 eager "
+             "median / this median, and bf16-compiled median / this median). Each variant runs in its own process. "
+             "Sizes: FP rows = parameters in memory, int rows = the saved unet directory on disk.", ""]
+    lines += table(rows, args.batches)
+    write_text(RESULTS / f"{args.name}.md", "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()
