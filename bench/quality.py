@@ -96,6 +96,9 @@ def main(argv=None) -> int:
     ap.add_argument("--fresh", action="store_true", help="recompute finished entries")
     ap.add_argument("--quantize-args", default="", help="extra flags for edadm quantize (same for every method)")
     ap.add_argument("--tag", default="quality", help="output name: bench/results/TAG.{json,md}")
+    ap.add_argument("--engine", choices=["int", "fake"], default="int",
+                    help="sample the quantized models with integer kernels (default; agreement with the simulation "
+                         "is tested in tests/deploy/test_intengine.py) or the float simulation")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -119,12 +122,12 @@ def main(argv=None) -> int:
             qdir = args.cache / f"q-{args.model}-{setting}-{method}"
             shutil.rmtree(qdir, ignore_errors=True)
             q = quantize_subprocess(args.model, method, w, a, qdir, extra)
-            pipe = load_pipeline(qdir)
+            pipe = load_pipeline(qdir, engine=args.engine)
             t0 = time.time()
             res, _ = evaluate_pipeline(pipe, args.num, seeds, batch_size=args.batch_size, reference=fp_imgs,
                                        progress=True)
             add_paired_delta(res, fp_res)
-            entry = {**started, "finished": metadata()["date"], "model": args.model, "method": method, "setting": setting, "num": args.num,
+            entry = {**started, "finished": metadata()["date"], "model": args.model, "method": method, "setting": setting, "num": args.num, "engine": args.engine,
                      "seeds": seeds, "summary": res["summary"], "per_seed": res["per_seed"],
                      "eval_seconds": round(time.time() - t0, 1), "quantize": {
                          "command": q["command"], "wall_seconds": q["wall_seconds"],

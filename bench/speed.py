@@ -163,7 +163,8 @@ def worker(model: str, variant: str, batches: list[int], repeats: int, sample_st
     if compiled:
         inductor_config.freezing = True
         unet = unet.to(dtype).to(memory_format=torch.channels_last)
-        fwd = torch.compile(unet)
+        fwd = torch.compile(unet, dynamic=False)  # static shapes: one compile per shape (the dynamic-shape
+        # recompile hits an inductor stride assertion in mkldnn channels_last convolutions)
     else:
         fwd = unet
 
