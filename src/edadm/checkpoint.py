@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import torch
@@ -40,8 +41,6 @@ class Checkpoint:
                 raise EdadmError(f"checkpoint {self.path} was made with a different configuration; "
                                  "rerun without --resume or with the same flags")
         elif self.path.exists() and not resume:
-            import shutil
-
             shutil.rmtree(self.path, ignore_errors=True)
         try:
             (self.path / "units").mkdir(parents=True, exist_ok=True)
@@ -103,8 +102,6 @@ class Checkpoint:
         unit.load_state_dict(saved["state"], strict=True)
 
     def remove(self) -> None:
-        import shutil
-
         shutil.rmtree(self.path, ignore_errors=True)
 
 

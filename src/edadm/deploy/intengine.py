@@ -275,7 +275,7 @@ def _conv_args(mod: nn.Module) -> dict:
     return {"stride": list(mod.stride), "padding": list(pad), "dilation": list(mod.dilation), "groups": mod.groups}
 
 
-def int_weight(codes: torch.Tensor, zero_point: torch.Tensor, name: str) -> torch.Tensor | None:
+def int_weight(codes: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor | None:
     """Signed codes minus their per-channel zero point as int8, or None if they do not fit."""
     view = (-1,) + (1,) * (codes.dim() - 1)
     w = codes.to(torch.int16) - zero_point.round().to(torch.int16).reshape(view)
@@ -291,7 +291,7 @@ def int_layer_from_quant(name: str, mod) -> IntLayer | None:
     act_qs = mod.act_quantizers() if mod.act_quantizer is not None else [None] * len(mod.weight_quantizers())
     for (wq, sl), aq in zip(mod.weight_quantizers(), act_qs):
         w = mod.weight.detach()[:, sl] if mod.split else mod.weight.detach()
-        wi = int_weight(wq.quantize_int(w.float()), wq.zero_point.detach(), name)
+        wi = int_weight(wq.quantize_int(w.float()), wq.zero_point.detach())
         if wi is None:
             return None
         weights.append(wi.cpu())
@@ -301,12 +301,6 @@ def int_layer_from_quant(name: str, mod) -> IntLayer | None:
     bias = None if mod.bias is None else mod.bias.detach().cpu()
     layer = IntLayer(kind, weights, scales, acts, bias, _conv_args(mod) if kind == "conv" else None, name=name)
     return layer
-
-
-def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, new)
 
 
 def prepare_int(model: nn.Module) -> dict[str, int]:
@@ -332,7 +326,7 @@ def convert_to_int(model: nn.Module) -> dict[str, int]:
 
     Layers whose codes do not fit int8 stay fake-quantized (one warning). Returns backend ->
     layer count."""
-    from ..quant.wrap import quant_modules
+    from ..quant.wrap import _set_submodule, quant_modules
 
     dev = next(model.parameters()).device
     kept = []

@@ -269,8 +269,8 @@ def load_int_unet(path: str | Path, device: torch.device | str = "cpu"):
     """Rebuild the denoiser for integer execution straight from the stored codes: every
     quantized Conv2d / Linear becomes an IntLayer holding int8 weights; no float copy of a
     quantized weight is made (except for layers the method keeps in float input)."""
-    from .intengine import (ActQuant, IntLayer, _conv_args, _set_submodule, freeze_attention_quantizers, int_weight,
-                            prepare_int)
+    from ..quant.wrap import _set_submodule
+    from .intengine import ActQuant, IntLayer, _conv_args, freeze_attention_quantizers, int_weight, prepare_int
 
     path = Path(path)
     meta, config, cls, unet, tensors = _read_quant_files(path)
@@ -286,7 +286,7 @@ def load_int_unet(path: str | Path, device: torch.device | str = "cpu"):
             bias = tensors.pop(f"{name}.bias", None)
         except (KeyError, AttributeError, TypeError, ValueError) as exc:
             raise EdadmError(f"{path}: layer {name}: {exc} missing or inconsistent in {TENSOR_FILE}") from exc
-        ints = [int_weight(c, zp, name) for c, _, zp in weights]
+        ints = [int_weight(c, zp) for c, _, zp in weights]
         if any(w is None for w in ints):
             raise EdadmError(f"{path}: layer {name} has 8-bit asymmetric weights, which int8 kernels cannot run; "
                              "use --engine fake")
