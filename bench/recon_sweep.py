@@ -29,7 +29,7 @@ from edadm.config import QuantConfig, ReconConfig  # noqa: E402
 from edadm.pipeline import load_pipeline, sampling_defaults  # noqa: E402
 from edadm.quant.calibrate import init_act_ranges, init_weight_ranges  # noqa: E402
 from edadm.quant.wrap import wrap_model  # noqa: E402
-from edadm.recon.engine import reconstruct_unit  # noqa: E402
+from edadm.recon.engine import full_precision_copy, reconstruct_unit  # noqa: E402
 
 DEFAULT_RUNS = ["iters=200,lr_weight=0.01", "iters=1000,lr_weight=0.01", "iters=1000,lr_weight=0.001",
                 "iters=1000,lr_weight=0.1", "iters=1000,lr_weight=0.3", "iters=2000,lr_weight=0.1",
@@ -68,12 +68,13 @@ def main(argv=None) -> None:
     wrap_model(start, cfg)
     init_weight_ranges(start)
     init_act_ranges(start, calib, batch_size=64, progress=False)
+    start_fp = full_precision_copy(start)
     rows = []
     for spec in args.runs:
         unet = copy.deepcopy(start)
         rc = ReconConfig(enabled=True, add_loss=0.0, **parse_run(spec))
         t0 = time.time()
-        u = reconstruct_unit(unet, args.unit, "block", calib, rc, 64)
+        u = reconstruct_unit(unet, start_fp, args.unit, "block", calib, rc, 64)
         row = {"run": spec, "before": u.before, "after": u.after, "ratio": u.after / u.before,
                "soft_block_last": u.history[-1]["block"], "round_loss_last": u.history[-1]["round"],
                "seconds": round(time.time() - t0, 1)}

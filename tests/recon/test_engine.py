@@ -8,7 +8,7 @@ from edadm.quant.calibrate import init_act_ranges, init_weight_ranges
 from edadm.quant.modules import QuantMixin
 from edadm.quant.wrap import quant_modules, wrap_model
 from edadm.recon.adaround import AdaRoundQuantizer
-from edadm.recon.engine import _inner_layers, channel_mse, fbr_loss, reconstruct_unit
+from edadm.recon.engine import _inner_layers, channel_mse, fbr_loss, full_precision_copy, reconstruct_unit
 
 
 def _calib(n=32, seed=0):
@@ -78,7 +78,8 @@ def test_reconstruction_lowers_block_error(make_tiny_unet, add_loss):
     torch.manual_seed(0)
     unet, calib = _quantized_tiny(make_tiny_unet, wbits=3)
     cfg = ReconConfig(enabled=True, iters=150, batch_size=16, add_loss=add_loss, lr_weight=1e-2, lr_act=1e-3)
-    ulog = reconstruct_unit(unet, "down_blocks.1.resnets.0", "block", calib, cfg, calib_batch=16)
+    ulog = reconstruct_unit(unet, full_precision_copy(unet), "down_blocks.1.resnets.0", "block", calib, cfg,
+                            calib_batch=16)
     assert ulog.fallback is None
     assert ulog.after < 0.9 * ulog.before, (ulog.before, ulog.after)
     assert ulog.history and all(k in ulog.history[0] for k in ("block", "inner", "round"))
@@ -120,9 +121,32 @@ def test_nan_during_reconstruction_falls_back(make_tiny_unet, caplog):
     before = {n: p.detach().clone() for n, p in block.named_parameters()}
     handle = block.conv2.register_forward_hook(lambda m, a, o: o * float("nan"))
     cfg = ReconConfig(enabled=True, iters=5, batch_size=8, add_loss=0.8)
-    ulog = reconstruct_unit(unet, name, "block", calib, cfg, calib_batch=16)
+    ulog = reconstruct_unit(unet, full_precision_copy(unet), name, "block", calib, cfg, calib_batch=16)
     handle.remove()
     assert ulog.fallback and "non-finite" in ulog.fallback
     assert name in caplog.text
     for n, p in block.named_parameters():
         assert torch.equal(p, before[n]), n
+
+
+def test_targets_stay_full_precision_after_earlier_units_are_rounded(make_tiny_unet):
+    """Rounding is baked into the quantized model's weights; the targets of later units
+    must still come from the untouched FP weights (regression: they came from the
+    rounded ones, and reconstruction made W4A8 worse than no reconstruction)."""
+    torch.manual_seed(0)
+    reference = make_tiny_unet()
+    unet, calib = _quantized_tiny(make_tiny_unet)  # same seed: the same FP weights as the reference
+    fp = full_precision_copy(unet)
+    x, t = calib.x[:8], calib.t[:8]
+    with torch.no_grad():
+        want = reference(x, t).sample
+        assert torch.allclose(fp(x, t).sample, want, atol=1e-5)
+    cfg = ReconConfig(enabled=True, iters=20, batch_size=8, add_loss=0.8)
+    name = "down_blocks.0.resnets.0"
+    reconstruct_unit(unet, fp, name, "block", calib, cfg, calib_batch=16)
+    q_w = unet.get_submodule(f"{name}.conv1").weight
+    fp_w = fp.get_submodule(f"{name}.conv1").weight
+    assert not torch.equal(q_w, fp_w)  # the quantized model now holds rounded weights ...
+    assert torch.equal(fp_w, reference.get_submodule(f"{name}.conv1").weight)  # ... the FP copy does not
+    with torch.no_grad():
+        assert torch.allclose(fp(x, t).sample, want, atol=1e-5)

@@ -6,6 +6,8 @@ layer outside blocks):
 1. cache the unit's inputs from the full-precision model and from the quantized model
    (every earlier unit already reconstructed), in chunks of one calibration batch;
 2. cache the FP unit's output on the FP inputs, and (FBR) the outputs of its inner layers;
+   the FP model is a separate copy taken before reconstruction starts, because step 4
+   writes the rounded weights into the quantized model's weight tensors;
 3. learn AdaRound rounding of its weights jointly with its activation step sizes (LSQ),
    with QDrop (inputs mixed element-wise between FP and quantized, activations kept in
    float element-wise with probability act_drop_prob), Adam with cosine decay;
@@ -17,6 +19,7 @@ rounding regulariser.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -98,10 +101,10 @@ def _select(obj, idx):
 
 
 @torch.no_grad()
-def capture_inputs(model: nn.Module, unit: nn.Module, calib: CalibrationSet, batch_size: int,
-                   quantized: bool) -> list[tuple[tuple, dict]]:
+def capture_inputs(model: nn.Module, unit: nn.Module, calib: CalibrationSet,
+                   batch_size: int) -> list[tuple[tuple, dict]]:
     """The unit's (args, kwargs) for the whole calibration set, one CPU chunk per batch;
-    the forward pass stops at the unit."""
+    the forward pass stops at the unit. The model runs in whatever quant state it is in."""
     dev = next(model.parameters()).device
     chunks: list[tuple[tuple, dict]] = []
 
@@ -109,7 +112,6 @@ def capture_inputs(model: nn.Module, unit: nn.Module, calib: CalibrationSet, bat
         chunks.append((_to(args, "cpu"), _to(kwargs, "cpu")))
         raise _Stop
 
-    set_quant_state(model, weight=quantized, act=quantized)
     h = unit.register_forward_pre_hook(hook, with_kwargs=True)
     try:
         for args, kwargs in calib.model_inputs(batch_size, dev):
@@ -119,8 +121,19 @@ def capture_inputs(model: nn.Module, unit: nn.Module, calib: CalibrationSet, bat
                 pass
     finally:
         h.remove()
-        set_quant_state(model, weight=True, act=True)
     return chunks
+
+
+def full_precision_copy(model: nn.Module) -> nn.Module:
+    """A copy of the wrapped model with every quantizer off: the reconstruction targets.
+
+    Costs one more copy of the weights; without it the targets of later units would come
+    from a model whose earlier weights are already rounded (BRECQ's targets are FP)."""
+    fp = copy.deepcopy(model)
+    for p in fp.parameters():
+        p.requires_grad_(False)
+    set_quant_state(fp, weight=False, act=False)
+    return fp
 
 
 def _inner_layers(unit: nn.Module) -> list[nn.Module]:
@@ -139,25 +152,26 @@ def _run(unit, args, kwargs, inner: list[nn.Module]) -> tuple[torch.Tensor, list
     return y, outs
 
 
-def reconstruct_unit(model: nn.Module, name: str, kind: str, calib: CalibrationSet, cfg, calib_batch: int,
-                     progress: bool = False) -> UnitLog:
-    unit = model.get_submodule(name)
+def reconstruct_unit(model: nn.Module, fp_model: nn.Module, name: str, kind: str, calib: CalibrationSet, cfg,
+                     calib_batch: int, progress: bool = False) -> UnitLog:
+    """Reconstruct unit `name` of `model` (quantizers on) against the same unit of
+    `fp_model` (full_precision_copy, quantizers off)."""
+    unit, fp_unit = model.get_submodule(name), fp_model.get_submodule(name)
     dev = next(model.parameters()).device
     t0 = time.time()
-    fp_in = capture_inputs(model, unit, calib, calib_batch, quantized=False)
-    q_in = capture_inputs(model, unit, calib, calib_batch, quantized=True)
+    fp_in = capture_inputs(fp_model, fp_unit, calib, calib_batch)
+    q_in = capture_inputs(model, unit, calib, calib_batch)
     inner = _inner_layers(unit) if cfg.add_loss > 0 and kind == "block" else []
+    fp_inner = _inner_layers(fp_unit) if inner else []
     qlayers = [m for m in unit.modules() if isinstance(m, QuantMixin)]
     act_qs = [m for m in unit.modules() if isinstance(m, UniformQuantizer) and m.role == "act" and bool(m.initialized)]
 
     # FP targets (unit output and inner-layer outputs) on FP inputs, computed once per chunk
     targets = []
     with torch.no_grad():
-        set_quant_state(unit, weight=False, act=False)
         for args, kwargs in fp_in:
-            y, inner_y = _run(unit, _to(args, dev), _to(kwargs, dev), inner)
+            y, inner_y = _run(fp_unit, _to(args, dev), _to(kwargs, dev), fp_inner)
             targets.append((y.cpu(), [o.cpu() for o in inner_y]))
-        set_quant_state(unit, weight=True, act=True)
 
     def eval_error() -> float:
         tot, n = 0.0, 0
@@ -268,6 +282,7 @@ def reconstruct(model: nn.Module, calib: CalibrationSet, cfg, calib_batch: int =
     units = dict(reconstruction_units(model, lambda m: isinstance(m, QuantMixin)))
     args, kwargs = next(iter(calib.model_inputs(1, next(model.parameters()).device)))
     order = forward_order(model, list(units), args, kwargs)
+    fp_model = full_precision_copy(model)  # before any unit's weights are rounded
     logs = []
     for i, saved in enumerate(done or []):
         if i >= len(order) or saved["name"] != order[i]:
@@ -280,7 +295,7 @@ def reconstruct(model: nn.Module, calib: CalibrationSet, cfg, calib_batch: int =
     for i, name in enumerate(order[len(logs):], start=len(logs)):
         bar.set_postfix(unit=name)
         torch.manual_seed(cfg.seed * 100_003 + i)
-        ulog = reconstruct_unit(model, name, units[name], calib, cfg, calib_batch, progress=progress)
+        ulog = reconstruct_unit(model, fp_model, name, units[name], calib, cfg, calib_batch, progress=progress)
         log.debug("%s %s: output MSE %.4g -> %.4g (%.1fs)", units[name], name, ulog.before, ulog.after, ulog.seconds)
         logs.append(ulog)
         if on_unit is not None:
