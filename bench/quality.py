@@ -63,7 +63,7 @@ def fp_reference(model: str, num: int, seeds: list[int], cache: Path, batch_size
 
 def quantize_subprocess(model: str, method: str, w: int, a: int, out: Path, extra: list[str]) -> dict:
     cmd = [sys.executable, "-m", "edadm", "quantize", model, "--method", method, "--weight-bits", str(w),
-           "--act-bits", str(a), "--out", str(out), "--no-progress", *extra]
+           "--act-bits", str(a), "--out", str(out), "--no-progress", "--no-report", *extra]
     t0 = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.time() - t0

@@ -14,6 +14,7 @@ from .errors import EdadmError
 from .model.structure import feature_module
 from .pipeline import sampling_defaults
 from .quant.calibrate import init_act_ranges, init_weight_ranges
+from .quant.diagnostics import fp_weights, layer_errors
 from .quant.wrap import wrap_model
 
 log = logging.getLogger("edadm")
@@ -34,6 +35,7 @@ class QuantReport:
     recon: list[dict] = field(default_factory=list)  # per-unit reconstruction logs
     plan: dict = field(default_factory=dict)
     resumed: bool = False         # finished stages were read from a checkpoint
+    layer_errors: list[dict] = field(default_factory=list)  # per-layer relative errors (quant.diagnostics)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -129,6 +131,7 @@ def quantize(pipe, config: QuantConfig | None = None, progress: bool = True, che
         seconds["scales"] = time.time() - t0
         if checkpoint is not None:
             checkpoint.save_ranges(pipe.unet)
+    fpw = fp_weights(pipe.unet)  # before reconstruction rounds them: per-layer errors for the report
     recon_logs = []
     if config.recon.enabled:
         from .recon.engine import reconstruct
@@ -139,10 +142,13 @@ def quantize(pipe, config: QuantConfig | None = None, progress: bool = True, che
         recon_logs = [asdict(u) for u in reconstruct(pipe.unet, calib, config.recon, calib_batch=c.batch_size,
                                                      progress=progress, done=done, on_unit=on_unit)]
         seconds["reconstruction"] = time.time() - t0
+    args, kwargs = next(iter(calib.model_inputs(c.batch_size, next(pipe.unet.parameters()).device)))
+    errors = layer_errors(pipe.unet, fpw, args, kwargs)
+    del fpw
     report = QuantReport(config=config.to_dict(), steps=steps, eta=eta, counts=list(counts), timesteps=list(timesteps),
                          allocation=details, seconds={k: round(v, 2) for k, v in seconds.items()},
                          resumed=checkpoint is not None and checkpoint.resume,
-                         peak_memory_mb=_peak_rss_mb(), recon=recon_logs,
+                         peak_memory_mb=_peak_rss_mb(), recon=recon_logs, layer_errors=errors,
                          plan={k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in plan.items()})
     pipe._edadm_quant = (config, report)
     return pipe, report

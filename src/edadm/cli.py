@@ -33,6 +33,16 @@ def _positive_int(s: str) -> int:
     return v
 
 
+def _nonneg_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {s!r}")
+    return v
+
+
 def _bits(s: str) -> int:
     try:
         v = int(s)
@@ -136,8 +146,22 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--round-weight", type=float, default=None, help="AdaRound regulariser weight")
     q.add_argument("--qdrop", type=float, default=None, help="QDrop input mixing probability")
     q.add_argument("--seed", type=int, default=None)
+    q.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
+                   help="write OUT/report/index.html (default on)")
+    q.add_argument("--report-samples", type=_nonneg_int, default=16,
+                   help="FP vs quantized samples in the report (0: none)")
     _common(q)
     q.set_defaults(batch_size=None)  # calibration batch: the config's (64) unless given
+
+    r = sub.add_parser("report", help="write DIR/report/index.html (+ report.md) for a quantized directory")
+    r.add_argument("model", help="quantized directory")
+    r.add_argument("--fp", default=None, help="full-precision pipeline for side-by-side samples "
+                   "(default: the source recorded at quantization)")
+    r.add_argument("--num", type=_nonneg_int, default=32, help="samples per model (0: none)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--engine", choices=["int", "fake"], default="int")
+    r.add_argument("--device", default="auto")
+    r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
 
     s = sub.add_parser("sample", help="generate images")
     s.add_argument("model", help="zoo name, diffusers directory or quantized directory")
@@ -243,8 +267,18 @@ def cmd_quantize(args) -> int:
         log.warning("no checkpoint at %s: starting from the beginning", ck_dir)
     ck = Checkpoint(ck_dir, {"model": str(args.model), "config": cfg.to_dict()}, resume=args.resume)
     pipe, report = quantize(pipe, cfg, progress=args.progress, checkpoint=ck)
-    save_quantized(pipe, args.out, cfg, report.to_dict())
+    source = str(Path(args.model).resolve()) if Path(args.model).exists() else str(args.model)  # zoo name
+    save_quantized(pipe, args.out, cfg, {**report.to_dict(), "source": source})
     ck.remove()
+    if args.report:
+        from .report import build_report
+
+        try:
+            page = build_report(args.out, fp_model=args.model, num=args.report_samples, device=args.device)
+            log.info("report: %s", page)
+        except Exception as exc:  # the quantized model is saved; a failed report must not lose it
+            log.warning("report not written (%s: %s); run `edadm report %s` to retry", type(exc).__name__, exc,
+                        args.out)
     log.info("quantized %s (%s W%dA%d) in %.1fs -> %s", args.model, cfg.method, cfg.weight_bits, cfg.act_bits,
              time.time() - t0, args.out)
     print(f"saved {args.out} ({cfg.method} W{cfg.weight_bits}A{cfg.act_bits}, {time.time() - t0:.1f}s)")
@@ -297,6 +331,15 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .report import build_report
+
+    page = build_report(args.model, fp_model=args.fp, num=args.num, seed=args.seed, device=args.device,
+                        engine=args.engine, progress=args.progress)
+    print(f"wrote {page}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -322,8 +365,8 @@ def cmd_zoo(args) -> int:
     return 0
 
 
-COMMANDS = {"quantize": cmd_quantize, "sample": cmd_sample, "evaluate": cmd_evaluate, "demo": cmd_demo,
-            "zoo": cmd_zoo}
+COMMANDS = {"quantize": cmd_quantize, "sample": cmd_sample, "evaluate": cmd_evaluate, "report": cmd_report,
+            "demo": cmd_demo, "zoo": cmd_zoo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -185,14 +185,14 @@ class QuantConfig:
                 raise EdadmError(f"{key} must be a JSON object")
             unknown = set(sub) - {f.name for f in fields(sub_cls)}
             if unknown:
-                raise EdadmError(f"unknown {key} config keys: {', '.join(sorted(unknown))}")
+                raise EdadmError(f"unknown {key} config keys: {', '.join(map(repr, sorted(unknown)))}")
             try:
                 subs[key] = sub_cls(**sub)
             except TypeError as exc:
                 raise EdadmError(f"bad {key} config: {exc}") from exc
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
-            raise EdadmError(f"unknown quantization config keys: {', '.join(sorted(unknown))}")
+            raise EdadmError(f"unknown quantization config keys: {', '.join(map(repr, sorted(unknown)))}")
         try:
             return cls(**d, **subs)
         except TypeError as exc:

@@ -6,4 +6,12 @@ Anything a user can get wrong (a bad flag, a missing directory, a corrupted file
 
 
 class EdadmError(Exception):
-    """An error caused by the user's input; its message says what to fix."""
+    """An error caused by the user's input; its message says what to fix.
+
+    The message is kept to one line whatever it quotes (file contents, exception text,
+    user strings): line breaks become a visible "\\n".
+    """
+
+    def __init__(self, message: str = ""):
+        msg = str(message).replace("\r\n", "\n").replace("\r", "\n").strip()
+        super().__init__(msg.replace("\n", "\\n"))

@@ -171,9 +171,35 @@ def read_quant_meta(path: str | Path) -> dict:
         raise EdadmError(f"cannot read {f}: {exc}") from exc
     if not isinstance(meta, dict) or "layers" not in meta or "config" not in meta:
         raise EdadmError(f"{f} is not an edadm quantization file")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-        raise EdadmError(f"{f} has format version {meta['format_version']}, newer than this edadm supports ({FORMAT_VERSION})")
+    version = meta.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise EdadmError(f"{f}: format_version must be an integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise EdadmError(f"{f} has format version {version}, newer than this edadm supports ({FORMAT_VERSION})")
+    _check_layer_table(meta, f)
     return meta
+
+
+def _check_layer_table(meta: dict, f: Path) -> None:
+    """The structure the loaders rely on; values are checked where they are used."""
+    if not isinstance(meta["config"], dict):
+        raise EdadmError(f"{f}: 'config' must be an object")
+    if not isinstance(meta.get("unet_class"), str):
+        raise EdadmError(f"{f}: 'unet_class' must be a class name")
+    layers = meta["layers"]
+    if not isinstance(layers, dict):
+        raise EdadmError(f"{f}: 'layers' must be an object")
+    for name, e in layers.items():
+        if not isinstance(e, dict) or not isinstance(e.get("type"), str) or not isinstance(e.get("spec"), dict):
+            raise EdadmError(f"{f}: layer {name!r} needs a 'type' and a 'spec' object")
+        if e["type"] == "attention":
+            continue
+        parts = e.get("parts")
+        if (not isinstance(parts, list) or not 1 <= len(parts) <= 2
+                or not all(isinstance(p, dict) and isinstance(p.get("qmin"), int) and isinstance(p.get("shape"), list)
+                           and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in p["shape"])
+                           for p in parts)):
+            raise EdadmError(f"{f}: layer {name!r} has a malformed 'parts' list")
 
 
 def _read_quant_files(path: Path):
@@ -317,7 +343,15 @@ def load_quantized(path: str | Path, device: torch.device | str = "cpu", engine:
     path = Path(path)
     quiet_diffusers()
     loader = load_int_unet if engine == "int" else load_quantized_unet
-    unet, config, meta = loader(path, device)
+    try:
+        unet, config, meta = loader(path, device)
+    except EdadmError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+        # the layer table and the tensors passed the structural checks but disagree with
+        # each other or with the architecture (an edited or mixed-up directory)
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise EdadmError(f"{path}: quantized files are inconsistent ({type(exc).__name__}: {first})") from exc
     try:
         pipe = DiffusionPipeline.from_pretrained(str(path), unet=unet, local_files_only=True, low_cpu_mem_usage=False)
     except Exception as exc:
