@@ -27,7 +27,8 @@ def test_quantize_sample_evaluate(tiny_pipe_dir, tmp_path, capsys):
     code, out, err = _run(capsys, "sample", q, "--num", 4, "--out", grid, "--out-dir", tmp_path / "imgs", "--no-progress")
     assert code == 0, err
     assert grid.stat().st_size > 0
-    assert sorted(p.name for p in (tmp_path / "imgs").iterdir()) == [f"{i:06d}.png" for i in range(4)]
+    assert sorted(p.name for p in (tmp_path / "imgs").iterdir()) == [f"{i:06d}.png" for i in range(4)] + ["samples.npz"]
+    assert (q / "report" / "index.html").is_file()  # quantize writes the report by default
 
     js = tmp_path / "ev.json"
     code, out, err = _run(capsys, "evaluate", q, "--num", 8, "--seeds", "0,1", "--compare", tiny_pipe_dir,

@@ -43,6 +43,18 @@ def _nonneg_int(s: str) -> int:
     return v
 
 
+METRICS = ("fid-digits", "fid", "sfid", "is", "clip")
+
+
+def _metric_list(s: str) -> list[str]:
+    items = [m.strip().lower() for m in s.split(",") if m.strip()]
+    bad = [m for m in items if m not in METRICS]
+    if bad or not items:
+        raise argparse.ArgumentTypeError(f"unknown metric(s) {', '.join(map(repr, bad)) or repr(s)}; choose from "
+                                         f"{', '.join(METRICS)}")
+    return list(dict.fromkeys(items))
+
+
 def _bits(s: str) -> int:
     try:
         v = int(s)
@@ -165,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="generate images")
     s.add_argument("model", help="zoo name, diffusers directory or quantized directory")
-    s.add_argument("--num", type=_positive_int, default=64)
+    # -n: under torchrun, --num is an ambiguous prefix of torchrun's own --numa-binding
+    s.add_argument("-n", "--num", type=_positive_int, default=64, help="number of images")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", type=Path, default=None, help="grid PNG (default grid.png)")
     s.add_argument("--out-dir", type=Path, default=None, help="one PNG per image")
@@ -181,7 +194,21 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", type=Path, default=None, help="write results as JSON")
     e.add_argument("--engine", choices=["int", "fake"], default="int",
                    help="quantized models: integer kernels (int) or float simulation (fake)")
+    e.add_argument("--metrics", type=_metric_list, default=["fid-digits"],
+                   help="comma-separated: fid-digits (digits models), fid, sfid, is, clip (the last four need "
+                        "the metrics extra)")
+    e.add_argument("--reference", type=Path, default=None,
+                   help="FID / sFID reference: image folder (statistics cached beside it) or .npz (mu, sigma, mu_s, sigma_s)")
+    e.add_argument("--inception-weights", type=Path, default=None, help="local InceptionV3 weights (torch-fidelity format)")
     _common(e)
+
+    sc = sub.add_parser("score", help="metrics of images already sampled (a folder of PNGs or samples.npz)")
+    sc.add_argument("samples", type=Path, help="folder written by `edadm sample --out-dir` (or any PNG folder), or an .npz")
+    sc.add_argument("--metrics", type=_metric_list, default=["fid-digits"])
+    sc.add_argument("--reference", type=Path, default=None, help="FID / sFID reference (folder or .npz of statistics)")
+    sc.add_argument("--inception-weights", type=Path, default=None)
+    sc.add_argument("--device", default="auto")
+    sc.add_argument("--json", type=Path, default=None)
 
     d = sub.add_parser("demo", help="FP vs W8A8 vs W4A8 on the shipped digits model, with a report")
     d.add_argument("--model", default="digits-ddpm")
@@ -286,22 +313,40 @@ def cmd_quantize(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from .eval.images import save_grid, save_images
+    from .dist import PACKED, init_distributed, rank_device, sample_to_dir
+    from .eval.images import save_grid
     from .pipeline import generate, load_pipeline
 
+    info = init_distributed(args.device)
+    if info.world_size > 1 and args.out_dir is None:
+        raise EdadmError("sampling with several processes needs --out-dir (one PNG per image, packed at the end)")
     out = args.out if args.out is not None or args.out_dir is not None else Path("grid.png")
     for p in (out, args.out_dir):
         if p is not None:
             _check_writable(p)
-    pipe = load_pipeline(args.model, device=args.device, engine=args.engine)
-    images = generate(pipe, args.num, seed=args.seed, steps=args.steps, eta=args.eta, batch_size=args.batch_size,
-                      progress=args.progress)
-    if out is not None:
+    pipe = load_pipeline(args.model, device=rank_device(info, args.device), engine=args.engine)
+    if args.out_dir is not None:
+        res = sample_to_dir(pipe, args.out_dir, args.num, seed=args.seed, steps=args.steps, eta=args.eta,
+                            batch_size=args.batch_size, progress=args.progress, info=info)
+        if info.is_main:
+            print(f"wrote {args.num} images to {args.out_dir} ({PACKED} packed; {res['skipped_batches']} batches "
+                  f"of this process were already there) with {info.world_size} process(es)")
+            if out is not None:
+                import numpy as np
+                import torch
+
+                arr = np.load(args.out_dir / PACKED)["images"]
+                save_grid(torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255.0, out)
+                print(f"wrote {out}")
+    else:
+        images = generate(pipe, args.num, seed=args.seed, steps=args.steps, eta=args.eta, batch_size=args.batch_size,
+                          progress=args.progress)
         save_grid(images, out)
         print(f"wrote {out}")
-    if args.out_dir is not None:
-        save_images(images, args.out_dir)
-        print(f"wrote {args.num} images to {args.out_dir}")
+    if info.world_size > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
     return 0
 
 
@@ -312,18 +357,101 @@ def cmd_evaluate(args) -> int:
 
     if args.json:
         _check_writable(args.json)
+    metrics, skipped = _runnable_metrics(args.metrics, "clip needs a text-to-image pipeline (prompts); this command "
+                                                       "samples unconditional models")
     pipe = load_pipeline(args.model, device=args.device, engine=args.engine)
+    standard, conventions = _standard_metrics(metrics, args.reference, args.inception_weights,
+                                              next(pipe.unet.parameters()).device)
     reference = None
     if args.compare:
         ref_pipe = load_pipeline(args.compare, device=args.device)
         _, reference = evaluate_pipeline(ref_pipe, args.num, args.seeds, args.steps, args.eta, args.batch_size,
-                                         progress=args.progress)
+                                         progress=args.progress, digits="fid-digits" in metrics)
     result, _ = evaluate_pipeline(pipe, args.num, args.seeds, args.steps, args.eta, args.batch_size,
-                                  reference=reference, progress=args.progress)
-    result["model"] = str(args.model)
-    result["compare"] = args.compare
-    keys = ("fid_digits", "is_digits", "psnr_vs_ref") if reference else ("fid_digits", "is_digits")
+                                  reference=reference, progress=args.progress, digits="fid-digits" in metrics,
+                                  standard=standard)
+    result.update(model=str(args.model), compare=args.compare, metrics=metrics, skipped=skipped,
+                  conventions=conventions)
+    keys = tuple(k for k in ("fid_digits", "is_digits", "fid", "sfid", "is") if k in result["summary"])
+    keys += ("psnr_vs_ref",) if reference else ()
     print(format_table([(str(args.model), result["summary"])], keys=keys))
+    if args.json:
+        with atomic_file(args.json) as tmp:
+            tmp.write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _runnable_metrics(requested: list[str], clip_reason: str) -> tuple[list[str], dict]:
+    """Requested metrics minus those that cannot run here, each skipped with one stderr line."""
+    from .eval.standard import missing_extra
+
+    metrics, skipped = list(requested), {}
+    for m in [m for m in metrics if m != "fid-digits"]:
+        why = missing_extra(m) or (clip_reason if m == "clip" else None)
+        if why:
+            print(f"edadm: {why}", file=sys.stderr)
+            skipped[m] = why
+            metrics.remove(m)
+    if not metrics:
+        raise EdadmError("no requested metric can run here: " + "; ".join(skipped.values()))
+    return metrics, skipped
+
+
+def _standard_metrics(metrics: list[str], reference, weights, device):
+    """(callable images -> standard metrics, conventions) or (None, {})."""
+    inception = [m for m in metrics if m in ("fid", "sfid", "is")]
+    if not inception:
+        return None, {}
+    from .eval.standard import InceptionFeatures, inception_metrics
+
+    if {"fid", "sfid"} & set(inception) and reference is None:
+        raise EdadmError("fid / sfid need --reference (an image folder or an .npz of statistics)")
+    feats = InceptionFeatures(weights, device=device)
+    conventions = {"features": "torch-fidelity InceptionV3 (TF-compatible), 299x299 TF1 bilinear resize",
+                   "sfid": "Mixed_6d 1x1 branch conv, first 7 channels (ADM mixed_6/conv)", "is_splits": 10,
+                   "reference": str(reference) if reference else None}
+    return (lambda imgs: inception_metrics(imgs, inception, reference, feats)), conventions
+
+
+def cmd_score(args) -> int:
+    import numpy as np
+    import torch
+
+    from .eval.evaluate import format_table, image_metrics
+    from .eval.metrics import mean_std
+    from .utils import atomic_file, resolve_device
+
+    if args.json:
+        _check_writable(args.json)
+    metrics, skipped = _runnable_metrics(args.metrics, "clip needs prompts; score takes images only")
+    src = args.samples
+    if src.suffix == ".npz" and src.is_file():
+        with np.load(src) as z:
+            if "images" not in z:
+                raise EdadmError(f"{src} has no 'images' array")
+            arr = z["images"]
+    elif src.is_dir():
+        from .eval.standard import IMAGE_SUFFIXES
+
+        from PIL import Image
+
+        files = sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise EdadmError(f"{src} has no PNG / JPEG images")
+        arr = np.stack([np.asarray(Image.open(f)) for f in files])
+    else:
+        raise EdadmError(f"samples {src} not found (a folder of images or an .npz)")
+    arr = arr[..., None] if arr.ndim == 3 else arr
+    images = torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255.0
+    standard, conventions = _standard_metrics(metrics, args.reference, args.inception_weights,
+                                              resolve_device(args.device))
+    m = image_metrics(images, digits="fid-digits" in metrics, standard=standard)
+    result = {"samples": str(src), "num": len(images), "metrics": metrics, "skipped": skipped,
+              "conventions": conventions, "per_seed": [m],
+              "summary": {k: mean_std([v]) for k, v in m.items() if isinstance(v, float)}}
+    keys = tuple(k for k in ("fid_digits", "is_digits", "fid", "sfid", "is") if k in result["summary"])
+    print(format_table([(str(src), result["summary"])], keys=keys))
     if args.json:
         with atomic_file(args.json) as tmp:
             tmp.write_text(json.dumps(result, indent=2))
@@ -365,7 +493,8 @@ def cmd_zoo(args) -> int:
     return 0
 
 
-COMMANDS = {"quantize": cmd_quantize, "sample": cmd_sample, "evaluate": cmd_evaluate, "report": cmd_report,
+COMMANDS = {"quantize": cmd_quantize, "sample": cmd_sample, "evaluate": cmd_evaluate, "score": cmd_score,
+            "report": cmd_report,
             "demo": cmd_demo, "zoo": cmd_zoo}
 
 

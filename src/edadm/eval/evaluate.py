@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Callable
 
 import torch
 
@@ -12,22 +13,30 @@ from .metrics import mean_std, mse, psnr
 
 log = logging.getLogger("edadm")
 
-SUMMARY_KEYS = ("fid_digits", "is_digits", "confidence", "psnr_vs_ref", "mse_vs_ref", "sample_seconds")
+SUMMARY_KEYS = ("fid_digits", "is_digits", "confidence", "fid", "sfid", "is", "psnr_vs_ref", "mse_vs_ref",
+                "sample_seconds")
 
 
-def image_metrics(images: torch.Tensor) -> dict:
-    """The metrics that apply to these images (the digits domain for now)."""
-    if tuple(images.shape[1:]) == (1, 32, 32):
+def image_metrics(images: torch.Tensor, digits: bool = True, standard: Callable[[torch.Tensor], dict] | None = None) -> dict:
+    """The metrics asked for: the digits ones (1x32x32 models) and / or the standard ones
+    (eval.standard, passed in as a callable)."""
+    out: dict = {"num_samples": len(images)}
+    if digits:
+        if tuple(images.shape[1:]) != (1, 32, 32):
+            raise EdadmError(f"fid-digits applies to 1x32x32 digits models, not images of shape {tuple(images.shape[1:])}; "
+                             "choose --metrics fid,sfid,is")
         from .digits import digits_metrics
 
-        return digits_metrics(images)
-    raise EdadmError(f"no demo-domain metric for images of shape {tuple(images.shape[1:])}; "
-                     "FID-digits needs 1x32x32 digits models")
+        out.update(digits_metrics(images))
+    if standard is not None:
+        out.update(standard(images))
+    return out
 
 
 def evaluate_pipeline(pipe, num: int, seeds: list[int], steps: int | None = None, eta: float | None = None,
                       batch_size: int = 250, reference: dict[int, torch.Tensor] | None = None,
-                      progress: bool = True) -> tuple[dict, dict[int, torch.Tensor]]:
+                      progress: bool = True, digits: bool = True,
+                      standard: Callable[[torch.Tensor], dict] | None = None) -> tuple[dict, dict[int, torch.Tensor]]:
     """Metrics per seed and their mean / std; `reference` images (same seeds, same noise)
     add PSNR / MSE against them. Returns (result, images by seed)."""
     if num < 2:
@@ -39,13 +48,14 @@ def evaluate_pipeline(pipe, num: int, seeds: list[int], steps: int | None = None
         t0 = time.time()
         imgs = generate(pipe, num, seed=seed, steps=steps, eta=eta, batch_size=batch_size, progress=progress)
         dt = time.time() - t0
-        m = {"seed": seed, **image_metrics(imgs), "sample_seconds": round(dt, 2)}
+        m = {"seed": seed, **image_metrics(imgs, digits=digits, standard=standard), "sample_seconds": round(dt, 2)}
         if reference is not None and seed in reference:
             m["psnr_vs_ref"] = psnr(imgs, reference[seed])
             m["mse_vs_ref"] = mse(imgs, reference[seed])
         per_seed.append(m)
         images[seed] = imgs
-        log.info("seed %d: FID-digits %.3f, IS %.3f (%.1fs)", seed, m["fid_digits"], m["is_digits"], dt)
+        shown = ", ".join(f"{k} {m[k]:.3f}" for k in ("fid_digits", "is_digits", "fid", "sfid", "is") if k in m)
+        log.info("seed %d: %s (%.1fs)", seed, shown, dt)
     summary = {k: mean_std(m[k] for m in per_seed) for k in SUMMARY_KEYS if k in per_seed[0]}
     return {"num": num, "seeds": list(seeds), "per_seed": per_seed, "summary": summary}, images
 
@@ -62,7 +72,8 @@ def add_paired_delta(result: dict, reference: dict, key: str = "fid_digits") -> 
 def format_table(rows: list[tuple[str, dict]], keys=("fid_digits", "is_digits", "psnr_vs_ref")) -> str:
     """Markdown table of mean +- std per row for the given summary keys."""
     names = {"fid_digits": "FID-digits (lower better)", "fid_digits_delta": "ΔFID vs FP, paired by seed", "is_digits": "IS-digits (higher better)",
-             "psnr_vs_ref": "PSNR vs FP, dB", "confidence": "classifier confidence", "sample_seconds": "sampling s"}
+             "psnr_vs_ref": "PSNR vs FP, dB", "confidence": "classifier confidence", "sample_seconds": "sampling s",
+             "fid": "FID", "sfid": "sFID", "is": "IS"}
     head = "| model | " + " | ".join(names.get(k, k) for k in keys) + " |"
     sep = "|---|" + "---|" * len(keys)
     lines = [head, sep]
