@@ -9,7 +9,7 @@ from dataclasses import fields
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from edadm import cli
@@ -65,6 +65,7 @@ flag_pairs = st.lists(st.one_of(st.tuples(st.sampled_from(QUANTIZE_FLAGS), flag_
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(flags=flag_pairs)
+@example(flags=[["--config", "\x0c"]])  # found by this test: a form feed split the error over two lines
 def test_any_quantize_command_line_parses_or_gives_one_error_line(flags, monkeypatch, capsys):
     """The whole argv goes through cli.main; the command itself is replaced by the part that
     turns flags into a validated QuantConfig (running it would quantize a model)."""

@@ -81,7 +81,8 @@ def _calibration_set(pipe, config: QuantConfig, steps: int, eta: float, progress
         except ValueError as exc:
             raise EdadmError(f"TDAC needs a feature point: {exc}") from exc
     traj = collect_trajectories(pipe, c.num_trajectories, seed=config.seed + 10_000, steps=steps, eta=eta,
-                                batch_size=c.batch_size, progress=progress, feature_module=fmod)
+                                batch_size=c.batch_size, progress=progress, feature_module=fmod,
+                                guidance_scale=config.guidance_scale)
     if not torch.isfinite(traj.xs).all():
         raise EdadmError("full-precision trajectories contain NaN or Inf; check the model and sampler settings")
     seconds["trajectories"] = time.time() - t0

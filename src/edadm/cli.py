@@ -114,6 +114,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=250, help="images per denoiser call")
     p.add_argument("--steps", type=_positive_int, default=None, help="sampler steps (default: the model's)")
     p.add_argument("--eta", type=_eta, default=None, help="DDIM eta (default: the model's)")
+    p.add_argument("--guidance-scale", type=float, default=None,
+                   help="classifier-free guidance of class-conditional models (default: the model's)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
 
 
@@ -237,6 +239,7 @@ _CONFIG_FLAGS = {
     "method": (None, "method"), "weight_bits": (None, "weight_bits"), "act_bits": (None, "act_bits"),
     "attn_bits": (None, "attn_bits"), "weight_range": (None, "weight_range"), "act_range": (None, "act_range"),
     "split_shortcut": (None, "split_shortcut"), "seed": (None, "seed"), "steps": (None, "steps"), "eta": (None, "eta"),
+    "guidance_scale": (None, "guidance_scale"),
     "strategy": ("calib", "strategy"), "num_samples": ("calib", "num_samples"),
     "num_trajectories": ("calib", "num_trajectories"), "uniform_steps": ("calib", "uniform_steps"),
     "batch_size": ("calib", "batch_size"), "tdac_lambda": ("calib", "tdac_lambda"),
@@ -327,7 +330,8 @@ def cmd_sample(args) -> int:
     pipe = load_pipeline(args.model, device=rank_device(info, args.device), engine=args.engine)
     if args.out_dir is not None:
         res = sample_to_dir(pipe, args.out_dir, args.num, seed=args.seed, steps=args.steps, eta=args.eta,
-                            batch_size=args.batch_size, progress=args.progress, info=info)
+                            batch_size=args.batch_size, progress=args.progress, info=info,
+                            guidance_scale=args.guidance_scale)
         if info.is_main:
             print(f"wrote {args.num} images to {args.out_dir} ({PACKED} packed; {res['skipped_batches']} batches "
                   f"of this process were already there) with {info.world_size} process(es)")
@@ -340,7 +344,7 @@ def cmd_sample(args) -> int:
                 print(f"wrote {out}")
     else:
         images = generate(pipe, args.num, seed=args.seed, steps=args.steps, eta=args.eta, batch_size=args.batch_size,
-                          progress=args.progress)
+                          progress=args.progress, guidance_scale=args.guidance_scale)
         save_grid(images, out)
         print(f"wrote {out}")
     if info.world_size > 1:
@@ -366,10 +370,11 @@ def cmd_evaluate(args) -> int:
     if args.compare:
         ref_pipe = load_pipeline(args.compare, device=args.device)
         _, reference = evaluate_pipeline(ref_pipe, args.num, args.seeds, args.steps, args.eta, args.batch_size,
-                                         progress=args.progress, digits="fid-digits" in metrics)
+                                         progress=args.progress, digits="fid-digits" in metrics,
+                                         guidance_scale=args.guidance_scale)
     result, _ = evaluate_pipeline(pipe, args.num, args.seeds, args.steps, args.eta, args.batch_size,
                                   reference=reference, progress=args.progress, digits="fid-digits" in metrics,
-                                  standard=standard)
+                                  standard=standard, guidance_scale=args.guidance_scale)
     result.update(model=str(args.model), compare=args.compare, metrics=metrics, skipped=skipped,
                   conventions=conventions)
     keys = tuple(k for k in ("fid_digits", "is_digits", "fid", "sfid", "is") if k in result["summary"])

@@ -123,6 +123,7 @@ class QuantConfig:
     split_shortcut: bool | None = None  # Q-Diffusion split of skip-concatenation convs; None: the method's
     steps: int | None = None   # sampler steps for calibration trajectories; None: model default
     eta: float | None = None
+    guidance_scale: float | None = None  # classifier-free guidance of the trajectories; None: the pipeline's
     seed: int = 0
     calib: CalibConfig = field(default_factory=CalibConfig)
     recon: ReconConfig = field(default_factory=ReconConfig)
@@ -162,6 +163,8 @@ class QuantConfig:
             _check_positive_int("", "steps", self.steps)
         if self.eta is not None:
             _check_number("eta", self.eta, 0.0, 1.0)
+        if self.guidance_scale is not None:
+            _check_number("guidance_scale", self.guidance_scale, 0.0, 100.0)
         _check_number("lp", self.lp, 1e-6)
         for name in ("keep_8bit", "no_act_quant", "keep_fp"):
             v = getattr(self, name)

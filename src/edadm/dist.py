@@ -83,7 +83,7 @@ def my_batches(num: int, batch_size: int, info: DistInfo) -> list[tuple[int, int
 
 def sample_to_dir(pipe, out_dir: str | Path, num: int, seed: int = 0, steps: int | None = None,
                   eta: float | None = None, batch_size: int = 250, progress: bool = True,
-                  info: DistInfo | None = None, pack: bool = True) -> dict:
+                  info: DistInfo | None = None, pack: bool = True, guidance_scale: float | None = None) -> dict:
     """Write images 0..num-1 of run `seed` into out_dir (this rank's share), resumably."""
     from PIL import Image
 
@@ -105,7 +105,8 @@ def sample_to_dir(pipe, out_dir: str | Path, num: int, seed: int = 0, steps: int
                desc=f"sampling ({info.world_size} proc)", unit="img", disable=not (progress and info.is_main))
     written = 0
     for s, n in todo:
-        imgs = generate(pipe, n, seed=seed, steps=steps, eta=eta, batch_size=batch_size, start=s, progress=False)
+        imgs = generate(pipe, n, seed=seed, steps=steps, eta=eta, batch_size=batch_size, start=s, progress=False,
+                        guidance_scale=guidance_scale)
         for k, arr in enumerate(to_uint8(imgs)):
             f = image_path(out_dir, s + k)
             if f.is_file():

@@ -13,5 +13,5 @@ class EdadmError(Exception):
     """
 
     def __init__(self, message: str = ""):
-        msg = str(message).replace("\r\n", "\n").replace("\r", "\n").strip()
-        super().__init__(msg.replace("\n", "\\n"))
+        # splitlines knows every line boundary (\n, \r, \f, \v, \x1c-\x1e, \x85, \u2028 ...)
+        super().__init__("\\n".join(str(message).strip().splitlines()))

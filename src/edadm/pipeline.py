@@ -31,6 +31,35 @@ SAMPLING_FILE = "edadm_sampling.json"
 class SamplingDefaults:
     steps: int = 50
     eta: float = 0.0
+    guidance_scale: float = 1.0  # classifier-free guidance (class-conditional models); 1: none
+
+
+def num_classes(unet) -> int | None:
+    """Class-conditional UNet2DModel: the number of real classes. The last class embedding
+    is the null class used for classifier-free guidance (the zoo's convention, written in
+    the model's config as num_class_embeds = classes + 1)."""
+    n = getattr(unet.config, "num_class_embeds", None)
+    return int(n) - 1 if n else None
+
+
+def conditioning(unet, start: int, count: int, labels: torch.Tensor | None = None,
+                 guidance_scale: float = 1.0) -> tuple[dict, dict | None]:
+    """(cond, uncond) denoiser kwargs for images start..start+count-1.
+
+    Class-conditional models: image i gets class i mod num_classes unless `labels` are given
+    (labels depend only on the image index, like the noise); uncond (the null class) only
+    when guidance is on. Unconditional models: ({}, None).
+    """
+    k = num_classes(unet)
+    if k is None:
+        return {}, None
+    if labels is None:
+        labels = torch.arange(start, start + count) % k
+    labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+    if labels.numel() != count or (labels < 0).any() or (labels >= k).any():
+        raise EdadmError(f"class labels must be {count} integers in 0..{k - 1}")
+    uncond = {"class_labels": torch.full_like(labels, k)} if guidance_scale != 1.0 else None
+    return {"class_labels": labels}, uncond
 
 
 def resolve_model_path(model: str | Path) -> Path:
@@ -96,7 +125,8 @@ def read_sampling_defaults(path: Path) -> dict | None:
         return None
     try:
         d = json.loads(f.read_text())
-        return {"steps": int(d["steps"]), "eta": float(d.get("eta", 0.0))}
+        return {"steps": int(d["steps"]), "eta": float(d.get("eta", 0.0)),
+                "guidance_scale": float(d.get("guidance_scale", 1.0))}
     except (ValueError, KeyError, TypeError) as exc:
         raise EdadmError(f"{f}: bad sampling settings ({exc})") from exc
 
@@ -120,14 +150,24 @@ def _device_of(module: torch.nn.Module) -> torch.device:
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
 
 
+def _cat(a: dict, b: dict) -> dict:
+    return {k: torch.cat([a[k], b[k]]) for k in a}
+
+
 @torch.no_grad()
 def denoise(unet, scheduler, x: torch.Tensor, steps: int, eta: float = 0.0,
-            noise_seeds: list[int] | None = None, callback: StepCallback | None = None) -> torch.Tensor:
+            noise_seeds: list[int] | None = None, callback: StepCallback | None = None,
+            cond: dict | None = None, uncond: dict | None = None, guidance_scale: float = 1.0) -> torch.Tensor:
     """Run the scheduler loop from x = x_T; returns x_0.
 
     callback(step_index, t, x_t, model_output) is called after each denoiser call.
     noise_seeds: one seed per image for stochastic samplers (eta > 0, DDPM).
+    cond / uncond: denoiser kwargs (class_labels); with guidance_scale != 1 the denoiser sees
+    one batch [uncond half; cond half] and eps = u + s * (c - u).
     """
+    cond = {k: v.to(x.device) for k, v in (cond or {}).items()}
+    guided = guidance_scale != 1.0 and uncond is not None
+    both = _cat({k: v.to(x.device) for k, v in uncond.items()}, cond) if guided else None
     sched = copy.deepcopy(scheduler)
     sched.set_timesteps(steps)
     x = x * sched.init_noise_sigma
@@ -135,7 +175,11 @@ def denoise(unet, scheduler, x: torch.Tensor, steps: int, eta: float = 0.0,
     gens = [torch.Generator().manual_seed(s) for s in noise_seeds] if noise_seeds else None
     for i, t in enumerate(sched.timesteps):
         inp = sched.scale_model_input(x, t)
-        out = unet(inp, t).sample
+        if guided:
+            u, c = unet(torch.cat([inp, inp]), t, **both).sample.chunk(2)
+            out = u + guidance_scale * (c - u)
+        else:
+            out = unet(inp, t, **cond).sample
         if callback is not None:
             callback(i, t, x, out)
         kwargs = {}
@@ -153,16 +197,22 @@ def denoise(unet, scheduler, x: torch.Tensor, steps: int, eta: float = 0.0,
 
 def generate(pipe, num: int, seed: int = 0, steps: int | None = None, eta: float | None = None,
              batch_size: int = 250, start: int = 0, progress: bool = True,
-             callback: Callable[[int, int, torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None) -> torch.Tensor:
+             callback: Callable[[int, int, torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
+             guidance_scale: float | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
     """Images start..start+num-1 of run `seed`, as float [num, C, H, W] in [0, 1] on CPU.
 
     callback(batch_start, step_index, t, x_t, model_output) sees every step of every batch.
+    Class-conditional models: `labels` (one per image; default index mod classes) and
+    classifier-free guidance (default: the pipeline's recorded guidance_scale).
     """
     if num <= 0:
         raise EdadmError(f"number of images must be positive, got {num}")
     defaults = sampling_defaults(pipe)
     steps = steps or defaults.steps
     eta = defaults.eta if eta is None else eta
+    guidance = defaults.guidance_scale if guidance_scale is None else float(guidance_scale)
+    if labels is not None and len(labels) != num:
+        raise EdadmError(f"{len(labels)} class labels for {num} images")
     unet = pipe.unet
     dev = _device_of(unet)
     shape = _sample_shape(unet)
@@ -173,7 +223,10 @@ def generate(pipe, num: int, seed: int = 0, steps: int | None = None, eta: float
         x = initial_noise(seed, b0, n, shape).to(dev)
         seeds = [image_seed(seed, b0 + k) ^ 0x5DEECE66D for k in range(n)]
         cb = (lambda i, t, xt, out, _b=b0: callback(_b, i, t, xt, out)) if callback else None
-        x0 = denoise(unet, pipe.scheduler, x, steps, eta, noise_seeds=seeds, callback=cb)
+        lab = None if labels is None else torch.as_tensor(labels)[b0 - start:b0 - start + n]
+        cond, uncond = conditioning(unet, b0, n, labels=lab, guidance_scale=guidance)
+        x0 = denoise(unet, pipe.scheduler, x, steps, eta, noise_seeds=seeds, callback=cb, cond=cond, uncond=uncond,
+                     guidance_scale=guidance)
         outs.append((x0.float().cpu() / 2 + 0.5).clamp(0, 1))
         bar.update(n)
     bar.close()

@@ -6,7 +6,7 @@ allocation over steps.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -75,6 +75,9 @@ class CalibrationSet:
     step: torch.Tensor       # [N] step index
     trajectory: torch.Tensor  # [N] trajectory index
     counts: torch.Tensor     # [S] samples per step
+    cond: dict = field(default_factory=dict)    # per-sample denoiser kwargs (class_labels [N])
+    uncond: dict = field(default_factory=dict)  # the same under classifier-free guidance (null class)
+    guidance_scale: float = 1.0
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -84,9 +87,17 @@ class CalibrationSet:
             yield self.x[i:i + batch_size], self.t[i:i + batch_size]
 
     def model_inputs(self, batch_size: int, device):
-        """(args, kwargs) for the denoiser, batch by batch, on `device`."""
-        for x, t in self.batches(batch_size):
-            yield (x.to(device), t.to(device)), {}
+        """(args, kwargs) for the denoiser, batch by batch, on `device`. Under classifier-free
+        guidance each batch holds what the denoiser sees while sampling: the unconditional
+        half, then the conditional half (METHOD.md: calibration keeps both)."""
+        for i in range(0, len(self), batch_size):
+            x, t = self.x[i:i + batch_size].to(device), self.t[i:i + batch_size].to(device)
+            kw = {k: v[i:i + batch_size].to(device) for k, v in self.cond.items()}
+            if self.uncond and self.guidance_scale != 1.0:
+                ukw = {k: v[i:i + batch_size].to(device) for k, v in self.uncond.items()}
+                yield (torch.cat([x, x]), torch.cat([t, t])), {k: torch.cat([ukw[k], kw[k]]) for k in kw}
+            else:
+                yield (x, t), kw
 
 
 def assemble(traj: "Trajectories", counts: torch.Tensor, seed: int = 0) -> CalibrationSet:
@@ -104,4 +115,6 @@ def assemble(traj: "Trajectories", counts: torch.Tensor, seed: int = 0) -> Calib
     steps = steps[torch.randperm(n, generator=g)]
     trajs = torch.arange(n) % traj.num_trajectories
     return CalibrationSet(x=traj.xs[steps, trajs].clone(), t=traj.ts[steps].clone(), step=steps, trajectory=trajs,
-                          counts=counts)
+                          counts=counts, cond={k: v[trajs].clone() for k, v in traj.cond.items()},
+                          uncond={k: v[trajs].clone() for k, v in traj.uncond.items()},
+                          guidance_scale=traj.guidance_scale)

@@ -1,12 +1,12 @@
 """Full-precision sampling trajectories: every x_t of the evaluation sampler."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from ..pipeline import generate
+from ..pipeline import conditioning, generate, sampling_defaults
 from .tdac import TdacAccumulator
 
 
@@ -21,6 +21,9 @@ class Trajectories:
     xs: torch.Tensor
     ts: torch.Tensor
     features: TdacAccumulator | None = None
+    cond: dict = field(default_factory=dict)    # per-trajectory denoiser kwargs (class_labels [B])
+    uncond: dict = field(default_factory=dict)  # their classifier-free-guidance counterpart (null class)
+    guidance_scale: float = 1.0
 
     @property
     def num_steps(self) -> int:
@@ -34,7 +37,7 @@ class Trajectories:
 @torch.no_grad()
 def collect_trajectories(pipe, num: int, seed: int, steps: int | None = None, eta: float | None = None,
                          batch_size: int = 64, progress: bool = True,
-                         feature_module: nn.Module | None = None) -> Trajectories:
+                         feature_module: nn.Module | None = None, guidance_scale: float | None = None) -> Trajectories:
     """Sample `num` trajectories with the pipeline's FP denoiser and keep every x_t.
 
     With `feature_module`, its input at every step is folded into TDAC statistics batch by
@@ -62,11 +65,14 @@ def collect_trajectories(pipe, num: int, seed: int, steps: int | None = None, et
 
     try:
         generate(pipe, num, seed=seed, steps=steps, eta=eta, batch_size=batch_size, progress=progress,
-                 callback=record)
+                 callback=record, guidance_scale=guidance_scale)
     finally:
         if hook is not None:
             hook.remove()
     if acc is not None and pending:
         acc.add(pending)
     xs = torch.cat([torch.stack(chunks[b]) for b in sorted(chunks)], dim=1)  # [S, B, C, H, W]
-    return Trajectories(xs=xs, ts=torch.tensor(ts, dtype=torch.long), features=acc)
+    guidance = sampling_defaults(pipe).guidance_scale if guidance_scale is None else float(guidance_scale)
+    cond, uncond = conditioning(pipe.unet, 0, num, guidance_scale=guidance)  # what generate() used
+    return Trajectories(xs=xs, ts=torch.tensor(ts, dtype=torch.long), features=acc, cond=cond, uncond=uncond or {},
+                        guidance_scale=guidance if uncond else 1.0)

@@ -132,7 +132,8 @@ def save_quantized(pipe, out: str | Path, config: QuantConfig | None = None, rep
             if cname != "unet":
                 comp.save_pretrained(tmp / cname)
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
-        (tmp / SAMPLING_FILE).write_text(json.dumps({"steps": defaults.steps, "eta": defaults.eta}))
+        (tmp / SAMPLING_FILE).write_text(json.dumps({"steps": defaults.steps, "eta": defaults.eta,
+                                                     "guidance_scale": defaults.guidance_scale}))
         (tmp / "unet").mkdir()
         unet.save_config(tmp / "unet")
         meta = {"format_version": FORMAT_VERSION, "edadm_version": __version__, "unet_class": type(unet).__name__,

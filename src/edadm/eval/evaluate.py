@@ -36,7 +36,8 @@ def image_metrics(images: torch.Tensor, digits: bool = True, standard: Callable[
 def evaluate_pipeline(pipe, num: int, seeds: list[int], steps: int | None = None, eta: float | None = None,
                       batch_size: int = 250, reference: dict[int, torch.Tensor] | None = None,
                       progress: bool = True, digits: bool = True,
-                      standard: Callable[[torch.Tensor], dict] | None = None) -> tuple[dict, dict[int, torch.Tensor]]:
+                      standard: Callable[[torch.Tensor], dict] | None = None,
+                      guidance_scale: float | None = None) -> tuple[dict, dict[int, torch.Tensor]]:
     """Metrics per seed and their mean / std; `reference` images (same seeds, same noise)
     add PSNR / MSE against them. Returns (result, images by seed)."""
     if num < 2:
@@ -46,7 +47,8 @@ def evaluate_pipeline(pipe, num: int, seeds: list[int], steps: int | None = None
     per_seed, images = [], {}
     for seed in seeds:
         t0 = time.time()
-        imgs = generate(pipe, num, seed=seed, steps=steps, eta=eta, batch_size=batch_size, progress=progress)
+        imgs = generate(pipe, num, seed=seed, steps=steps, eta=eta, batch_size=batch_size, progress=progress,
+                        guidance_scale=guidance_scale)
         dt = time.time() - t0
         m = {"seed": seed, **image_metrics(imgs, digits=digits, standard=standard), "sample_seconds": round(dt, 2)}
         if reference is not None and seed in reference:
