@@ -67,3 +67,21 @@ def test_quantize_reconstruct_save_load_sample_class_conditional(cond_pipe_dir, 
         q = load(tmp_path / "q", device="cpu", engine=engine)
         imgs = generate(q, 3, seed=0, progress=False)
         assert imgs.shape == (3, 1, 32, 32) and torch.isfinite(imgs).all()
+
+
+def test_evaluate_reports_classifier_agreement_for_class_conditional_models(cond_pipe_dir):
+    from edadm.eval.evaluate import evaluate_pipeline
+
+    res, _ = evaluate_pipeline(load(cond_pipe_dir, device="cpu"), 10, [0], progress=False)
+    agree = res["per_seed"][0]["class_agreement"]
+    assert 0.0 <= agree <= 1.0 and "class_agreement" in res["summary"]
+
+
+def test_class_agreement_is_high_for_real_digits_with_their_labels():
+    from edadm.eval.digits import digits_metrics
+    from edadm.zoo.data import digits_images
+
+    x, y = digits_images()
+    x, y = x[:300], y[:300]
+    assert digits_metrics(x, labels=y)["class_agreement"] > 0.9
+    assert digits_metrics(x, labels=(y + 1) % 10)["class_agreement"] < 0.1

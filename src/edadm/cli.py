@@ -377,7 +377,7 @@ def cmd_evaluate(args) -> int:
                                   standard=standard, guidance_scale=args.guidance_scale)
     result.update(model=str(args.model), compare=args.compare, metrics=metrics, skipped=skipped,
                   conventions=conventions)
-    keys = tuple(k for k in ("fid_digits", "is_digits", "fid", "sfid", "is") if k in result["summary"])
+    keys = tuple(k for k in ("fid_digits", "is_digits", "class_agreement", "fid", "sfid", "is") if k in result["summary"])
     keys += ("psnr_vs_ref",) if reference else ()
     print(format_table([(str(args.model), result["summary"])], keys=keys))
     if args.json:

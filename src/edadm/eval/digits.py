@@ -65,12 +65,18 @@ def reference_stats() -> tuple[np.ndarray, np.ndarray]:
     return mu, sigma
 
 
-def digits_metrics(images: torch.Tensor) -> dict:
-    """FID-digits against the real digits, IS analog, and the predicted class histogram."""
+def digits_metrics(images: torch.Tensor, labels: torch.Tensor | None = None) -> dict:
+    """FID-digits against the real digits, IS analog, and the predicted class histogram;
+    with the requested `labels` of a class-conditional model, how often the classifier
+    agrees with them (the analog of CLIP score for text-to-image)."""
     feats, probs = classify(images)
+    extra = {}
+    if labels is not None:
+        extra["class_agreement"] = float((probs.argmax(1) == torch.as_tensor(labels).cpu()).float().mean())
     mu, sigma = gaussian_stats(feats)
     rmu, rsigma = reference_stats()
     is_mean, _ = inception_score(probs)
     hist = torch.bincount(probs.argmax(1), minlength=10).tolist()
     return {"fid_digits": frechet_distance(mu, sigma, rmu, rsigma), "is_digits": is_mean,
-            "confidence": float(probs.max(1).values.mean()), "class_histogram": hist, "num_samples": len(images)}
+            "confidence": float(probs.max(1).values.mean()), "class_histogram": hist, "num_samples": len(images),
+            **extra}

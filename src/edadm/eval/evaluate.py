@@ -8,16 +8,17 @@ from typing import Callable
 import torch
 
 from ..errors import EdadmError
-from ..pipeline import generate
+from ..pipeline import generate, num_classes
 from .metrics import mean_std, mse, psnr
 
 log = logging.getLogger("edadm")
 
-SUMMARY_KEYS = ("fid_digits", "is_digits", "confidence", "fid", "sfid", "is", "psnr_vs_ref", "mse_vs_ref",
+SUMMARY_KEYS = ("fid_digits", "is_digits", "confidence", "class_agreement", "fid", "sfid", "is", "psnr_vs_ref", "mse_vs_ref",
                 "sample_seconds")
 
 
-def image_metrics(images: torch.Tensor, digits: bool = True, standard: Callable[[torch.Tensor], dict] | None = None) -> dict:
+def image_metrics(images: torch.Tensor, digits: bool = True, standard: Callable[[torch.Tensor], dict] | None = None,
+                  labels: torch.Tensor | None = None) -> dict:
     """The metrics asked for: the digits ones (1x32x32 models) and / or the standard ones
     (eval.standard, passed in as a callable)."""
     out: dict = {"num_samples": len(images)}
@@ -27,7 +28,7 @@ def image_metrics(images: torch.Tensor, digits: bool = True, standard: Callable[
                              "choose --metrics fid,sfid,is")
         from .digits import digits_metrics
 
-        out.update(digits_metrics(images))
+        out.update(digits_metrics(images, labels=labels))
     if standard is not None:
         out.update(standard(images))
     return out
@@ -50,7 +51,10 @@ def evaluate_pipeline(pipe, num: int, seeds: list[int], steps: int | None = None
         imgs = generate(pipe, num, seed=seed, steps=steps, eta=eta, batch_size=batch_size, progress=progress,
                         guidance_scale=guidance_scale)
         dt = time.time() - t0
-        m = {"seed": seed, **image_metrics(imgs, digits=digits, standard=standard), "sample_seconds": round(dt, 2)}
+        k = num_classes(pipe.unet)
+        labels = torch.arange(num) % k if k else None  # generate()'s default labels
+        m = {"seed": seed, **image_metrics(imgs, digits=digits, standard=standard, labels=labels),
+             "sample_seconds": round(dt, 2)}
         if reference is not None and seed in reference:
             m["psnr_vs_ref"] = psnr(imgs, reference[seed])
             m["mse_vs_ref"] = mse(imgs, reference[seed])
@@ -75,7 +79,7 @@ def format_table(rows: list[tuple[str, dict]], keys=("fid_digits", "is_digits", 
     """Markdown table of mean +- std per row for the given summary keys."""
     names = {"fid_digits": "FID-digits (lower better)", "fid_digits_delta": "ΔFID vs FP, paired by seed", "is_digits": "IS-digits (higher better)",
              "psnr_vs_ref": "PSNR vs FP, dB", "confidence": "classifier confidence", "sample_seconds": "sampling s",
-             "fid": "FID", "sfid": "sFID", "is": "IS"}
+             "fid": "FID", "sfid": "sFID", "is": "IS", "class_agreement": "classifier agrees with label"}
     head = "| model | " + " | ".join(names.get(k, k) for k in keys) + " |"
     sep = "|---|" + "---|" * len(keys)
     lines = [head, sep]

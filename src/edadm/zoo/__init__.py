@@ -10,6 +10,7 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 # name -> one-line description; the pipelines are diffusers directories under WEIGHTS_DIR.
 PIPELINES = {
     "digits-ddpm": "unconditional UNet2DModel (mid-block attention), 32x32 digits, DDIM 100 steps eta 0",
+    "digits-cond": "class-conditional UNet2DModel (10 digits + null class), DDIM 20 steps, guidance 3.0",
 }
 CLASSIFIERS = {
     "digits-classifier": "small CNN on 32x32 digits; features for FID-digits and the IS analog",
@@ -19,6 +20,7 @@ DEFAULT_MODEL = "digits-ddpm"
 # Sampling defaults per zoo pipeline (the paper's CIFAR-10 setting for digits-ddpm).
 SAMPLING_DEFAULTS = {
     "digits-ddpm": dict(steps=100, eta=0.0),
+    "digits-cond": dict(steps=20, eta=0.0, guidance_scale=3.0),  # the paper's ImageNet LDM-4 sampler
 }
 
 

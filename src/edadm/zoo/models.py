@@ -24,6 +24,12 @@ def digits_ddpm_unet_config() -> dict:
     )
 
 
+def digits_cond_unet_config() -> dict:
+    """digits-ddpm's UNet with a class embedding: 10 digits + 1 null class (index 10) for
+    classifier-free guidance (the stand-in for the paper's class-conditional ImageNet LDM)."""
+    return {**digits_ddpm_unet_config(), "num_class_embeds": 11}
+
+
 def digits_scheduler_config() -> dict:
     """DDPM training noise schedule (linear betas, 1000 steps), as for CIFAR-10 DDPM."""
     return dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",

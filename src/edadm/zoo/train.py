@@ -16,12 +16,14 @@ from tqdm.auto import tqdm
 
 from ..utils import atomic_dir, resolve_device
 from .data import digits_images, split_indices
-from .models import DigitsClassifier, digits_ddpm_unet_config, digits_scheduler_config
+from .models import DigitsClassifier, digits_cond_unet_config, digits_ddpm_unet_config, digits_scheduler_config
 
 log = logging.getLogger("edadm")
 
 TRAIN_DEFAULTS = {
     "digits-ddpm": dict(steps=6000, batch_size=64, lr=2e-3, ema_decay=0.999, seed=0),
+    # class labels dropped to the null class 10% of the time, as classifier-free guidance needs
+    "digits-cond": dict(steps=6000, batch_size=64, lr=2e-3, ema_decay=0.999, seed=0, label_dropout=0.1),
     "digits-classifier": dict(steps=3000, batch_size=128, lr=1e-3, seed=0),
 }
 
@@ -43,30 +45,40 @@ def _random_shift(x: torch.Tensor, g: torch.Generator, max_shift: int = 2) -> to
 
 
 def train_digits_ddpm(out: Path, steps: int, batch_size: int, lr: float, ema_decay: float, seed: int,
-                      device: str | None = None) -> dict:
+                      device: str | None = None, label_dropout: float | None = None,
+                      sampling: dict | None = None, name: str = "digits-ddpm") -> dict:
+    """Epsilon-prediction DDPM training; with label_dropout set, class-conditional (labels
+    replaced by the null class with that probability: classifier-free guidance)."""
     from diffusers import DDIMPipeline, DDIMScheduler, DDPMScheduler, UNet2DModel
     from diffusers.training_utils import EMAModel
 
     dev = resolve_device(device)
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    x, _ = digits_images()
+    x, y = digits_images()
     data = (x * 2 - 1)  # [-1, 1]
-    unet = UNet2DModel(**digits_ddpm_unet_config()).to(dev)
+    conditional = label_dropout is not None
+    unet = UNet2DModel(**(digits_cond_unet_config() if conditional else digits_ddpm_unet_config())).to(dev)
+    null = unet.config.num_class_embeds - 1 if conditional else None
     noise_sched = DDPMScheduler(**digits_scheduler_config())
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine_lr(s, steps))
     ema = EMAModel(unet.parameters(), decay=ema_decay)
     t0 = time.time()
     losses = []
-    bar = tqdm(range(steps), desc="train digits-ddpm")
+    bar = tqdm(range(steps), desc=f"train {name}")
     for step in bar:
         idx = torch.randint(0, data.shape[0], (batch_size,), generator=g)
         clean = data[idx].to(dev)
         noise = torch.randn(clean.shape, generator=g).to(dev)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (batch_size,), generator=g).to(dev)
         noisy = noise_sched.add_noise(clean, noise, t)
-        loss = F.mse_loss(unet(noisy, t).sample, noise)
+        kwargs = {}
+        if conditional:
+            labels = y[idx].clone()
+            labels[torch.rand(batch_size, generator=g) < label_dropout] = null
+            kwargs["class_labels"] = labels.to(dev)
+        loss = F.mse_loss(unet(noisy, t, **kwargs).sample, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -81,10 +93,10 @@ def train_digits_ddpm(out: Path, steps: int, batch_size: int, lr: float, ema_dec
     scheduler = DDIMScheduler(**digits_scheduler_config())
     info = dict(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed,
                 final_loss=sum(losses[-200:]) / len(losses[-200:]), train_seconds=round(time.time() - t0, 1),
-                torch=torch.__version__)
+                torch=torch.__version__, **({"label_dropout": label_dropout} if conditional else {}))
     with atomic_dir(out) as tmp:
         DDIMPipeline(unet=unet, scheduler=scheduler).save_pretrained(tmp)
-        (tmp / "edadm_sampling.json").write_text(json.dumps({"steps": 100, "eta": 0.0}))
+        (tmp / "edadm_sampling.json").write_text(json.dumps(sampling or {"steps": 100, "eta": 0.0}))
         (tmp / "training.json").write_text(json.dumps(info, indent=2))
     return info
 
@@ -125,7 +137,16 @@ def train_digits_classifier(out: Path, steps: int, batch_size: int, lr: float, s
     return info
 
 
-TRAINERS = {"digits-ddpm": train_digits_ddpm, "digits-classifier": train_digits_classifier}
+def train_digits_cond(out: Path, device: str | None = None, **kw) -> dict:
+    """Class-conditional digits, sampled as the paper's ImageNet LDM: DDIM 20 steps, eta 0,
+    classifier-free guidance 3.0."""
+    from . import SAMPLING_DEFAULTS
+
+    return train_digits_ddpm(out, device=device, sampling=SAMPLING_DEFAULTS["digits-cond"], name="digits-cond", **kw)
+
+
+TRAINERS = {"digits-ddpm": train_digits_ddpm, "digits-cond": train_digits_cond,
+            "digits-classifier": train_digits_classifier}
 
 
 def train(name: str, out: Path | None = None, device: str | None = None, **overrides) -> dict:
