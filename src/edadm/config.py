@@ -11,10 +11,12 @@ CONFIG_VERSION = 1
 CALIB_STRATEGIES = ("uniform", "tdac", "ptq4dm", "random")
 RANGE_METHODS = ("mse", "minmax")
 
-# METHOD.md: the first time-embedding Linear and the output conv stay at 8 bits and the
-# output conv's input is not quantized. Patterns are fnmatch-style over module names.
-DEFAULT_KEEP_8BIT = ("time_embedding.linear_1", "conv_out")
-DEFAULT_NO_ACT_QUANT = ("conv_out",)
+# METHOD.md: the first time-embedding Linear and the output layer stay at 8 bits and the
+# output layer's input is not quantized. Patterns are fnmatch-style over module names:
+# UNets (time_embedding.linear_1, conv_out) and DiT (patch embedding pos_embed.proj, output
+# projection proj_out_2); a pattern matching nothing does nothing.
+DEFAULT_KEEP_8BIT = ("time_embedding.linear_1", "conv_out", "pos_embed.proj", "proj_out_2")
+DEFAULT_NO_ACT_QUANT = ("conv_out", "proj_out_2")
 
 # Each method is a choice of calibration strategy, reconstruction and FBR weight; every
 # value can still be overridden. add_loss 0 is BRECQ's block loss; 0.8 the EDA-DM reference.
