@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from edadm.dist import PACKED, DistInfo, my_batches, sample_to_dir
 
@@ -82,3 +83,31 @@ def test_score_reads_a_sample_folder_or_its_npz_identically(tiny_pipe_dir, tmp_p
     assert res[0]["summary"]["fid_digits"]["mean"] == pytest.approx(res[1]["summary"]["fid_digits"]["mean"], rel=1e-6)
     assert cli.main(["score", str(tmp_path / "nothing")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_two_processes_collect_trajectories_for_quantize_like_one(tiny_pipe_dir, tmp_path):
+    """torchrun quantize: both processes sample FP trajectories, rank 0 calibrates and saves;
+    the saved integer model equals the single-process one (TDAC statistics summed across
+    processes: same allocation)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = ["quantize", str(tiny_pipe_dir), "--method", "eda-dm", "--weight-bits", "4", "--act-bits", "8",
+              "--num-samples", "8", "--num-trajectories", "8", "--batch-size", "4", "--iters", "2", "--no-progress",
+              "--no-report", "--device", "cpu"]
+    one = subprocess.run([sys.executable, "-m", "edadm", *common, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "edadm", *common, "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert two.returncode == 0, two.stderr[-2000:]
+    metas = [json.loads((tmp_path / d / "unet" / "edadm_quant.json").read_text())["report"] for d in ("one", "two")]
+    assert metas[0]["counts"] == metas[1]["counts"]
+    a, b = (load_file(str(tmp_path / d / "unet" / "edadm_quant.safetensors")) for d in ("one", "two"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

@@ -70,7 +70,8 @@ def allocate(traj, config: QuantConfig, num_train_timesteps: int) -> tuple[torch
     raise EdadmError(f"unknown calibration strategy {c.strategy!r}")
 
 
-def _calibration_set(pipe, config: QuantConfig, steps: int, eta: float, progress: bool, seconds: dict):
+def _calibration_set(pipe, config: QuantConfig, steps: int, eta: float, progress: bool, seconds: dict,
+                     dist_info=None):
     """FP trajectories -> per-step counts -> CalibrationSet (+ counts, details, timesteps)."""
     c = config.calib
     t0 = time.time()
@@ -82,7 +83,7 @@ def _calibration_set(pipe, config: QuantConfig, steps: int, eta: float, progress
             raise EdadmError(f"TDAC needs a feature point: {exc}") from exc
     traj = collect_trajectories(pipe, c.num_trajectories, seed=config.seed + 10_000, steps=steps, eta=eta,
                                 batch_size=c.batch_size, progress=progress, feature_module=fmod,
-                                guidance_scale=config.guidance_scale)
+                                guidance_scale=config.guidance_scale, dist_info=dist_info)
     if not torch.isfinite(traj.xs).all():
         raise EdadmError("full-precision trajectories contain NaN or Inf; check the model and sampler settings")
     seconds["trajectories"] = time.time() - t0
@@ -91,7 +92,7 @@ def _calibration_set(pipe, config: QuantConfig, steps: int, eta: float, progress
     return calib, counts.tolist(), details, traj.ts.tolist()
 
 
-def quantize(pipe, config: QuantConfig | None = None, progress: bool = True, checkpoint=None):
+def quantize(pipe, config: QuantConfig | None = None, progress: bool = True, checkpoint=None, dist_info=None):
     """Quantize `pipe.unet` in place (fake quantization) and return (pipe, QuantReport).
 
     FP trajectories of the evaluation sampler -> calibration set (uniform / PTQ4DM / TDAC)
@@ -100,6 +101,9 @@ def quantize(pipe, config: QuantConfig | None = None, progress: bool = True, che
 
     checkpoint: an edadm.checkpoint.Checkpoint; each stage is saved there and, when it was
     opened with resume=True, finished stages are read back instead of recomputed.
+
+    dist_info (edadm.dist.DistInfo, under torchrun): all processes share the FP trajectory
+    collection; then rank 0 goes on alone and the others return (pipe unchanged, None).
     """
     config = config or QuantConfig()
     config.validate()
@@ -119,7 +123,10 @@ def quantize(pipe, config: QuantConfig | None = None, progress: bool = True, che
                                               saved["timesteps"])
         seconds.update(saved["seconds"])
     else:
-        calib, counts, details, timesteps = _calibration_set(pipe, config, steps, eta, progress, seconds)
+        calib, counts, details, timesteps = _calibration_set(pipe, config, steps, eta, progress, seconds,
+                                                             dist_info=dist_info)
+        if dist_info is not None and not dist_info.is_main:
+            return pipe, None
         if checkpoint is not None:
             checkpoint.save_calib({"calib": asdict(calib), "counts": counts, "details": details,
                                    "timesteps": timesteps, "seconds": dict(seconds)})

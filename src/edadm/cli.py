@@ -286,17 +286,26 @@ def cmd_quantize(args) -> int:
     from .deploy import save_quantized
     from .pipeline import is_quantized_dir, load_pipeline, resolve_model_path
 
+    from .dist import finish, init_distributed, rank_device
+
     cfg = _quant_config(args)
     _check_writable(args.out)
     if is_quantized_dir(resolve_model_path(args.model)):
         raise EdadmError(f"{args.model} is already quantized; pass the full-precision pipeline")
+    info = init_distributed(args.device)
     t0 = time.time()
-    pipe = load_pipeline(args.model, device=args.device)
+    pipe = load_pipeline(args.model, device=rank_device(info, args.device))
+    if not info.is_main:  # helps collect the FP trajectories, then leaves the rest to rank 0
+        if not (args.resume and (default_checkpoint_dir(args.out) / "calib.pt").is_file()):  # rank 0 resumes it
+            quantize(pipe, cfg, progress=False, dist_info=info)
+        finish(info)
+        return 0
     ck_dir = default_checkpoint_dir(args.out)
     if args.resume and not ck_dir.is_dir():
         log.warning("no checkpoint at %s: starting from the beginning", ck_dir)
     ck = Checkpoint(ck_dir, {"model": str(args.model), "config": cfg.to_dict()}, resume=args.resume)
-    pipe, report = quantize(pipe, cfg, progress=args.progress, checkpoint=ck)
+    pipe, report = quantize(pipe, cfg, progress=args.progress, checkpoint=ck,
+                            dist_info=info if info.world_size > 1 else None)
     source = str(Path(args.model).resolve()) if Path(args.model).exists() else str(args.model)  # zoo name
     save_quantized(pipe, args.out, cfg, {**report.to_dict(), "source": source})
     ck.remove()
@@ -312,11 +321,12 @@ def cmd_quantize(args) -> int:
     log.info("quantized %s (%s W%dA%d) in %.1fs -> %s", args.model, cfg.method, cfg.weight_bits, cfg.act_bits,
              time.time() - t0, args.out)
     print(f"saved {args.out} ({cfg.method} W{cfg.weight_bits}A{cfg.act_bits}, {time.time() - t0:.1f}s)")
+    finish(info)
     return 0
 
 
 def cmd_sample(args) -> int:
-    from .dist import PACKED, init_distributed, rank_device, sample_to_dir
+    from .dist import PACKED, finish, init_distributed, rank_device, sample_to_dir
     from .eval.images import save_grid
     from .pipeline import generate, load_pipeline
 
@@ -347,10 +357,7 @@ def cmd_sample(args) -> int:
                           progress=args.progress, guidance_scale=args.guidance_scale)
         save_grid(images, out)
         print(f"wrote {out}")
-    if info.world_size > 1:
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
+    finish(info)
     return 0
 
 

@@ -71,6 +71,15 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
+def finish(info: DistInfo) -> None:
+    """Leave the process group (no-op for one process)."""
+    if info.world_size > 1:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def image_path(out_dir: Path, index: int) -> Path:
     return out_dir / f"{index:06d}.png"
 

@@ -37,12 +37,20 @@ class Trajectories:
 @torch.no_grad()
 def collect_trajectories(pipe, num: int, seed: int, steps: int | None = None, eta: float | None = None,
                          batch_size: int = 64, progress: bool = True,
-                         feature_module: nn.Module | None = None, guidance_scale: float | None = None) -> Trajectories:
+                         feature_module: nn.Module | None = None, guidance_scale: float | None = None,
+                         dist_info=None) -> Trajectories:
     """Sample `num` trajectories with the pipeline's FP denoiser and keep every x_t.
 
     With `feature_module`, its input at every step is folded into TDAC statistics batch by
     batch (the features themselves are not kept).
+
+    dist_info (edadm.dist.DistInfo, under torchrun): each process samples the batches it
+    owns (batch b to rank b mod N, the same batches as one process samples), then every
+    process receives all of them and the summed TDAC statistics.
     """
+    if dist_info is not None and dist_info.world_size > 1:
+        return _collect_distributed(pipe, num, seed, steps, eta, batch_size, progress, feature_module,
+                                    guidance_scale, dist_info)
     chunks: dict[int, list[torch.Tensor]] = {}
     ts: list[int] = []
     acc = TdacAccumulator() if feature_module is not None else None
@@ -76,3 +84,64 @@ def collect_trajectories(pipe, num: int, seed: int, steps: int | None = None, et
     cond, uncond = conditioning(pipe.unet, 0, num, guidance_scale=guidance)  # what generate() used
     return Trajectories(xs=xs, ts=torch.tensor(ts, dtype=torch.long), features=acc, cond=cond, uncond=uncond or {},
                         guidance_scale=guidance if uncond else 1.0)
+
+
+def _collect_distributed(pipe, num, seed, steps, eta, batch_size, progress, feature_module, guidance_scale,
+                         info) -> Trajectories:
+    import torch.distributed as dist
+
+    from ..dist import my_batches
+
+    parts = {}
+    acc = TdacAccumulator() if feature_module is not None else None
+    for k, (start, n) in enumerate(my_batches(num, batch_size, info)):
+        # one batch at a time through the single-process path; its TDAC sums are additive
+        part = _collect_batch(pipe, start, n, seed, steps, eta, feature_module, guidance_scale,
+                              progress and info.is_main and k == 0)
+        parts[start] = part.xs
+        ts = part.ts
+        if acc is not None:
+            _merge(acc, part.features)
+    gathered = [None] * info.world_size
+    dist.all_gather_object(gathered, (parts, acc))
+    xs_by_start, total = {}, TdacAccumulator() if feature_module is not None else None
+    for p, a in gathered:
+        xs_by_start.update(p)
+        if total is not None and a is not None and a.gram is not None:
+            _merge(total, a)
+    xs = torch.cat([xs_by_start[b] for b in sorted(xs_by_start)], dim=1)
+    guidance = sampling_defaults(pipe).guidance_scale if guidance_scale is None else float(guidance_scale)
+    cond, uncond = conditioning(pipe.unet, 0, num, guidance_scale=guidance)
+    return Trajectories(xs=xs, ts=ts, features=total, cond=cond, uncond=uncond or {},
+                        guidance_scale=guidance if uncond else 1.0)
+
+
+def _collect_batch(pipe, start, n, seed, steps, eta, feature_module, guidance_scale, progress) -> Trajectories:
+    """Trajectories of images start..start+n-1 (one batch)."""
+    chunks: list[torch.Tensor] = []
+    ts: list[int] = []
+    acc = TdacAccumulator() if feature_module is not None else None
+    feats: list[torch.Tensor] = []
+    hook = (feature_module.register_forward_pre_hook(lambda m, args: feats.append(args[0].detach()))
+            if feature_module is not None else None)
+
+    def record(b0, i, t, xt, out):
+        chunks.append(xt.detach().float().cpu())
+        ts.append(int(t))
+
+    try:
+        generate(pipe, n, seed=seed, steps=steps, eta=eta, batch_size=n, start=start, progress=progress,
+                 callback=record, guidance_scale=guidance_scale)
+    finally:
+        if hook is not None:
+            hook.remove()
+    if acc is not None:
+        acc.add(feats)
+    return Trajectories(xs=torch.stack(chunks), ts=torch.tensor(ts, dtype=torch.long), features=acc)
+
+
+def _merge(into: TdacAccumulator, other: TdacAccumulator) -> None:
+    into.gram = other.gram.clone() if into.gram is None else into.gram + other.gram
+    into.cos_gram = other.cos_gram.clone() if into.cos_gram is None else into.cos_gram + other.cos_gram
+    into.elements += other.elements
+    into.positions += other.positions
