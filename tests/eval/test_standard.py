@@ -122,3 +122,65 @@ def test_fid_agrees_with_torch_fidelity(tmp_path):  # pragma: no cover - runs wh
     theirs = torch_fidelity.calculate_metrics(input1=str(dirs["b"]), input2=str(dirs["a"]), fid=True,
                                               verbose=False)["frechet_inception_distance"]
     assert ours == pytest.approx(theirs, rel=1e-3)
+
+
+def _tiny_clip(d):
+    """A random CLIP (text and vision towers of 2 layers) with a character-level tokenizer."""
+    import json
+    import string
+
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    d.mkdir(parents=True, exist_ok=True)
+    vocab = {}
+    for c in string.ascii_lowercase:
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    for sp in ("<|startoftext|>", "<|endoftext|>"):
+        vocab[sp] = len(vocab)
+    (d / "vocab.json").write_text(json.dumps(vocab))
+    (d / "merges.txt").write_text("#version: 0.2\n")
+    tok = CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt"))
+    cfg = CLIPConfig(text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=2, max_position_embeddings=32,
+                                      bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+                                      pad_token_id=vocab["<|endoftext|>"]),
+                     vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                        image_size=32, patch_size=8), projection_dim=16)
+    torch.manual_seed(0)
+    model = CLIPModel(cfg).eval()
+    model.save_pretrained(d)
+    proc = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
+                                                            crop_size={"height": 32, "width": 32}), tokenizer=tok)
+    proc.save_pretrained(d)
+    return model, proc
+
+
+@pytest.mark.skipif(missing_extra("clip") is not None, reason="needs transformers")
+def test_clip_score_is_100_times_the_clamped_cosine_and_batch_independent(tmp_path):
+    from edadm.eval.standard import _embeds, clip_score
+
+    model, proc = _tiny_clip(tmp_path / "clip")
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.rand(12, 1, 32, 32, generator=g)
+    words = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven"]
+    prompts = [f"a handwritten {w}" for w in words]
+    score = clip_score(imgs, prompts, tmp_path / "clip", batch_size=5)
+    assert score == pytest.approx(clip_score(imgs, prompts, tmp_path / "clip", batch_size=64), rel=1e-5)
+    with torch.no_grad():  # the definition, computed directly
+        u8 = list((imgs.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+        b = proc(text=prompts, images=u8, return_tensors="pt", padding=True)
+        i = torch.nn.functional.normalize(_embeds(model.get_image_features(pixel_values=b["pixel_values"])), dim=-1)
+        t = torch.nn.functional.normalize(_embeds(model.get_text_features(input_ids=b["input_ids"],
+                                                                          attention_mask=b["attention_mask"])), dim=-1)
+        cos = (i * t).sum(-1)
+    assert score == pytest.approx(float((100 * cos).clamp_min(0).mean()), rel=1e-4, abs=1e-6)
+    with torch.no_grad():
+        model.text_projection.weight.neg_()  # flips every cosine's sign
+    model.save_pretrained(tmp_path / "flipped")
+    proc.save_pretrained(tmp_path / "flipped")
+    flipped = clip_score(imgs, prompts, tmp_path / "flipped", batch_size=5)
+    # max(c, 0) + max(-c, 0) = |c|: the clamp keeps exactly the positive part, whatever the signs
+    assert score + flipped == pytest.approx(float(100 * cos.abs().mean()), rel=1e-4) and score + flipped > 1.0
+    with pytest.raises(EdadmError, match="one prompt per image"):
+        clip_score(imgs, prompts[:3], tmp_path / "clip")

@@ -176,8 +176,13 @@ def clip_score(images: torch.Tensor, prompts: list[str], model_dir: str | Path, 
     for i in range(0, len(images), batch_size):
         imgs = list(to_uint8_nchw(images[i:i + batch_size]).permute(0, 2, 3, 1).cpu().numpy())
         batch = proc(text=prompts[i:i + batch_size], images=imgs, return_tensors="pt", padding=True).to(device)
-        img = torch.nn.functional.normalize(model.get_image_features(pixel_values=batch["pixel_values"]), dim=-1)
-        txt = torch.nn.functional.normalize(model.get_text_features(input_ids=batch["input_ids"],
-                                                                     attention_mask=batch["attention_mask"]), dim=-1)
+        img = torch.nn.functional.normalize(_embeds(model.get_image_features(pixel_values=batch["pixel_values"])), dim=-1)
+        txt = torch.nn.functional.normalize(_embeds(model.get_text_features(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])), dim=-1)
         scores.append((100 * (img * txt).sum(-1)).clamp_min(0).cpu())
     return float(torch.cat(scores).mean())
+
+
+def _embeds(out) -> torch.Tensor:
+    """Projected embeddings: transformers 4 returns the tensor, 5 an output whose pooler_output it is."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
