@@ -124,3 +124,21 @@ def test_split_quantizers_see_parts_separately(make_tiny_unet):
     assert mod.act_quantizer2.scale.item() > 50 * mod.act_quantizer.scale.item()
     w_part1 = mod.weight[:, :k]
     assert torch.allclose(mod.quant_weight()[:, :k], mod.weight_quantizer(w_part1))
+
+
+def test_unsupported_layers_are_named_or_kept_by_keep_fp(make_tiny_unet):
+    from edadm.errors import EdadmError
+
+    class MyConv(nn.Conv2d):  # a subclass: its forward may do more than Conv2d's
+        pass
+
+    unet = make_tiny_unet()
+    up = unet.up_blocks[0].upsamplers[0]
+    up.conv = MyConv(up.conv.in_channels, up.conv.out_channels, 3, padding=1)
+    unet.conv_norm_out = nn.ConvTranspose2d(16, 16, 1)  # stands in for any unsupported weight layer
+    with pytest.raises(EdadmError, match=r"up_blocks\.0\.upsamplers\.0\.conv \(MyConv\).*conv_norm_out "
+                                         r"\(ConvTranspose2d\).*keep_fp"):
+        layer_plan(unet, QuantConfig())
+    plan = wrap_model(unet, QuantConfig(keep_fp=["up_blocks.0.upsamplers.0.conv", "conv_norm_out"]))
+    assert "unsupported type MyConv" in plan["up_blocks.0.upsamplers.0.conv"]
+    assert not isinstance(unet.conv_norm_out, QuantMixin)

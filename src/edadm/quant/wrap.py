@@ -9,6 +9,7 @@ from typing import Iterator
 from torch import nn
 
 from ..config import QuantConfig
+from ..errors import EdadmError
 from ..model.structure import split_points
 from .attention import add_attention_quantizers, has_attention_quantizers
 from .modules import QUANT_CLASSES, LayerSpec, QuantMixin
@@ -26,6 +27,11 @@ class AttnSpec:
         return {**asdict(self), "kind": "attention"}
 
 
+# Layers with weights that a denoiser may contain but edadm cannot quantize.
+UNSUPPORTED_WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+                             nn.ConvTranspose3d, nn.Linear)
+
+
 def _match(name: str, patterns) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
@@ -35,9 +41,18 @@ def layer_plan(model: nn.Module, config: QuantConfig) -> dict[str, LayerSpec | A
     diffusers Attention: its AttnSpec when attention quantization is on."""
     plan: dict[str, LayerSpec | AttnSpec | str] = {}
     splits = split_points(model) if config.split_shortcut else {}
+    unsupported = []
     for name, mod in model.named_modules():
         if isinstance(mod, QuantMixin):
             plan[name] = mod.spec
+            continue
+        if isinstance(mod, UNSUPPORTED_WEIGHT_LAYERS) and type(mod) not in QUANT_CLASSES:
+            # a weight layer edadm has no quantized twin for (subclasses included: their
+            # forward may differ from the plain layer's)
+            if _match(name, config.keep_fp):
+                plan[name] = f"kept in float by keep_fp pattern (unsupported type {type(mod).__name__})"
+            else:
+                unsupported.append(f"{name} ({type(mod).__name__})")
             continue
         if type(mod).__name__ == "Attention" and config.attn_bits and not _match(name, config.keep_fp):
             plan[name] = AttnSpec(bits=config.attn_bits, symmetric=config.act_symmetric)
@@ -55,6 +70,10 @@ def layer_plan(model: nn.Module, config: QuantConfig) -> dict[str, LayerSpec | A
         wsym = config.weight_symmetric if config.weight_symmetric is not None else wbits == 8
         plan[name] = LayerSpec(weight_bits=wbits, act_bits=abits, weight_symmetric=wsym,
                                act_symmetric=config.act_symmetric, split=splits.get(name, 0))
+    if unsupported:
+        more = f" and {len(unsupported) - 5} more" if len(unsupported) > 5 else ""
+        raise EdadmError(f"unsupported layer(s) {', '.join(unsupported[:5])}{more}: edadm quantizes Conv2d and Linear; "
+                         "list them in keep_fp (config file) to leave them in float")
     return plan
 
 
