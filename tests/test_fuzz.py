@@ -110,10 +110,22 @@ def _mutate_json(obj, path: list, value):
     return obj
 
 
-def _fresh_copy(src: Path) -> Path:
+def _load_edited(src: Path, rel: str, edit, engine: str) -> None:
+    """Copy the quantized dir, rewrite file `rel` with edit(bytes) -> bytes, load it: it
+    must work or fail with one EdadmError line."""
+    from edadm import load
+
     d = Path(tempfile.mkdtemp(prefix="edadm-fuzz-")) / "q"
     shutil.copytree(src, d)
-    return d
+    try:
+        f = d / rel
+        f.write_bytes(edit(f.read_bytes()))
+        try:
+            load(d, device="cpu", engine=engine)
+        except EdadmError as exc:
+            _one_line(exc)
+    finally:
+        shutil.rmtree(d.parent, ignore_errors=True)
 
 
 @pytest.mark.slow
@@ -121,19 +133,10 @@ def _fresh_copy(src: Path) -> Path:
 @given(path=st.lists(st.integers(0, 50), min_size=1, max_size=5), value=st.one_of(st.just(...), json_values),
        engine=st.sampled_from(["int", "fake"]))
 def test_loader_survives_any_edit_of_the_layer_table(tiny_quant_dir, path, value, engine):
-    from edadm import load
+    def edit(data: bytes) -> bytes:
+        return json.dumps(_mutate_json(json.loads(data), path, value)).encode()
 
-    d = _fresh_copy(tiny_quant_dir)
-    try:
-        f = d / "unet" / "edadm_quant.json"
-        meta = _mutate_json(json.loads(f.read_text()), path, value)
-        f.write_text(json.dumps(meta))
-        try:
-            load(d, device="cpu", engine=engine)
-        except EdadmError as exc:
-            _one_line(exc)
-    finally:
-        shutil.rmtree(d.parent, ignore_errors=True)
+    _load_edited(tiny_quant_dir, "unet/edadm_quant.json", edit, engine)
 
 
 @pytest.mark.slow
@@ -143,18 +146,10 @@ def test_loader_survives_any_edit_of_the_layer_table(tiny_quant_dir, path, value
 def test_loader_survives_corrupted_files(tiny_quant_dir, cut, flips, engine, which):
     """Truncated or bit-flipped tensors / config: load works (a flip inside a tensor's data
     is not detectable) or fails with one line."""
-    from edadm import load
-
-    d = _fresh_copy(tiny_quant_dir)
-    try:
-        f = d / "unet" / which
-        data = bytearray(f.read_bytes())
+    def edit(raw: bytes) -> bytes:
+        data = bytearray(raw)
         for pos, x in flips:
             data[int(pos * (len(data) - 1))] ^= x
-        f.write_bytes(bytes(data[: max(0, int(cut * len(data)))] if cut < 1 else data))
-        try:
-            load(d, device="cpu", engine=engine)
-        except EdadmError as exc:
-            _one_line(exc)
-    finally:
-        shutil.rmtree(d.parent, ignore_errors=True)
+        return bytes(data[: max(0, int(cut * len(data)))] if cut < 1 else data)
+
+    _load_edited(tiny_quant_dir, f"unet/{which}", edit, engine)
