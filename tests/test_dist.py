@@ -18,22 +18,28 @@ def test_batches_are_dealt_round_robin_and_cover_everything_once():
     assert my_batches(10, 3, DistInfo(rank=1, world_size=2)) == [(3, 3), (9, 1)]
 
 
+def _run_one_and_two(args: list[str], out_flag: str, tmp_path: Path):
+    """`edadm ARGS OUT_FLAG tmp/one` in one process, then under torchrun with 2 gloo
+    processes into tmp/two; both must succeed. Returns the two CompletedProcess."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = []
+    for name, launcher in (("one", []), ("two", ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"])):
+        cmd = [sys.executable, *launcher, "-m", "edadm", *args, out_flag, str(tmp_path / name)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        runs.append(proc)
+    return runs
+
+
 def _files(d: Path) -> dict[str, bytes]:
     return {f.name: f.read_bytes() for f in sorted(d.glob("*.png"))}
 
 
 @pytest.mark.slow
 def test_two_gloo_processes_write_the_same_images_as_one(tiny_pipe_dir, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     common = ["sample", str(tiny_pipe_dir), "-n", "6", "--batch-size", "2", "--seed", "3", "--no-progress",
               "--device", "cpu"]
-    one = subprocess.run([sys.executable, "-m", "edadm", *common, "--out-dir", str(tmp_path / "one")],
-                         capture_output=True, text=True, env=env, timeout=600)
-    assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          "-m", "edadm", *common, "--out-dir", str(tmp_path / "two")],
-                         capture_output=True, text=True, env=env, timeout=600)
-    assert two.returncode == 0, two.stderr[-2000:]
+    _, two = _run_one_and_two(common, "--out-dir", tmp_path)
     a, b = _files(tmp_path / "one"), _files(tmp_path / "two")
     assert list(a) == [f"{i:06d}.png" for i in range(6)]
     assert a == b  # byte-identical files
@@ -94,17 +100,10 @@ def test_two_processes_collect_trajectories_for_quantize_like_one(tiny_pipe_dir,
 
     from safetensors.torch import load_file
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     common = ["quantize", str(tiny_pipe_dir), "--method", "eda-dm", "--weight-bits", "4", "--act-bits", "8",
               "--num-samples", "8", "--num-trajectories", "8", "--batch-size", "4", "--iters", "2", "--no-progress",
               "--no-report", "--device", "cpu"]
-    one = subprocess.run([sys.executable, "-m", "edadm", *common, "--out", str(tmp_path / "one")],
-                         capture_output=True, text=True, env=env, timeout=600)
-    assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          "-m", "edadm", *common, "--out", str(tmp_path / "two")],
-                         capture_output=True, text=True, env=env, timeout=600)
-    assert two.returncode == 0, two.stderr[-2000:]
+    _run_one_and_two(common, "--out", tmp_path)
     metas = [json.loads((tmp_path / d / "unet" / "edadm_quant.json").read_text())["report"] for d in ("one", "two")]
     assert metas[0]["counts"] == metas[1]["counts"]
     a, b = (load_file(str(tmp_path / d / "unet" / "edadm_quant.safetensors")) for d in ("one", "two"))
