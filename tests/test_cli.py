@@ -61,6 +61,8 @@ def test_sampling_is_seeded_and_batch_independent(tiny_pipe_dir):
     (["quantize", "{pipe}", "--weight-bits", "9", "--out", "{tmp}/o"], "2..8"),
     (["quantize", "{pipe}", "--act-bits", "1", "--out", "{tmp}/o"], "2..8"),
     (["quantize", "{pipe}", "--method", "magic", "--out", "{tmp}/o"], "unknown method"),
+    (["quantize", "{pipe}", "--preset", "mnist", "--out", "{tmp}/o"], "unknown preset 'mnist'"),
+    (["quantize", "{pipe}", "--sampler", "euler", "--out", "{tmp}/o"], "unknown sampler 'euler'"),
     (["quantize", "{pipe}", "--num-samples", "0", "--out", "{tmp}/o"], "positive integer"),
     (["quantize", "{tmp}", "--out", "{tmp}/o"], "not a diffusers pipeline"),
     (["sample", "{pipe}", "--num", "-3"], "positive integer"),
@@ -131,3 +133,23 @@ def test_quantize_with_reconstruction_methods(method, tiny_pipe_dir, tmp_path, c
         assert any(e["spec"].get("split") for e in meta["layers"].values())
     code, out, err = _run(capsys, "sample", q, "--num", 2, "--out", tmp_path / "g.png", "--no-progress")
     assert code == 0, err
+
+
+def test_preset_sets_sampler_and_settings_and_flags_override_it(tiny_pipe_dir, tmp_path, capsys):
+    """--preset coco: PLMS sampler, 50 steps, lambda 5, N 256, 1000 iterations, lr 0.5 at W4;
+    flags override it; the saved model samples with the sampler and steps it was calibrated on."""
+    from edadm.pipeline import load_pipeline, sampling_defaults
+
+    q = tmp_path / "q"
+    code, out, err = _run(capsys, "quantize", tiny_pipe_dir, "--preset", "coco", "--method", "naive",
+                          "--weight-bits", 4, "--steps", 4, "--num-samples", 8, "--num-trajectories", 8,
+                          "--out", q, "--no-progress", "--no-report")
+    assert code == 0, err
+    cfg = json.loads((q / "unet" / "edadm_quant.json").read_text())["config"]
+    assert (cfg["preset"], cfg["sampler"], cfg["steps"], cfg["guidance_scale"]) == ("coco", "plms", 4, 7.5)
+    assert (cfg["calib"]["num_samples"], cfg["calib"]["tdac_lambda"]) == (8, 5.0)
+    assert (cfg["recon"]["iters"], cfg["recon"]["lr_weight"]) == (1000, 0.5)
+    assert cfg["recon"]["add_loss"] == 0.0  # naive has no FBR: the preset's add_loss does not apply
+    pipe = load_pipeline(q, engine="fake")
+    assert type(pipe.scheduler).__name__ == "PNDMScheduler" and pipe.scheduler.config.skip_prk_steps
+    assert sampling_defaults(pipe).steps == 4

@@ -1,6 +1,6 @@
 import pytest
 
-from edadm.config import METHOD_PRESETS, QuantConfig
+from edadm.config import DATASET_PRESETS, METHOD_PRESETS, QuantConfig, preset_config
 from edadm.errors import EdadmError
 
 
@@ -37,3 +37,27 @@ def test_explicit_values_override_the_preset_and_round_trip():
 def test_bad_configs_are_user_errors(bad, needle):
     with pytest.raises(EdadmError, match=needle):
         QuantConfig.from_dict(bad)
+
+
+@pytest.mark.parametrize("name", sorted(DATASET_PRESETS))
+def test_dataset_presets_are_valid_configs_with_the_papers_values(name):
+    ref = DATASET_PRESETS[name]
+    for method in METHOD_PRESETS:
+        for wbits, lr in ((4, ref["lr_weight"][4]), (8, ref["lr_weight"][8])):
+            cfg = QuantConfig.from_dict({**preset_config(name, method, wbits), "method": method, "weight_bits": wbits})
+            assert (cfg.steps, cfg.eta, cfg.sampler, cfg.preset) == (ref["steps"], ref["eta"], ref["sampler"], name)
+            assert cfg.calib.tdac_lambda == ref["tdac_lambda"] and cfg.recon.iters == ref["iters"]
+            assert cfg.recon.lr_weight == lr and cfg.calib.num_trajectories >= cfg.calib.num_samples
+            fbr = METHOD_PRESETS[method]["add_loss"] > 0
+            assert cfg.recon.add_loss == (ref["fbr_add_loss"] if fbr else 0.0)
+
+
+def test_paper_reference_values():
+    """METHOD.md: N 1024 (256 SD); CIFAR-10 100 steps lambda 1.2; SD PLMS 50 steps guidance 7.5 lambda 5."""
+    assert (DATASET_PRESETS["cifar10"]["steps"], DATASET_PRESETS["cifar10"]["num_samples"]) == (100, 1024)
+    coco = DATASET_PRESETS["coco"]
+    assert (coco["sampler"], coco["steps"], coco["guidance_scale"], coco["tdac_lambda"], coco["num_samples"]) == (
+        "plms", 50, 7.5, 5.0, 256)
+    assert DATASET_PRESETS["lsun-bedroom"]["eta"] == 1.0 and DATASET_PRESETS["imagenet"]["guidance_scale"] == 3.0
+    with pytest.raises(EdadmError, match="unknown preset 'x'"):
+        preset_config("x")

@@ -12,7 +12,7 @@ from .calib import (CalibrationSet, assemble, collect_trajectories, ptq4dm_count
 from .config import QuantConfig
 from .errors import EdadmError
 from .model.structure import feature_module
-from .pipeline import sampling_defaults
+from .pipeline import sampling_defaults, set_sampler
 from .quant.calibrate import init_act_ranges, init_weight_ranges
 from .quant.diagnostics import fp_weights, layer_errors
 from .quant.wrap import wrap_model
@@ -108,9 +108,14 @@ def quantize(pipe, config: QuantConfig | None = None, progress: bool = True, che
     config = config or QuantConfig()
     config.validate()
     torch.manual_seed(config.seed)
+    if config.sampler is not None:
+        set_sampler(pipe, config.sampler)
     defaults = sampling_defaults(pipe)
     steps = config.steps or defaults.steps
     eta = defaults.eta if config.eta is None else config.eta
+    guidance = defaults.guidance_scale if config.guidance_scale is None else config.guidance_scale
+    # the model is calibrated for this sampler: it is also what it samples with by default
+    pipe._edadm_sampling = {"steps": steps, "eta": eta, "guidance_scale": guidance}
     c = config.calib
     covered = min(steps, c.uniform_steps) if c.strategy == "uniform" else steps
     if c.num_samples < covered:

@@ -136,7 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "ptq4dm, naive")
     q.add_argument("--weight-bits", type=_bits, default=None)
     q.add_argument("--act-bits", type=_bits, default=None)
+    q.add_argument("--preset", default=None, help="the paper's settings for a dataset: cifar10, lsun-bedroom, "
+                   "lsun-church, imagenet, coco (sampler, steps, eta, guidance, lambda, add-loss, iterations, "
+                   "learning rate, calibration size); --config and flags override it")
     q.add_argument("--config", type=Path, default=None, help="JSON quantization config; flags override it")
+    q.add_argument("--sampler", default=None, help="calibrate (and save) with this sampler instead of the "
+                   "pipeline's scheduler: ddim, ddpm, plms")
     q.add_argument("--num-samples", type=_positive_int, default=None, help="calibration samples N")
     q.add_argument("--num-trajectories", type=_positive_int, default=None, help="FP trajectories B")
     q.add_argument("--uniform-steps", type=_positive_int, default=None, help="steps used by uniform calibration")
@@ -239,7 +244,7 @@ _CONFIG_FLAGS = {
     "method": (None, "method"), "weight_bits": (None, "weight_bits"), "act_bits": (None, "act_bits"),
     "attn_bits": (None, "attn_bits"), "weight_range": (None, "weight_range"), "act_range": (None, "act_range"),
     "split_shortcut": (None, "split_shortcut"), "seed": (None, "seed"), "steps": (None, "steps"), "eta": (None, "eta"),
-    "guidance_scale": (None, "guidance_scale"),
+    "guidance_scale": (None, "guidance_scale"), "sampler": (None, "sampler"),
     "strategy": ("calib", "strategy"), "num_samples": ("calib", "num_samples"),
     "num_trajectories": ("calib", "num_trajectories"), "uniform_steps": ("calib", "uniform_steps"),
     "batch_size": ("calib", "batch_size"), "tdac_lambda": ("calib", "tdac_lambda"),
@@ -250,9 +255,19 @@ _CONFIG_FLAGS = {
 }
 
 
+def _merged(base: dict, over: dict) -> dict:
+    """`over` on top of `base`, one level into the calib / recon sections."""
+    out = {**base, **over}
+    for key in ("calib", "recon"):
+        if isinstance(base.get(key), dict) and isinstance(over.get(key), dict):
+            out[key] = {**base[key], **over[key]}
+    return out
+
+
 def _quant_config(args):
-    """Config file (if any), then the flags given; unset fields take the method's preset."""
-    from .config import QuantConfig
+    """Dataset preset (if any), then the config file (if any), then the flags given; unset
+    fields take the method's preset."""
+    from .config import QuantConfig, preset_config
 
     cfg = json.loads(Path(args.config).read_text()) if args.config and Path(args.config).is_file() else {}
     if args.config and not Path(args.config).is_file():
@@ -265,6 +280,10 @@ def _quant_config(args):
         cfg.get("recon", {}).pop("enabled", None)
         cfg.get("recon", {}).pop("add_loss", None)
         cfg.pop("split_shortcut", None)
+    if args.preset is not None:
+        method = args.method or cfg.get("method") or QuantConfig.method
+        wbits = args.weight_bits or cfg.get("weight_bits") or QuantConfig.weight_bits
+        cfg = _merged(preset_config(args.preset, method, wbits if isinstance(wbits, int) else 8), cfg)
     for flag, (section, key) in _CONFIG_FLAGS.items():
         v = getattr(args, flag, None)
         if v is None:

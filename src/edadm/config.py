@@ -30,6 +30,60 @@ METHOD_PRESETS: dict[str, dict] = {
 }
 METHODS = tuple(METHOD_PRESETS)
 
+# Samplers a preset (or --sampler) can put in place of the pipeline's own scheduler; the
+# scheduler is rebuilt from the pipeline's scheduler config (same betas), so only the update
+# rule changes. "plms" is Stable Diffusion's PNDM without Runge-Kutta warm-up steps.
+SAMPLERS = ("ddim", "ddpm", "plms")
+
+# The paper's per-dataset settings (METHOD.md "Reference settings", reconstruction details).
+# Every value is the base of the config: a config file and flags override it. Deliberate
+# differences from the reference code, documented in the README:
+# - tdac_radius stays "auto": the reference radii (3.0 pixel CIFAR-10 / ImageNet LDM, 0.3
+#   LSUN / SD) depend on each model's feature scale; pass --tdac-radius to use them.
+# - DDIM "quadratic skip" has no diffusers equivalent; diffusers' spacing is used.
+# - lr_act stays edadm's (relative to each initial step size, not the reference's absolute).
+# fbr_add_loss applies only to methods with FBR (their preset add_loss > 0), so a preset
+# never turns Q-Diffusion's BRECQ loss into FBR; lr_weight follows the weight bits
+# (reference CIFAR-10: 5e-1 at W4, 5e-2 at W8).
+DATASET_PRESETS: dict[str, dict] = {
+    "cifar10": {"about": "DDIM CIFAR-10 32x32, pixel space (google/ddpm-cifar10-32)", "sampler": "ddim",
+                "steps": 100, "eta": 0.0, "guidance_scale": 1.0, "num_samples": 1024, "tdac_lambda": 1.2,
+                "reference_radius": 3.0, "fbr_add_loss": 0.8, "iters": 5000, "lr_weight": {4: 0.5, 8: 0.05}},
+    "lsun-bedroom": {"about": "LDM-4 LSUN-Bedroom 256x256", "sampler": "ddim", "steps": 200, "eta": 1.0,
+                     "guidance_scale": 1.0, "num_samples": 1024, "tdac_lambda": 1.0, "reference_radius": 0.3,
+                     "fbr_add_loss": 1.0, "iters": 5000, "lr_weight": {4: 0.5, 8: 0.05}},
+    "lsun-church": {"about": "LDM-8 LSUN-Church 256x256", "sampler": "ddim", "steps": 500, "eta": 0.0,
+                    "guidance_scale": 1.0, "num_samples": 1024, "tdac_lambda": 1.0, "reference_radius": 0.3,
+                    "fbr_add_loss": 1.0, "iters": 5000, "lr_weight": {4: 0.5, 8: 0.05}},
+    "imagenet": {"about": "LDM-4 ImageNet 256x256, class-conditional, classifier-free guidance",
+                 "sampler": "ddim", "steps": 20, "eta": 0.0, "guidance_scale": 3.0, "num_samples": 1024,
+                 "tdac_lambda": 1.2, "reference_radius": 3.0, "fbr_add_loss": 0.8, "iters": 1000,
+                 "lr_weight": {4: 0.5, 8: 0.05}},
+    "coco": {"about": "Stable Diffusion v1.4 512x512 on MS-COCO prompts", "sampler": "plms", "steps": 50,
+             "eta": 0.0, "guidance_scale": 7.5, "num_samples": 256, "tdac_lambda": 5.0, "reference_radius": 0.3,
+             "fbr_add_loss": 0.8, "iters": 1000, "lr_weight": {4: 0.5, 8: 0.05}},
+}
+PRESETS = tuple(DATASET_PRESETS)
+
+
+def preset_config(name: str, method: str = "eda-dm", weight_bits: int = 8) -> dict:
+    """The config dict (QuantConfig.from_dict form) of dataset preset `name` for a method and
+    weight bit width; merge a config file and flags over it."""
+    if name not in DATASET_PRESETS:
+        raise EdadmError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+    if method not in METHOD_PRESETS:
+        raise EdadmError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    p = DATASET_PRESETS[name]
+    lrs = p["lr_weight"]
+    recon = {"iters": p["iters"], "lr_weight": lrs[4] if weight_bits <= 4 else lrs[8]}
+    if METHOD_PRESETS[method]["add_loss"] > 0:
+        recon["add_loss"] = p["fbr_add_loss"]
+    return {"preset": name, "sampler": p["sampler"], "steps": p["steps"], "eta": p["eta"],
+            "guidance_scale": p["guidance_scale"],
+            "calib": {"num_samples": p["num_samples"], "num_trajectories": p["num_samples"],
+                      "tdac_lambda": p["tdac_lambda"]},
+            "recon": recon}
+
 
 def _check_positive_int(owner: str, name: str, v) -> None:
     if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
@@ -126,6 +180,8 @@ class QuantConfig:
     steps: int | None = None   # sampler steps for calibration trajectories; None: model default
     eta: float | None = None
     guidance_scale: float | None = None  # classifier-free guidance of the trajectories; None: the pipeline's
+    sampler: str | None = None  # one of SAMPLERS in place of the pipeline's scheduler; None: keep it
+    preset: str | None = None   # the dataset preset this config started from (record only)
     seed: int = 0
     calib: CalibConfig = field(default_factory=CalibConfig)
     recon: ReconConfig = field(default_factory=ReconConfig)
@@ -167,6 +223,10 @@ class QuantConfig:
             _check_number("eta", self.eta, 0.0, 1.0)
         if self.guidance_scale is not None:
             _check_number("guidance_scale", self.guidance_scale, 0.0, 100.0)
+        if self.sampler is not None and self.sampler not in SAMPLERS:
+            raise EdadmError(f"unknown sampler {self.sampler!r}; choose from {', '.join(SAMPLERS)}")
+        if self.preset is not None and self.preset not in DATASET_PRESETS:
+            raise EdadmError(f"unknown preset {self.preset!r}; choose from {', '.join(PRESETS)}")
         _check_number("lp", self.lp, 1e-6)
         for name in ("keep_8bit", "no_act_quant", "keep_fp"):
             v = getattr(self, name)

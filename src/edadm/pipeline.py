@@ -106,8 +106,39 @@ def load_pipeline(model: str | Path, device: str | torch.device | None = None, e
         raise EdadmError(f"{path}: pipeline {type(pipe).__name__} has no unet; supported: DDPMPipeline, DDIMPipeline")
     pipe.set_progress_bar_config(disable=True)
     pipe.unet.eval()
+    restore_scheduler(pipe, path)
     pipe._edadm_sampling = read_sampling_defaults(path)
     return pipe.to(dev)
+
+
+def set_sampler(pipe, name: str) -> None:
+    """Put sampler `name` (config.SAMPLERS) in place of the pipeline's scheduler, built from
+    the same scheduler config (same training betas and prediction type)."""
+    from diffusers import DDIMScheduler, DDPMScheduler, PNDMScheduler
+
+    classes = {"ddim": (DDIMScheduler, {}), "ddpm": (DDPMScheduler, {}),
+               "plms": (PNDMScheduler, {"skip_prk_steps": True})}
+    if name not in classes:
+        raise EdadmError(f"unknown sampler {name!r}; choose from {', '.join(classes)}")
+    cls, kw = classes[name]
+    pipe.scheduler = cls.from_config(pipe.scheduler.config, **kw)
+
+
+def restore_scheduler(pipe, path: Path) -> None:
+    """Use the scheduler class saved in `path`/scheduler: DDIMPipeline converts whatever it is
+    given to DDIM, which would silently replace a calibrated sampler (for example PLMS)."""
+    import diffusers
+
+    f = Path(path) / "scheduler" / "scheduler_config.json"
+    if getattr(pipe, "scheduler", None) is None or not f.is_file():
+        return
+    try:
+        name = json.loads(f.read_text()).get("_class_name")
+    except (OSError, ValueError):
+        return  # from_pretrained already read it; nothing better to do here
+    cls = getattr(diffusers, str(name), None)
+    if cls is not None and type(pipe.scheduler) is not cls:
+        pipe.scheduler = cls.from_config(pipe.scheduler.config)
 
 
 def quiet_diffusers() -> None:
@@ -185,7 +216,8 @@ def denoise(unet, scheduler, x: torch.Tensor, steps: int, eta: float = 0.0,
         kwargs = {}
         if "eta" in step_params:
             kwargs["eta"] = eta
-        if gens is not None and (eta > 0 or "eta" not in step_params):
+        stochastic = "variance_noise" in step_params or "generator" in step_params  # not PNDM / PLMS
+        if gens is not None and stochastic and (eta > 0 or "eta" not in step_params):
             noise = torch.stack([torch.randn(x.shape[1:], generator=g) for g in gens]).to(x.device, x.dtype)
             if "variance_noise" in step_params:
                 kwargs["variance_noise"] = noise
