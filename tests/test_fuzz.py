@@ -53,10 +53,12 @@ def test_any_config_dict_is_a_valid_config_or_one_error_line(d):
 QUANTIZE_FLAGS = ["--method", "--weight-bits", "--act-bits", "--num-samples", "--num-trajectories", "--uniform-steps",
                   "--weight-range", "--act-range", "--attn-bits", "--strategy", "--tdac-lambda", "--tdac-radius",
                   "--iters", "--recon-batch-size", "--lr-weight", "--lr-act", "--add-loss", "--round-weight", "--qdrop",
-                  "--seed", "--steps", "--eta", "--batch-size", "--config"]
+                  "--seed", "--steps", "--eta", "--batch-size", "--config", "--preset", "--sampler",
+                  "--guidance-scale"]
 SWITCHES = ["--recon", "--no-recon", "--split-shortcut", "--no-split-shortcut", "--resume", "--bogus", "-v"]
 flag_values = st.one_of(st.sampled_from(["0", "-1", "1", "2", "4", "8", "9", "0.5", "1.5", "nan", "inf", "auto", "eda-dm",
-                                         "naive", "mse", "tdac", "x", ""]),
+                                         "naive", "mse", "tdac", "x", "", "cifar10", "coco",
+                                         "imagenet", "plms", "ddpm"]),
                         st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
                                 max_size=6).filter(lambda s: not s.startswith("-")))
 flag_pairs = st.lists(st.one_of(st.tuples(st.sampled_from(QUANTIZE_FLAGS), flag_values).map(list),
