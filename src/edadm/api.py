@@ -12,7 +12,7 @@ from .calib import (CalibrationSet, assemble, collect_trajectories, ptq4dm_count
 from .config import QuantConfig
 from .errors import EdadmError
 from .model.structure import feature_module
-from .pipeline import sampling_defaults, set_sampler
+from .pipeline import get_denoiser, sampling_defaults, set_sampler
 from .quant.calibrate import init_act_ranges, init_weight_ranges
 from .quant.diagnostics import fp_weights, layer_errors
 from .quant.wrap import wrap_model
@@ -78,7 +78,7 @@ def _calibration_set(pipe, config: QuantConfig, steps: int, eta: float, progress
     fmod = None
     if c.strategy == "tdac":
         try:
-            fmod = feature_module(pipe.unet)[1]
+            fmod = feature_module(get_denoiser(pipe))[1]
         except ValueError as exc:
             raise EdadmError(f"TDAC needs a feature point: {exc}") from exc
     traj = collect_trajectories(pipe, c.num_trajectories, seed=config.seed + 10_000, steps=steps, eta=eta,
@@ -93,7 +93,7 @@ def _calibration_set(pipe, config: QuantConfig, steps: int, eta: float, progress
 
 
 def quantize(pipe, config: QuantConfig | None = None, progress: bool = True, checkpoint=None, dist_info=None):
-    """Quantize `pipe.unet` in place (fake quantization) and return (pipe, QuantReport).
+    """Quantize the denoiser (`pipe.unet`, or `pipe.transformer` for DiT) in place (fake quantization) and return (pipe, QuantReport).
 
     FP trajectories of the evaluation sampler -> calibration set (uniform / PTQ4DM / TDAC)
     -> wrap layers -> weight and activation ranges (MSE search) -> block reconstruction
@@ -115,7 +115,7 @@ def quantize(pipe, config: QuantConfig | None = None, progress: bool = True, che
     eta = defaults.eta if config.eta is None else config.eta
     guidance = defaults.guidance_scale if config.guidance_scale is None else config.guidance_scale
     # the model is calibrated for this sampler: it is also what it samples with by default
-    pipe._edadm_sampling = {"steps": steps, "eta": eta, "guidance_scale": guidance}
+    pipe._edadm_sampling = {"steps": steps, "eta": eta, "guidance_scale": guidance, "prompts": defaults.prompts}
     c = config.calib
     covered = min(steps, c.uniform_steps) if c.strategy == "uniform" else steps
     if c.num_samples < covered:
@@ -136,27 +136,28 @@ def quantize(pipe, config: QuantConfig | None = None, progress: bool = True, che
             checkpoint.save_calib({"calib": asdict(calib), "counts": counts, "details": details,
                                    "timesteps": timesteps, "seconds": dict(seconds)})
     t0 = time.time()
-    plan = wrap_model(pipe.unet, config)
-    if checkpoint is None or not checkpoint.load_ranges(pipe.unet):
-        init_weight_ranges(pipe.unet, method=config.weight_range, p=config.lp)
-        init_act_ranges(pipe.unet, calib, batch_size=c.batch_size, method=config.act_range, p=config.lp,
+    unet = get_denoiser(pipe)
+    plan = wrap_model(unet, config)
+    if checkpoint is None or not checkpoint.load_ranges(unet):
+        init_weight_ranges(unet, method=config.weight_range, p=config.lp)
+        init_act_ranges(unet, calib, batch_size=c.batch_size, method=config.act_range, p=config.lp,
                         seed=config.seed, progress=progress)
         seconds["scales"] = time.time() - t0
         if checkpoint is not None:
-            checkpoint.save_ranges(pipe.unet)
-    fpw = fp_weights(pipe.unet)  # before reconstruction rounds them: per-layer errors for the report
+            checkpoint.save_ranges(unet)
+    fpw = fp_weights(unet)  # before reconstruction rounds them: per-layer errors for the report
     recon_logs = []
     if config.recon.enabled:
         from .recon.engine import reconstruct
 
         t0 = time.time()
         done = checkpoint.finished_units() if checkpoint is not None else []
-        on_unit = (lambda i, name, ulog: checkpoint.save_unit(i, name, pipe.unet, ulog)) if checkpoint else None
-        recon_logs = [asdict(u) for u in reconstruct(pipe.unet, calib, config.recon, calib_batch=c.batch_size,
+        on_unit = (lambda i, name, ulog: checkpoint.save_unit(i, name, unet, ulog)) if checkpoint else None
+        recon_logs = [asdict(u) for u in reconstruct(unet, calib, config.recon, calib_batch=c.batch_size,
                                                      progress=progress, done=done, on_unit=on_unit)]
         seconds["reconstruction"] = time.time() - t0
-    args, kwargs = next(iter(calib.model_inputs(c.batch_size, next(pipe.unet.parameters()).device)))
-    errors = layer_errors(pipe.unet, fpw, args, kwargs)
+    args, kwargs = next(iter(calib.model_inputs(c.batch_size, next(unet.parameters()).device)))
+    errors = layer_errors(unet, fpw, args, kwargs)
     del fpw
     report = QuantReport(config=config.to_dict(), steps=steps, eta=eta, counts=list(counts), timesteps=list(timesteps),
                          allocation=details, seconds={k: round(v, 2) for k, v in seconds.items()},

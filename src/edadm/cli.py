@@ -382,7 +382,7 @@ def cmd_sample(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .eval.evaluate import evaluate_pipeline, format_table
-    from .pipeline import load_pipeline
+    from .pipeline import get_denoiser, load_pipeline
     from .utils import atomic_file
 
     if args.json:
@@ -391,7 +391,7 @@ def cmd_evaluate(args) -> int:
                                                        "samples unconditional models")
     pipe = load_pipeline(args.model, device=args.device, engine=args.engine)
     standard, conventions = _standard_metrics(metrics, args.reference, args.inception_weights,
-                                              next(pipe.unet.parameters()).device)
+                                              next(get_denoiser(pipe).parameters()).device)
     reference = None
     if args.compare:
         ref_pipe = load_pipeline(args.compare, device=args.device)

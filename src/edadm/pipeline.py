@@ -31,26 +31,103 @@ SAMPLING_FILE = "edadm_sampling.json"
 class SamplingDefaults:
     steps: int = 50
     eta: float = 0.0
-    guidance_scale: float = 1.0  # classifier-free guidance (class-conditional models); 1: none
+    guidance_scale: float = 1.0  # classifier-free guidance (conditional models); 1: none
+    prompts: list | None = None  # text-to-image: image i gets prompts[i mod len]; None: DEFAULT_PROMPTS
+
+
+# the pipeline component that is quantized: UNets (DDPM / DDIM / LDM / Stable Diffusion) or
+# the DiT transformer
+DENOISER_NAMES = ("unet", "transformer")
+
+# Prompts of text-to-image pipelines when none are given (--prompts FILE, or `prompts` in
+# edadm_sampling.json beside the pipeline): short, varied captions in the style of MS-COCO,
+# written for this project. Image i gets prompt i mod len(prompts), like class labels.
+DEFAULT_PROMPTS = (
+    "a cat sitting on a wooden bench", "a red bus driving down a city street", "a bowl of fruit on a kitchen table",
+    "a man riding a surfboard on a wave", "a plate of pasta with vegetables", "two dogs playing in the grass",
+    "a living room with a couch and a television", "an airplane flying over the mountains",
+    "a giraffe standing next to a tree", "a bicycle parked by a brick wall", "a pizza with cheese and tomatoes",
+    "a boat on a calm lake at sunset", "a child flying a kite on the beach", "a clock tower in the middle of a town",
+    "a horse grazing in a field", "a bathroom with a white sink and a mirror",
+)
+
+
+def denoiser_name(pipe) -> str:
+    for name in DENOISER_NAMES:
+        if getattr(pipe, name, None) is not None:
+            return name
+    raise EdadmError(f"pipeline {type(pipe).__name__} has no denoiser (no {' or '.join(DENOISER_NAMES)} component)")
+
+
+def get_denoiser(pipe) -> torch.nn.Module:
+    """The module edadm quantizes: pipe.unet, or pipe.transformer for DiT."""
+    return getattr(pipe, denoiser_name(pipe))
+
+
+def is_transformer(model) -> bool:
+    """DiT-style denoisers: per-sample timestep keyword, learned sigma in the upper output channels."""
+    return not hasattr(getattr(model, "config", None), "block_out_channels") and hasattr(model, "transformer_blocks")
+
+
+def call_denoiser(model, x: torch.Tensor, t, **kw) -> torch.Tensor:
+    """eps (or v) prediction of any supported denoiser, with x's channels. DiT takes its
+    timestep per sample and predicts a variance in its upper channels, dropped here (the
+    samplers edadm drives use fixed variances), as DiTPipeline does."""
+    if is_transformer(model):
+        tt = torch.as_tensor(t, device=x.device).reshape(-1)
+        out = model(x, timestep=tt.expand(x.shape[0]) if tt.numel() == 1 else tt, **kw).sample
+    else:
+        out = model(x, t, **kw).sample
+    return out[:, :x.shape[1]] if out.shape[1] > x.shape[1] else out
 
 
 def num_classes(unet) -> int | None:
-    """Class-conditional UNet2DModel: the number of real classes. The last class embedding
-    is the null class used for classifier-free guidance (the zoo's convention, written in
-    the model's config as num_class_embeds = classes + 1)."""
+    """Class-conditional denoisers: the number of real classes; the null class used for
+    classifier-free guidance is index num_classes. UNet2DModel (the zoo's convention: config
+    num_class_embeds = classes + 1) and DiT (num_embeds_ada_norm real classes; its label
+    embedding holds one more row, the null class, as in DiTPipeline)."""
+    if is_transformer(unet):
+        n = getattr(unet.config, "num_embeds_ada_norm", None)
+        return int(n) if n and getattr(unet.config, "norm_type", None) == "ada_norm_zero" else None
     n = getattr(unet.config, "num_class_embeds", None)
     return int(n) - 1 if n else None
 
 
-def conditioning(unet, start: int, count: int, labels: torch.Tensor | None = None,
+def is_text_conditional(pipe) -> bool:
+    return getattr(pipe, "text_encoder", None) is not None and getattr(pipe, "tokenizer", None) is not None
+
+
+def prompts_of(pipe) -> list[str]:
+    p = (getattr(pipe, "_edadm_sampling", None) or {}).get("prompts")
+    return list(p) if p else list(DEFAULT_PROMPTS)
+
+
+@torch.no_grad()
+def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
+    """Text-encoder hidden states, as StableDiffusionPipeline computes them (max-length
+    padding, truncation, last hidden state); the text encoder stays full precision."""
+    tok = pipe.tokenizer(list(prompts), padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                         truncation=True, return_tensors="pt")
+    enc = pipe.text_encoder
+    return enc(tok.input_ids.to(_device_of(enc)))[0].float()
+
+
+def conditioning(pipe, start: int, count: int, labels: torch.Tensor | None = None,
                  guidance_scale: float = 1.0) -> tuple[dict, dict | None]:
     """(cond, uncond) denoiser kwargs for images start..start+count-1.
 
-    Class-conditional models: image i gets class i mod num_classes unless `labels` are given
-    (labels depend only on the image index, like the noise); uncond (the null class) only
-    when guidance is on. Unconditional models: ({}, None).
+    Text-to-image pipelines: image i gets prompt i mod len(prompts) (encoder_hidden_states);
+    uncond is the empty prompt. Class-conditional models: image i gets class i mod
+    num_classes unless `labels` are given; uncond is the null class. Either depends only on
+    the image index, like the noise; uncond only when guidance is on. Unconditional: ({}, None).
     """
-    k = num_classes(unet)
+    den = get_denoiser(pipe) if not isinstance(pipe, torch.nn.Module) else pipe
+    if not isinstance(pipe, torch.nn.Module) and is_text_conditional(pipe):
+        ps = prompts_of(pipe)
+        cond = {"encoder_hidden_states": encode_prompts(pipe, [ps[i % len(ps)] for i in range(start, start + count)])}
+        uncond = ({"encoder_hidden_states": encode_prompts(pipe, [""] * count)} if guidance_scale != 1.0 else None)
+        return cond, uncond
+    k = num_classes(den)
     if k is None:
         return {}, None
     if labels is None:
@@ -77,8 +154,19 @@ def resolve_model_path(model: str | Path) -> Path:
                      f"(zoo: {', '.join(zoo.PIPELINES)})")
 
 
+SUPPORTED_PIPELINES = ("DDPMPipeline", "DDIMPipeline", "LDMPipeline", "StableDiffusionPipeline", "DiTPipeline")
+
+
+def quant_subdir(path: str | Path) -> str | None:
+    """The denoiser folder of a quantized directory holding edadm's quantization file."""
+    for name in DENOISER_NAMES:
+        if (Path(path) / name / QUANT_FILE).is_file():
+            return name
+    return None
+
+
 def is_quantized_dir(path: str | Path) -> bool:
-    return (Path(path) / "unet" / QUANT_FILE).is_file()
+    return quant_subdir(path) is not None
 
 
 def load_pipeline(model: str | Path, device: str | torch.device | None = None, engine: str = "int"):
@@ -102,10 +190,11 @@ def load_pipeline(model: str | Path, device: str | torch.device | None = None, e
         pipe = DiffusionPipeline.from_pretrained(str(path), local_files_only=True, low_cpu_mem_usage=False)
     except Exception as exc:  # diffusers raises many types for broken directories
         raise EdadmError(f"cannot load pipeline from {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
-    if getattr(pipe, "unet", None) is None:
-        raise EdadmError(f"{path}: pipeline {type(pipe).__name__} has no unet; supported: DDPMPipeline, DDIMPipeline")
+    if not any(getattr(pipe, n, None) is not None for n in DENOISER_NAMES):
+        raise EdadmError(f"{path}: pipeline {type(pipe).__name__} has no unet or transformer; supported: "
+                         f"{', '.join(SUPPORTED_PIPELINES)}")
     pipe.set_progress_bar_config(disable=True)
-    pipe.unet.eval()
+    get_denoiser(pipe).eval()
     restore_scheduler(pipe, path)
     pipe._edadm_sampling = read_sampling_defaults(path)
     return pipe.to(dev)
@@ -156,8 +245,13 @@ def read_sampling_defaults(path: Path) -> dict | None:
         return None
     try:
         d = json.loads(f.read_text())
-        return {"steps": int(d["steps"]), "eta": float(d.get("eta", 0.0)),
-                "guidance_scale": float(d.get("guidance_scale", 1.0))}
+        out = {"steps": int(d["steps"]), "eta": float(d.get("eta", 0.0)),
+               "guidance_scale": float(d.get("guidance_scale", 1.0))}
+        if d.get("prompts") is not None:
+            if not isinstance(d["prompts"], list) or not d["prompts"] or not all(isinstance(x, str) for x in d["prompts"]):
+                raise ValueError("prompts must be a non-empty list of strings")
+            out["prompts"] = list(d["prompts"])
+        return out
     except (ValueError, KeyError, TypeError) as exc:
         raise EdadmError(f"{f}: bad sampling settings ({exc})") from exc
 
@@ -207,10 +301,10 @@ def denoise(unet, scheduler, x: torch.Tensor, steps: int, eta: float = 0.0,
     for i, t in enumerate(sched.timesteps):
         inp = sched.scale_model_input(x, t)
         if guided:
-            u, c = unet(torch.cat([inp, inp]), t, **both).sample.chunk(2)
+            u, c = call_denoiser(unet, torch.cat([inp, inp]), t, **both).chunk(2)
             out = u + guidance_scale * (c - u)
         else:
-            out = unet(inp, t, **cond).sample
+            out = call_denoiser(unet, inp, t, **cond)
         if callback is not None:
             callback(i, t, x, out)
         kwargs = {}
@@ -225,6 +319,27 @@ def denoise(unet, scheduler, x: torch.Tensor, steps: int, eta: float = 0.0,
                 kwargs["generator"] = gens
         x = sched.step(out, t, x, **kwargs).prev_sample
     return x
+
+
+def autoencoder(pipe):
+    """The latent-space decoder of the pipeline (AutoencoderKL `vae`, VQModel `vqvae`), or None."""
+    for name in ("vae", "vqvae"):
+        if getattr(pipe, name, None) is not None:
+            return getattr(pipe, name)
+    return None
+
+
+@torch.no_grad()
+def decode_latents(pipe, x0: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] from the sampler's final x_0: decoded by the pipeline's autoencoder
+    (which stays full precision) after undoing its scaling factor, as LDMPipeline,
+    StableDiffusionPipeline and DiTPipeline do; pixel-space models return x0 unchanged."""
+    ae = autoencoder(pipe)
+    if ae is None:
+        return x0
+    sf = getattr(ae.config, "scaling_factor", 1.0) or 1.0
+    p = next(ae.parameters())
+    return ae.decode((x0 / sf).to(p.device, p.dtype)).sample.float()
 
 
 def generate(pipe, num: int, seed: int = 0, steps: int | None = None, eta: float | None = None,
@@ -245,7 +360,7 @@ def generate(pipe, num: int, seed: int = 0, steps: int | None = None, eta: float
     guidance = defaults.guidance_scale if guidance_scale is None else float(guidance_scale)
     if labels is not None and len(labels) != num:
         raise EdadmError(f"{len(labels)} class labels for {num} images")
-    unet = pipe.unet
+    unet = get_denoiser(pipe)
     dev = _device_of(unet)
     shape = _sample_shape(unet)
     outs = []
@@ -256,10 +371,10 @@ def generate(pipe, num: int, seed: int = 0, steps: int | None = None, eta: float
         seeds = [image_seed(seed, b0 + k) ^ 0x5DEECE66D for k in range(n)]
         cb = (lambda i, t, xt, out, _b=b0: callback(_b, i, t, xt, out)) if callback else None
         lab = None if labels is None else torch.as_tensor(labels)[b0 - start:b0 - start + n]
-        cond, uncond = conditioning(unet, b0, n, labels=lab, guidance_scale=guidance)
+        cond, uncond = conditioning(pipe, b0, n, labels=lab, guidance_scale=guidance)
         x0 = denoise(unet, pipe.scheduler, x, steps, eta, noise_seeds=seeds, callback=cb, cond=cond, uncond=uncond,
                      guidance_scale=guidance)
-        outs.append((x0.float().cpu() / 2 + 0.5).clamp(0, 1))
+        outs.append((decode_latents(pipe, x0).float().cpu() / 2 + 0.5).clamp(0, 1))
         bar.update(n)
     bar.close()
     return torch.cat(outs)

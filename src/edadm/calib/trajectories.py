@@ -81,7 +81,7 @@ def collect_trajectories(pipe, num: int, seed: int, steps: int | None = None, et
         acc.add(pending)
     xs = torch.cat([torch.stack(chunks[b]) for b in sorted(chunks)], dim=1)  # [S, B, C, H, W]
     guidance = sampling_defaults(pipe).guidance_scale if guidance_scale is None else float(guidance_scale)
-    cond, uncond = conditioning(pipe.unet, 0, num, guidance_scale=guidance)  # what generate() used
+    cond, uncond = conditioning(pipe, 0, num, guidance_scale=guidance)  # what generate() used
     return Trajectories(xs=xs, ts=torch.tensor(ts, dtype=torch.long), features=acc, cond=cond, uncond=uncond or {},
                         guidance_scale=guidance if uncond else 1.0)
 
@@ -111,7 +111,7 @@ def _collect_distributed(pipe, num, seed, steps, eta, batch_size, progress, feat
             _merge(total, a)
     xs = torch.cat([xs_by_start[b] for b in sorted(xs_by_start)], dim=1)
     guidance = sampling_defaults(pipe).guidance_scale if guidance_scale is None else float(guidance_scale)
-    cond, uncond = conditioning(pipe.unet, 0, num, guidance_scale=guidance)
+    cond, uncond = conditioning(pipe, 0, num, guidance_scale=guidance)
     return Trajectories(xs=xs, ts=ts, features=total, cond=cond, uncond=uncond or {},
                         guidance_scale=guidance if uncond else 1.0)
 

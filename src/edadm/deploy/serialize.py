@@ -24,7 +24,7 @@ import torch
 from .. import __version__
 from ..config import QuantConfig
 from ..errors import EdadmError
-from ..pipeline import (QUANT_FILE, SAMPLING_FILE, quiet_diffusers, read_sampling_defaults, restore_scheduler,
+from ..pipeline import (QUANT_FILE, SAMPLING_FILE, denoiser_name, quant_subdir, quiet_diffusers, read_sampling_defaults, restore_scheduler,
                         sampling_defaults)
 from ..quant.attention import has_attention_quantizers
 from ..quant.modules import QuantMixin
@@ -98,7 +98,7 @@ def model_card(config: QuantConfig, report: dict | None, unet_class: str, engine
         f"- Weights: {config.weight_bits}-bit per output channel; activations: {config.act_bits}-bit per tensor, "
         "static scales shared by all timesteps. Layers kept at 8 bit: "
         + ", ".join(f"`{p}`" for p in config.keep_8bit) + ".",
-        f"- Storage: integer weight codes in `unet/{TENSOR_FILE}` (packed two per byte at <= 4 bits).",
+        f"- Storage: integer weight codes in `unet/{TENSOR_FILE}` (`transformer/` for DiT; packed two per byte at <= 4 bits).",
         f"- Execution: {engine_note}",
         f"- Calibration time (s): {r.get('seconds', {})}; machine peak RSS {r.get('peak_memory_mb')} MB.",
         "",
@@ -118,7 +118,8 @@ def save_quantized(pipe, out: str | Path, config: QuantConfig | None = None, rep
             raise EdadmError("pipeline is not quantized; run edadm.quantize first")
         config, rep = pipe._edadm_quant
         report = report or rep.to_dict()
-    unet = pipe.unet
+    dname = denoiser_name(pipe)
+    unet = getattr(pipe, dname)
     tensors, layers = quantized_state(unet)
     defaults = sampling_defaults(pipe)
     out = Path(out)
@@ -130,17 +131,19 @@ def save_quantized(pipe, out: str | Path, config: QuantConfig | None = None, rep
                 continue
             lib = type(comp).__module__.split(".")[0]
             index[cname] = [lib, type(comp).__name__]
-            if cname != "unet":
+            if cname != dname:
                 comp.save_pretrained(tmp / cname)
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
-        (tmp / SAMPLING_FILE).write_text(json.dumps({"steps": defaults.steps, "eta": defaults.eta,
-                                                     "guidance_scale": defaults.guidance_scale}))
-        (tmp / "unet").mkdir()
-        unet.save_config(tmp / "unet")
+        sampling = {"steps": defaults.steps, "eta": defaults.eta, "guidance_scale": defaults.guidance_scale}
+        if defaults.prompts:
+            sampling["prompts"] = list(defaults.prompts)
+        (tmp / SAMPLING_FILE).write_text(json.dumps(sampling))
+        (tmp / dname).mkdir()
+        unet.save_config(tmp / dname)
         meta = {"format_version": FORMAT_VERSION, "edadm_version": __version__, "unet_class": type(unet).__name__,
                 "config": config.to_dict(), "layers": layers, "report": report}
-        (tmp / "unet" / QUANT_FILE).write_text(json.dumps(meta, indent=2, default=str))
-        save_file(tensors, str(tmp / "unet" / TENSOR_FILE), metadata={"format": "edadm", "version": str(FORMAT_VERSION)})
+        (tmp / dname / QUANT_FILE).write_text(json.dumps(meta, indent=2, default=str))
+        save_file(tensors, str(tmp / dname / TENSOR_FILE), metadata={"format": "edadm", "version": str(FORMAT_VERSION)})
         (tmp / "README.md").write_text(model_card(config, report, type(unet).__name__,
                                                   "fake quantization in float (integer kernels: see the int engine)"))
         if report and report.get("counts"):
@@ -166,7 +169,7 @@ def _diffusers_version() -> str:
 
 
 def read_quant_meta(path: str | Path) -> dict:
-    f = Path(path) / "unet" / QUANT_FILE
+    f = Path(path) / (quant_subdir(path) or "unet") / QUANT_FILE
     try:
         meta = json.loads(f.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -214,14 +217,15 @@ def _read_quant_files(path: Path):
     cls = getattr(diffusers, meta.get("unet_class", ""), None)
     if cls is None:
         raise EdadmError(f"{path}: unknown denoiser class {meta.get('unet_class')!r}")
+    sub = quant_subdir(path) or "unet"
     try:
-        unet_config = cls.load_config(str(path / "unet"))
+        unet_config = cls.load_config(str(path / sub))
     except Exception as exc:
-        raise EdadmError(f"{path}/unet: cannot read config.json ({exc})") from exc
+        raise EdadmError(f"{path}/{sub}: cannot read config.json ({exc})") from exc
     try:
-        tensors = load_file(str(path / "unet" / TENSOR_FILE))
+        tensors = load_file(str(path / sub / TENSOR_FILE))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise EdadmError(f"{path}/unet/{TENSOR_FILE}: cannot read tensors ({str(exc).splitlines()[0]})") from exc
+        raise EdadmError(f"{path}/{sub}/{TENSOR_FILE}: cannot read tensors ({str(exc).splitlines()[0]})") from exc
     with torch.device("meta"):
         unet = cls.from_config(unet_config)
     return meta, config, cls, unet, tensors
@@ -355,7 +359,8 @@ def load_quantized(path: str | Path, device: torch.device | str = "cpu", engine:
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise EdadmError(f"{path}: quantized files are inconsistent ({type(exc).__name__}: {first})") from exc
     try:
-        pipe = DiffusionPipeline.from_pretrained(str(path), unet=unet, local_files_only=True, low_cpu_mem_usage=False)
+        pipe = DiffusionPipeline.from_pretrained(str(path), **{quant_subdir(path) or "unet": unet},
+                                                 local_files_only=True, low_cpu_mem_usage=False)
     except Exception as exc:
         raise EdadmError(f"cannot load pipeline components from {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
     pipe.set_progress_bar_config(disable=True)

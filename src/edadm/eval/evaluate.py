@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 
 from ..errors import EdadmError
-from ..pipeline import generate, num_classes
+from ..pipeline import generate, get_denoiser, num_classes
 from .metrics import mean_std, mse, psnr
 
 log = logging.getLogger("edadm")
@@ -51,7 +51,7 @@ def evaluate_pipeline(pipe, num: int, seeds: list[int], steps: int | None = None
         imgs = generate(pipe, num, seed=seed, steps=steps, eta=eta, batch_size=batch_size, progress=progress,
                         guidance_scale=guidance_scale)
         dt = time.time() - t0
-        k = num_classes(pipe.unet)
+        k = num_classes(get_denoiser(pipe))
         labels = torch.arange(num) % k if k else None  # generate()'s default labels
         m = {"seed": seed, **image_metrics(imgs, digits=digits, standard=standard, labels=labels),
              "sample_seconds": round(dt, 2)}
