@@ -186,6 +186,7 @@ def load_pipeline(model: str | Path, device: str | torch.device | None = None, e
     from diffusers import DiffusionPipeline
 
     quiet_diffusers()
+    check_component_libraries(path)
     try:
         pipe = DiffusionPipeline.from_pretrained(str(path), local_files_only=True, low_cpu_mem_usage=False)
     except Exception as exc:  # diffusers raises many types for broken directories
@@ -213,6 +214,20 @@ def set_sampler(pipe, name: str) -> None:
     pipe.scheduler = cls.from_config(pipe.scheduler.config, **kw)
 
 
+def check_component_libraries(path: Path) -> None:
+    """One clear line when a component needs a library that is not installed (Stable
+    Diffusion's CLIP text encoder and tokenizer need transformers)."""
+    import importlib.util
+
+    try:
+        index = json.loads((Path(path) / "model_index.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise EdadmError(f"{path}/model_index.json: cannot read it ({exc})") from exc
+    libs = {v[0] for v in index.values() if isinstance(v, list) and v and isinstance(v[0], str)}
+    if "transformers" in libs and importlib.util.find_spec("transformers") is None:
+        raise EdadmError(f"{path}: its text encoder / tokenizer need transformers: pip install \"edadm[text]\"")
+
+
 def restore_scheduler(pipe, path: Path) -> None:
     """Use the scheduler class saved in `path`/scheduler: DDIMPipeline converts whatever it is
     given to DDIM, which would silently replace a calibrated sampler (for example PLMS)."""
@@ -236,6 +251,12 @@ def quiet_diffusers() -> None:
 
     dlog.set_verbosity_error()
     dlog.disable_progress_bar()
+    try:  # text encoders of Stable Diffusion pipelines
+        from transformers.utils import logging as tlog
+    except ImportError:
+        return
+    tlog.set_verbosity_error()
+    tlog.disable_progress_bar()
 
 
 def read_sampling_defaults(path: Path) -> dict | None:

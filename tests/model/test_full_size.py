@@ -8,6 +8,7 @@ from torch import nn
 
 from edadm.calib import CalibrationSet
 from edadm.config import QuantConfig, ReconConfig
+from edadm.model.pipelines import denoiser_config
 from edadm.model.reference_configs import REFERENCE_CONFIGS, build
 from edadm.model.structure import feature_module, reconstruction_units, split_points
 from edadm.quant.attention import has_attention_quantizers
@@ -52,17 +53,8 @@ def _small(name: str):
     """The same architecture, scaled down (channels, depth), random weights."""
     import diffusers
 
-    cfg = dict(REFERENCE_CONFIGS[name])
+    cfg = denoiser_config(name, small=True)
     cls = getattr(diffusers, cfg.pop("_class_name"))
-    if name == "dit-xl-2-256":
-        cfg.update(num_layers=2, num_attention_heads=2, attention_head_dim=16, sample_size=8)
-    else:
-        n = len(cfg["block_out_channels"])
-        cfg.update(block_out_channels=[32] * n, norm_num_groups=8, layers_per_block=1, sample_size=8)
-        if "cross_attention_dim" in cfg:
-            cfg.update(cross_attention_dim=16, attention_head_dim=2)
-        else:
-            cfg.update(attention_head_dim=8)
     torch.manual_seed(0)
     return cls.from_config(cfg).eval()
 

@@ -24,7 +24,7 @@ import torch
 from .. import __version__
 from ..config import QuantConfig
 from ..errors import EdadmError
-from ..pipeline import (QUANT_FILE, SAMPLING_FILE, denoiser_name, quant_subdir, quiet_diffusers, read_sampling_defaults, restore_scheduler,
+from ..pipeline import (QUANT_FILE, SAMPLING_FILE, check_component_libraries, denoiser_name, quant_subdir, quiet_diffusers, read_sampling_defaults, restore_scheduler,
                         sampling_defaults)
 from ..quant.attention import has_attention_quantizers
 from ..quant.modules import QuantMixin
@@ -36,6 +36,9 @@ log = logging.getLogger("edadm")
 
 FORMAT_VERSION = 1
 TENSOR_FILE = "edadm_quant.safetensors"
+
+
+NONPERSISTENT = "_nonpersistent_buffer."
 
 
 def quantized_state(unet: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
@@ -69,9 +72,15 @@ def quantized_state(unet: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dic
         if has_attention_quantizers(mod):
             layers[name] = {"type": "attention", "spec": {"kind": "attention", "bits": mod.probs_quantizer.bits,
                                                          "symmetric": mod.q_quantizer.symmetric}}
-    for k, v in unet.state_dict().items():
+    state = unet.state_dict()
+    for k, v in state.items():
         if k not in skip:
             tensors[k] = v.detach().cpu().contiguous()
+    # non-persistent buffers (DiT's fixed positional embedding): not in state_dict, and the
+    # loader builds the model on the meta device, so they are stored too
+    for k, v in unet.named_buffers():
+        if k not in state and k not in skip:
+            tensors[NONPERSISTENT + k] = v.detach().cpu().contiguous()
     return tensors, layers
 
 
@@ -256,10 +265,20 @@ def _layer_tensors(tensors: dict, name: str, entry: dict, spec) -> tuple[list, l
 
 
 def _load_state(unet, state: dict, path: Path) -> None:
+    extra = {k[len(NONPERSISTENT):]: state.pop(k) for k in [k for k in state if k.startswith(NONPERSISTENT)]}
     try:
         unet.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as exc:
+        for k, v in extra.items():
+            owner, _, leaf = k.rpartition(".")
+            mod = unet.get_submodule(owner)
+            if leaf not in mod._buffers:
+                raise RuntimeError(f"unexpected buffer {k}")
+            mod._buffers[leaf] = v
+    except (RuntimeError, AttributeError) as exc:
         raise EdadmError(f"{path}: tensors do not match the model ({str(exc).splitlines()[0]})") from exc
+    missing = [n for n, b in unet.named_buffers() if b.is_meta]
+    if missing:
+        raise EdadmError(f"{path}: buffer(s) {', '.join(missing[:3])} not stored in {TENSOR_FILE}: re-export it")
     for p in unet.parameters():
         p.requires_grad_(False)
     unet.eval()
@@ -348,6 +367,7 @@ def load_quantized(path: str | Path, device: torch.device | str = "cpu", engine:
         raise EdadmError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
     path = Path(path)
     quiet_diffusers()
+    check_component_libraries(path)
     loader = load_int_unet if engine == "int" else load_quantized_unet
     try:
         unet, config, meta = loader(path, device)

@@ -1,0 +1,111 @@
+"""End to end on pipeline directories of every supported kind (DDPM, LDM with a VQ
+autoencoder, Stable Diffusion with a CLIP text encoder, DiT), written with save_pretrained
+from the reference configs scaled down, random weights: quantize (EDA-DM, W4A8), then sample
+with the integer engine and the simulation."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from edadm.cli import main
+from edadm.model.pipelines import PIPELINE_NAMES, build_pipeline, write_pipeline
+from edadm.pipeline import (call_denoiser, conditioning, generate, get_denoiser, load_pipeline, num_classes,
+                            quant_subdir)
+from edadm.quant.wrap import QuantMixin
+
+DENOISER_DIR = {"ddpm-cifar10": "unet", "ldm-celebahq-256": "unet", "sd-v1-4": "unet", "dit-xl-2-256": "transformer"}
+PIPELINE_CLASS = {"ddpm-cifar10": "DDPMPipeline", "ldm-celebahq-256": "LDMPipeline",
+                  "sd-v1-4": "StableDiffusionPipeline", "dit-xl-2-256": "DiTPipeline"}
+
+
+@pytest.fixture(scope="module")
+def small_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipes")
+    return {n: write_pipeline(n, root / n, small=True) for n in PIPELINE_NAMES}
+
+
+@pytest.mark.parametrize("name", PIPELINE_NAMES)
+def test_quantize_and_sample_every_pipeline_kind(name, small_dirs, tmp_path, capsys):
+    src = small_dirs[name]
+    q = tmp_path / "q"
+    rc = main(["quantize", str(src), "--method", "eda-dm", "--weight-bits", "4", "--act-bits", "8",
+               "--num-samples", "8", "--num-trajectories", "8", "--iters", "2", "--recon-batch-size", "4",
+               "--out", str(q), "--no-progress", "--no-report"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert quant_subdir(q) == DENOISER_DIR[name]
+    index = json.loads((q / "model_index.json").read_text())
+    assert index["_class_name"] == PIPELINE_CLASS[name]
+    meta = json.loads((q / DENOISER_DIR[name] / "edadm_quant.json").read_text())
+    assert meta["report"]["recon"], "no unit was reconstructed"
+
+    fake = load_pipeline(q, engine="fake")
+    den = get_denoiser(fake)
+    # only the denoiser is quantized: autoencoder and text encoder stay full precision
+    for comp in ("vae", "vqvae", "text_encoder"):
+        if getattr(fake, comp, None) is not None:
+            assert not any(isinstance(m, QuantMixin) for m in getattr(fake, comp).modules()), comp
+    assert any(isinstance(m, QuantMixin) for m in den.modules())
+    a = generate(fake, 2, seed=1, progress=False)
+    b = generate(load_pipeline(q, engine="int"), 2, seed=1, progress=False)
+    fp = generate(load_pipeline(src), 2, seed=1, progress=False)
+    assert a.shape == b.shape == fp.shape and a.shape[1] == 3
+    assert torch.isfinite(a).all() and torch.isfinite(b).all()
+    # the integer engine runs the simulation's arithmetic: images agree closely
+    assert (a - b).abs().mean() < 0.02, float((a - b).abs().mean())
+    rc = main(["sample", str(q), "-n", "2", "--out", str(tmp_path / "grid.png"), "--no-progress"])
+    assert rc == 0 and (tmp_path / "grid.png").is_file()
+
+
+def test_latent_pipelines_calibrate_in_latent_space(small_dirs):
+    """Trajectories hold latents (the denoiser's input shape), not decoded images."""
+    from edadm.calib import collect_trajectories
+
+    for name in ("ldm-celebahq-256", "sd-v1-4", "dit-xl-2-256"):
+        pipe = load_pipeline(small_dirs[name])
+        den = get_denoiser(pipe)
+        traj = collect_trajectories(pipe, 2, seed=0, steps=2, batch_size=2, progress=False)
+        assert traj.xs.shape[2:] == (den.config.in_channels, den.config.sample_size, den.config.sample_size), name
+        img = generate(pipe, 1, seed=0, steps=2, progress=False)
+        assert img.shape[-1] > den.config.sample_size  # decoded by the autoencoder
+
+
+def test_text_conditioning_prompts_and_guidance_halves(small_dirs):
+    pipe = load_pipeline(small_dirs["sd-v1-4"])
+    cond, uncond = conditioning(pipe, 0, 3, guidance_scale=7.5)
+    h = cond["encoder_hidden_states"]
+    assert h.shape[:2] == (3, pipe.tokenizer.model_max_length) and uncond["encoder_hidden_states"].shape == h.shape
+    assert not torch.allclose(h[0], h[1])  # different prompts
+    assert torch.allclose(uncond["encoder_hidden_states"][0], uncond["encoder_hidden_states"][1])  # all ""
+    # prompts stored with the pipeline are used, index mod len
+    pipe._edadm_sampling = {**pipe._edadm_sampling, "prompts": ["a handwritten seven", "a handwritten two"]}
+    c2, _ = conditioning(pipe, 0, 3)
+    assert torch.allclose(c2["encoder_hidden_states"][0], c2["encoder_hidden_states"][2])
+    assert not torch.allclose(c2["encoder_hidden_states"][0], c2["encoder_hidden_states"][1])
+    # guidance changes the images; calibration keeps both halves
+    g1 = generate(pipe, 1, seed=0, steps=2, guidance_scale=1.0, progress=False)
+    g7 = generate(pipe, 1, seed=0, steps=2, guidance_scale=7.5, progress=False)
+    assert not torch.allclose(g1, g7)
+    from edadm.calib import assemble, collect_trajectories
+
+    traj = collect_trajectories(pipe, 4, seed=0, steps=2, batch_size=4, progress=False, guidance_scale=7.5)
+    counts = torch.zeros(traj.num_steps, dtype=torch.long)  # PLMS runs steps + 1 denoiser calls
+    counts[:2] = 2
+    calib = assemble(traj, counts)
+    (args, kwargs), = list(calib.model_inputs(4, "cpu"))
+    assert args[0].shape[0] == 8 and kwargs["encoder_hidden_states"].shape[0] == 8  # [uncond; cond]
+
+
+def test_dit_call_convention_and_class_conditioning():
+    pipe = build_pipeline("dit-xl-2-256", small=True)
+    den = get_denoiser(pipe)
+    assert num_classes(den) == 1000 and den.config.out_channels == 2 * den.config.in_channels
+    x = torch.randn(2, den.config.in_channels, 8, 8)
+    cond, uncond = conditioning(pipe, 998, 2, guidance_scale=4.0)
+    assert cond["class_labels"].tolist() == [998, 999] and uncond["class_labels"].tolist() == [1000, 1000]
+    with torch.no_grad():
+        eps = call_denoiser(den, x, torch.tensor(10), **cond)
+        full = den(x, timestep=torch.tensor([10, 10]), **cond).sample
+    assert eps.shape == x.shape and torch.equal(eps, full[:, :x.shape[1]])  # learned sigma dropped
