@@ -115,7 +115,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=_positive_int, default=None, help="sampler steps (default: the model's)")
     p.add_argument("--eta", type=_eta, default=None, help="DDIM eta (default: the model's)")
     p.add_argument("--guidance-scale", type=float, default=None,
-                   help="classifier-free guidance of class-conditional models (default: the model's)")
+                   help="classifier-free guidance of conditional models (default: the model's)")
+    p.add_argument("--prompts", type=Path, default=None,
+                   help="text-to-image pipelines: a text file with one prompt per line; image i gets line i mod lines "
+                        "(default: the model's, else edadm's built-in captions)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
 
 
@@ -255,6 +258,29 @@ _CONFIG_FLAGS = {
 }
 
 
+def read_prompts(path: Path) -> list[str]:
+    try:
+        lines = [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EdadmError(f"cannot read prompts file {path}: {exc}") from exc
+    prompts = [ln for ln in lines if ln]
+    if not prompts:
+        raise EdadmError(f"prompts file {path} has no prompts (one per line)")
+    return prompts
+
+
+def _with_prompts(pipe, path: Path | None):
+    """Sampling prompts from --prompts (text-to-image pipelines only)."""
+    if path is None:
+        return pipe
+    from .pipeline import is_text_conditional
+
+    if not is_text_conditional(pipe):
+        raise EdadmError(f"--prompts needs a text-to-image pipeline; {type(pipe).__name__} has no text encoder")
+    pipe._edadm_sampling = {**(getattr(pipe, "_edadm_sampling", None) or {"steps": 50}), "prompts": read_prompts(path)}
+    return pipe
+
+
 def _merged(base: dict, over: dict) -> dict:
     """`over` on top of `base`, one level into the calib / recon sections."""
     out = {**base, **over}
@@ -313,7 +339,7 @@ def cmd_quantize(args) -> int:
         raise EdadmError(f"{args.model} is already quantized; pass the full-precision pipeline")
     info = init_distributed(args.device)
     t0 = time.time()
-    pipe = load_pipeline(args.model, device=rank_device(info, args.device))
+    pipe = _with_prompts(load_pipeline(args.model, device=rank_device(info, args.device)), args.prompts)
     if not info.is_main:  # helps collect the FP trajectories, then leaves the rest to rank 0
         if not (args.resume and (default_checkpoint_dir(args.out) / "calib.pt").is_file()):  # rank 0 resumes it
             quantize(pipe, cfg, progress=False, dist_info=info)
@@ -356,7 +382,8 @@ def cmd_sample(args) -> int:
     for p in (out, args.out_dir):
         if p is not None:
             _check_writable(p)
-    pipe = load_pipeline(args.model, device=rank_device(info, args.device), engine=args.engine)
+    pipe = _with_prompts(load_pipeline(args.model, device=rank_device(info, args.device), engine=args.engine),
+                         args.prompts)
     if args.out_dir is not None:
         res = sample_to_dir(pipe, args.out_dir, args.num, seed=args.seed, steps=args.steps, eta=args.eta,
                             batch_size=args.batch_size, progress=args.progress, info=info,
@@ -389,12 +416,12 @@ def cmd_evaluate(args) -> int:
         _check_writable(args.json)
     metrics, skipped = _runnable_metrics(args.metrics, "clip needs a text-to-image pipeline (prompts); this command "
                                                        "samples unconditional models")
-    pipe = load_pipeline(args.model, device=args.device, engine=args.engine)
+    pipe = _with_prompts(load_pipeline(args.model, device=args.device, engine=args.engine), args.prompts)
     standard, conventions = _standard_metrics(metrics, args.reference, args.inception_weights,
                                               next(get_denoiser(pipe).parameters()).device)
     reference = None
     if args.compare:
-        ref_pipe = load_pipeline(args.compare, device=args.device)
+        ref_pipe = _with_prompts(load_pipeline(args.compare, device=args.device), args.prompts)
         _, reference = evaluate_pipeline(ref_pipe, args.num, args.seeds, args.steps, args.eta, args.batch_size,
                                          progress=args.progress, digits="fid-digits" in metrics,
                                          guidance_scale=args.guidance_scale)

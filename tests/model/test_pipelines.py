@@ -109,3 +109,22 @@ def test_dit_call_convention_and_class_conditioning():
         eps = call_denoiser(den, x, torch.tensor(10), **cond)
         full = den(x, timestep=torch.tensor([10, 10]), **cond).sample
     assert eps.shape == x.shape and torch.equal(eps, full[:, :x.shape[1]])  # learned sigma dropped
+
+
+def test_prompts_file_drives_sampling_and_is_kept_by_quantize(small_dirs, tmp_path, capsys):
+    from edadm.pipeline import sampling_defaults
+
+    pf = tmp_path / "prompts.txt"
+    pf.write_text("a handwritten seven\n\na handwritten two\n")
+    q = tmp_path / "q"
+    rc = main(["quantize", str(small_dirs["sd-v1-4"]), "--method", "naive", "--num-samples", "8",
+               "--num-trajectories", "8", "--prompts", str(pf), "--out", str(q), "--no-progress", "--no-report"])
+    assert rc == 0, capsys.readouterr().err
+    assert sampling_defaults(load_pipeline(q)).prompts == ["a handwritten seven", "a handwritten two"]
+    for argv, needle in (([str(small_dirs["ddpm-cifar10"])], "needs a text-to-image pipeline"),
+                         ([str(small_dirs["sd-v1-4"])], "has no prompts")):
+        if needle == "has no prompts":
+            pf.write_text("\n  \n")
+        rc = main(["sample", *argv, "-n", "1", "--prompts", str(pf), "--out", str(tmp_path / "g.png"), "--no-progress"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and needle in err[0], err
