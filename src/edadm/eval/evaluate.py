@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 
 from ..errors import EdadmError
-from ..pipeline import generate, get_denoiser, num_classes
+from ..pipeline import generate, get_denoiser, is_text_conditional, num_classes, prompts_of
 from .metrics import mean_std, mse, psnr
 
 log = logging.getLogger("edadm")
@@ -34,6 +34,22 @@ def image_metrics(images: torch.Tensor, digits: bool = True, standard: Callable[
     return out
 
 
+def requested_labels(pipe, num: int) -> torch.Tensor | None:
+    """The digit each image was asked for, for class agreement: class-conditional models use
+    generate()'s default labels (index mod classes); text-to-image models the digit their
+    prompt names (image i gets prompt i mod P), when every prompt names one."""
+    k = num_classes(get_denoiser(pipe))
+    if k:
+        return torch.arange(num) % k
+    if is_text_conditional(pipe):
+        from ..zoo.models import prompt_digit
+
+        digits = [prompt_digit(p) for p in prompts_of(pipe)]
+        if all(d is not None for d in digits):
+            return torch.tensor([digits[i % len(digits)] for i in range(num)])
+    return None
+
+
 def evaluate_pipeline(pipe, num: int, seeds: list[int], steps: int | None = None, eta: float | None = None,
                       batch_size: int = 250, reference: dict[int, torch.Tensor] | None = None,
                       progress: bool = True, digits: bool = True,
@@ -51,8 +67,7 @@ def evaluate_pipeline(pipe, num: int, seeds: list[int], steps: int | None = None
         imgs = generate(pipe, num, seed=seed, steps=steps, eta=eta, batch_size=batch_size, progress=progress,
                         guidance_scale=guidance_scale)
         dt = time.time() - t0
-        k = num_classes(get_denoiser(pipe))
-        labels = torch.arange(num) % k if k else None  # generate()'s default labels
+        labels = requested_labels(pipe, num)
         m = {"seed": seed, **image_metrics(imgs, digits=digits, standard=standard, labels=labels),
              "sample_seconds": round(dt, 2)}
         if reference is not None and seed in reference:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import EdadmError
+from .models import digit_prompt
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
@@ -11,6 +12,9 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 PIPELINES = {
     "digits-ddpm": "unconditional UNet2DModel (mid-block attention), 32x32 digits, DDIM 100 steps eta 0",
     "digits-cond": "class-conditional UNet2DModel (10 digits + null class), DDIM 20 steps, guidance 3.0",
+    "digits-ldm": "LDMPipeline: VQModel (32x32 -> 8x8x3) + UNet2DModel on latents, DDIM 200 steps eta 1",
+    "digits-t2i": "StableDiffusionPipeline: AutoencoderKL + UNet2DConditionModel (cross-attention) + small CLIP "
+                  "text encoder, prompts 'a handwritten seven', PLMS 50 steps, guidance 7.5",
 }
 CLASSIFIERS = {
     "digits-classifier": "small CNN on 32x32 digits; features for FID-digits and the IS analog",
@@ -21,6 +25,10 @@ DEFAULT_MODEL = "digits-ddpm"
 SAMPLING_DEFAULTS = {
     "digits-ddpm": dict(steps=100, eta=0.0),
     "digits-cond": dict(steps=20, eta=0.0, guidance_scale=3.0),  # the paper's ImageNet LDM-4 sampler
+    "digits-ldm": dict(steps=200, eta=1.0),  # the paper's LSUN-Bedroom LDM-4 sampler
+    # the paper's MS-COCO Stable Diffusion sampler; image i asks for digit i mod 10
+    "digits-t2i": dict(steps=50, eta=0.0, guidance_scale=7.5,
+                       prompts=[digit_prompt(d) for d in range(10)]),
 }
 
 

@@ -25,6 +25,10 @@ TRAIN_DEFAULTS = {
     # class labels dropped to the null class 10% of the time, as classifier-free guidance needs
     "digits-cond": dict(steps=6000, batch_size=64, lr=2e-3, ema_decay=0.999, seed=0, label_dropout=0.1),
     "digits-classifier": dict(steps=3000, batch_size=128, lr=1e-3, seed=0),
+    # latent models: the autoencoder first (ae_steps), then the denoiser on its latents
+    "digits-ldm": dict(steps=6000, batch_size=64, lr=2e-3, ema_decay=0.999, seed=0, ae_steps=3000),
+    "digits-t2i": dict(steps=8000, batch_size=64, lr=2e-3, ema_decay=0.999, seed=0, ae_steps=3000,
+                       label_dropout=0.1),
 }
 
 
@@ -145,8 +149,163 @@ def train_digits_cond(out: Path, device: str | None = None, **kw) -> dict:
     return train_digits_ddpm(out, device=device, sampling=SAMPLING_DEFAULTS["digits-cond"], name="digits-cond", **kw)
 
 
+def _train_autoencoder(kind: str, x: torch.Tensor, steps: int, batch_size: int, seed: int, dev) -> tuple:
+    """A small VQModel ("vq": reconstruction + codebook / commitment loss) or AutoencoderKL
+    ("kl": reconstruction + a light KL term) on digits in [-1, 1]. Its scaling_factor is then
+    set to 1 / std of the latents, as LDM and Stable Diffusion do, so the denoiser sees unit
+    variance. Returns (autoencoder on CPU, the scaled latents of every digit, info)."""
+    from diffusers import AutoencoderKL, VQModel
+
+    from .models import digits_kl_config, digits_vq_config
+
+    g = torch.Generator().manual_seed(seed + 1)
+    torch.manual_seed(seed + 1)
+    ae = (VQModel(**digits_vq_config()) if kind == "vq" else AutoencoderKL(**digits_kl_config())).to(dev)
+    opt = torch.optim.AdamW(ae.parameters(), lr=2e-3, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine_lr(s, steps))
+    losses = []
+    for _ in tqdm(range(steps), desc=f"train {kind} autoencoder"):
+        xb = x[torch.randint(0, len(x), (batch_size,), generator=g)].to(dev)
+        if kind == "vq":
+            out = ae(xb)
+            loss = F.mse_loss(out.sample, xb) + out.commit_loss.mean()
+        else:
+            post = ae.encode(xb).latent_dist
+            rec = ae.decode(post.sample()).sample
+            loss = F.mse_loss(rec, xb) + 1e-4 * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    ae = ae.to("cpu").eval()
+    with torch.no_grad():
+        z = torch.cat([(ae.encode(x[i:i + 256]).latents if kind == "vq" else ae.encode(x[i:i + 256]).latent_dist.mode())
+                       for i in range(0, len(x), 256)])
+        sf = float(1.0 / z.std())
+        ae.register_to_config(scaling_factor=sf)
+        rec = torch.cat([ae.decode(z[i:i + 256]).sample for i in range(0, len(x), 256)])
+    info = {"ae_steps": steps, "ae_final_loss": sum(losses[-200:]) / len(losses[-200:]), "scaling_factor": sf,
+            "ae_reconstruction_mse": float(F.mse_loss(rec, x))}
+    return ae, z * sf, info
+
+
+def _train_latent_denoiser(model: torch.nn.Module, z: torch.Tensor, cond_fn, params, steps: int, batch_size: int,
+                           lr: float, ema_decay: float, g: torch.Generator, dev, name: str) -> dict:
+    """Epsilon-prediction training on fixed latents; cond_fn(idx) gives the denoiser kwargs
+    of a batch (and may carry gradients into a text encoder listed in `params`)."""
+    from diffusers import DDPMScheduler
+    from diffusers.training_utils import EMAModel
+
+    params = list(params)
+    noise_sched = DDPMScheduler(**{**digits_scheduler_config(), "clip_sample": False})
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine_lr(s, steps))
+    ema = EMAModel(params, decay=ema_decay)
+    losses = []
+    bar = tqdm(range(steps), desc=f"train {name}")
+    for step in bar:
+        idx = torch.randint(0, z.shape[0], (batch_size,), generator=g)
+        clean = z[idx].to(dev)
+        noise = torch.randn(clean.shape, generator=g).to(dev)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (batch_size,), generator=g).to(dev)
+        loss = F.mse_loss(model(noise_sched.add_noise(clean, noise, t), t, **cond_fn(idx)).sample, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        ema.step(params)
+        losses.append(loss.item())
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+    ema.copy_to(params)
+    return {"final_loss": sum(losses[-200:]) / len(losses[-200:])}
+
+
+def train_digits_ldm(out: Path, steps: int, batch_size: int, lr: float, ema_decay: float, seed: int, ae_steps: int,
+                     device: str | None = None) -> dict:
+    """Latent diffusion on digits (stand-in for the paper's LDM-4 LSUN models): a VQModel,
+    then an unconditional UNet2DModel on its 8x8x3 latents; LDMPipeline, DDIM 200 steps eta 1
+    (the LSUN-Bedroom sampler)."""
+    from diffusers import DDIMScheduler, LDMPipeline, UNet2DModel
+
+    from . import SAMPLING_DEFAULTS
+    from .models import digits_ldm_unet_config
+
+    dev = resolve_device(device)
+    t0 = time.time()
+    x, _ = digits_images()
+    vq, z, ae_info = _train_autoencoder("vq", x * 2 - 1, ae_steps, batch_size, seed, dev)
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    unet = UNet2DModel(**digits_ldm_unet_config(z.shape[1])).to(dev)
+    info = _train_latent_denoiser(unet, z, lambda idx: {}, unet.parameters(), steps, batch_size, lr, ema_decay, g,
+                                  dev, "digits-ldm")
+    info = dict(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed, **ae_info, **info,
+                train_seconds=round(time.time() - t0, 1), torch=torch.__version__)
+    scheduler = DDIMScheduler(**{**digits_scheduler_config(), "clip_sample": False})
+    with atomic_dir(out) as tmp:
+        LDMPipeline(vqvae=vq, unet=unet.to("cpu").eval(), scheduler=scheduler).save_pretrained(tmp)
+        (tmp / "edadm_sampling.json").write_text(json.dumps(SAMPLING_DEFAULTS["digits-ldm"]))
+        (tmp / "training.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
+def train_digits_t2i(out: Path, steps: int, batch_size: int, lr: float, ema_decay: float, seed: int, ae_steps: int,
+                     label_dropout: float, device: str | None = None) -> dict:
+    """Text-to-image digits (stand-in for Stable Diffusion): an AutoencoderKL, then a
+    UNet2DConditionModel on its 8x8x4 latents trained jointly with a small CLIP text encoder
+    on prompts such as "a handwritten seven" (prompt dropped to "" with probability
+    label_dropout, for classifier-free guidance); StableDiffusionPipeline, PLMS 50 steps,
+    guidance 7.5 (the paper's COCO sampler)."""
+    import tempfile
+
+    from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from ..model.pipelines import byte_level_clip_tokenizer
+    from . import SAMPLING_DEFAULTS
+    from .models import PROMPT_TEMPLATES, digit_prompt, digits_t2i_unet_config, digits_text_config
+
+    dev = resolve_device(device)
+    t0 = time.time()
+    x, y = digits_images()
+    vae, z, ae_info = _train_autoencoder("kl", x * 2 - 1, ae_steps, batch_size, seed, dev)
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    tok = byte_level_clip_tokenizer(Path(tempfile.mkdtemp(prefix="edadm-tok-")), max_length=24)
+    enc = CLIPTextModel(CLIPTextConfig(**digits_text_config(len(tok), tok.bos_token_id, tok.eos_token_id,
+                                                            tok.pad_token_id))).to(dev)
+    unet = UNet2DConditionModel(**digits_t2i_unet_config(enc.config.hidden_size)).to(dev)
+    # every training prompt tokenized once: row 10 * template + digit, last row the empty prompt
+    prompts = [digit_prompt(d, k) for k in range(len(PROMPT_TEMPLATES)) for d in range(10)] + [""]
+    ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+              return_tensors="pt").input_ids.to(dev)
+
+    def cond(idx):
+        rows = torch.randint(0, len(PROMPT_TEMPLATES), (len(idx),), generator=g) * 10 + y[idx]
+        rows[torch.rand(len(idx), generator=g) < label_dropout] = len(prompts) - 1
+        return {"encoder_hidden_states": enc(ids[rows.to(dev)])[0]}
+
+    info = _train_latent_denoiser(unet, z, cond, [*unet.parameters(), *enc.parameters()], steps, batch_size, lr,
+                                  ema_decay, g, dev, "digits-t2i")
+    info = dict(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed, label_dropout=label_dropout,
+                **ae_info, **info, train_seconds=round(time.time() - t0, 1), torch=torch.__version__)
+    betas = {k: v for k, v in digits_scheduler_config().items() if k.startswith("beta") or k == "num_train_timesteps"}
+    scheduler = PNDMScheduler(**betas, skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False)  # SD's PLMS
+    with atomic_dir(out) as tmp:
+        StableDiffusionPipeline(vae=vae, text_encoder=enc.to("cpu").eval(), tokenizer=tok, unet=unet.to("cpu").eval(),
+                                scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                requires_safety_checker=False).save_pretrained(tmp)
+        (tmp / "edadm_sampling.json").write_text(json.dumps(SAMPLING_DEFAULTS["digits-t2i"]))
+        (tmp / "training.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
 TRAINERS = {"digits-ddpm": train_digits_ddpm, "digits-cond": train_digits_cond,
-            "digits-classifier": train_digits_classifier}
+            "digits-classifier": train_digits_classifier, "digits-ldm": train_digits_ldm,
+            "digits-t2i": train_digits_t2i}
 
 
 def train(name: str, out: Path | None = None, device: str | None = None, **overrides) -> dict:
