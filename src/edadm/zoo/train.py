@@ -53,8 +53,7 @@ def train_digits_ddpm(out: Path, steps: int, batch_size: int, lr: float, ema_dec
                       sampling: dict | None = None, name: str = "digits-ddpm") -> dict:
     """Epsilon-prediction DDPM training; with label_dropout set, class-conditional (labels
     replaced by the null class with that probability: classifier-free guidance)."""
-    from diffusers import DDIMPipeline, DDIMScheduler, DDPMScheduler, UNet2DModel
-    from diffusers.training_utils import EMAModel
+    from diffusers import DDIMPipeline, DDIMScheduler, UNet2DModel
 
     dev = resolve_device(device)
     torch.manual_seed(seed)
@@ -64,39 +63,20 @@ def train_digits_ddpm(out: Path, steps: int, batch_size: int, lr: float, ema_dec
     conditional = label_dropout is not None
     unet = UNet2DModel(**(digits_cond_unet_config() if conditional else digits_ddpm_unet_config())).to(dev)
     null = unet.config.num_class_embeds - 1 if conditional else None
-    noise_sched = DDPMScheduler(**digits_scheduler_config())
-    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine_lr(s, steps))
-    ema = EMAModel(unet.parameters(), decay=ema_decay)
+
+    def cond(idx):
+        if not conditional:
+            return {}
+        labels = y[idx].clone()
+        labels[torch.rand(len(idx), generator=g) < label_dropout] = null
+        return {"class_labels": labels.to(dev)}
+
     t0 = time.time()
-    losses = []
-    bar = tqdm(range(steps), desc=f"train {name}")
-    for step in bar:
-        idx = torch.randint(0, data.shape[0], (batch_size,), generator=g)
-        clean = data[idx].to(dev)
-        noise = torch.randn(clean.shape, generator=g).to(dev)
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (batch_size,), generator=g).to(dev)
-        noisy = noise_sched.add_noise(clean, noise, t)
-        kwargs = {}
-        if conditional:
-            labels = y[idx].clone()
-            labels[torch.rand(batch_size, generator=g) < label_dropout] = null
-            kwargs["class_labels"] = labels.to(dev)
-        loss = F.mse_loss(unet(noisy, t, **kwargs).sample, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        ema.step(unet.parameters())
-        losses.append(loss.item())
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
-    ema.copy_to(unet.parameters())
+    res = _train_denoiser(unet, data, cond, unet.parameters(), steps, batch_size, lr, ema_decay, g, dev, name)
     unet = unet.to("cpu").eval()
     scheduler = DDIMScheduler(**digits_scheduler_config())
     info = dict(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed,
-                final_loss=sum(losses[-200:]) / len(losses[-200:]), train_seconds=round(time.time() - t0, 1),
+                final_loss=res["final_loss"], train_seconds=round(time.time() - t0, 1),
                 torch=torch.__version__, **({"label_dropout": label_dropout} if conditional else {}))
     with atomic_dir(out) as tmp:
         DDIMPipeline(unet=unet, scheduler=scheduler).save_pretrained(tmp)
@@ -190,15 +170,17 @@ def _train_autoencoder(kind: str, x: torch.Tensor, steps: int, batch_size: int, 
     return ae, z * sf, info
 
 
-def _train_latent_denoiser(model: torch.nn.Module, z: torch.Tensor, cond_fn, params, steps: int, batch_size: int,
+def _train_denoiser(model: torch.nn.Module, z: torch.Tensor, cond_fn, params, steps: int, batch_size: int,
                            lr: float, ema_decay: float, g: torch.Generator, dev, name: str) -> dict:
-    """Epsilon-prediction training on fixed latents; cond_fn(idx) gives the denoiser kwargs
-    of a batch (and may carry gradients into a text encoder listed in `params`)."""
+    """Epsilon-prediction DDPM training on fixed data (pixels or latents), AdamW with cosine
+    decay, gradient clipping and EMA; cond_fn(idx) gives the denoiser kwargs of a batch (and
+    may carry gradients into a text encoder listed in `params`). Random draws per step, in
+    order: indices, noise, timesteps, then cond_fn's."""
     from diffusers import DDPMScheduler
     from diffusers.training_utils import EMAModel
 
     params = list(params)
-    noise_sched = DDPMScheduler(**{**digits_scheduler_config(), "clip_sample": False})
+    noise_sched = DDPMScheduler(**digits_scheduler_config())  # add_noise only: clip_sample plays no part
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine_lr(s, steps))
     ema = EMAModel(params, decay=ema_decay)
@@ -240,7 +222,7 @@ def train_digits_ldm(out: Path, steps: int, batch_size: int, lr: float, ema_deca
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     unet = UNet2DModel(**digits_ldm_unet_config(z.shape[1])).to(dev)
-    info = _train_latent_denoiser(unet, z, lambda idx: {}, unet.parameters(), steps, batch_size, lr, ema_decay, g,
+    info = _train_denoiser(unet, z, lambda idx: {}, unet.parameters(), steps, batch_size, lr, ema_decay, g,
                                   dev, "digits-ldm")
     info = dict(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed, **ae_info, **info,
                 train_seconds=round(time.time() - t0, 1), torch=torch.__version__)
@@ -288,7 +270,7 @@ def train_digits_t2i(out: Path, steps: int, batch_size: int, lr: float, ema_deca
         rows[torch.rand(len(idx), generator=g) < label_dropout] = len(prompts) - 1
         return {"encoder_hidden_states": enc(ids[rows.to(dev)])[0]}
 
-    info = _train_latent_denoiser(unet, z, cond, [*unet.parameters(), *enc.parameters()], steps, batch_size, lr,
+    info = _train_denoiser(unet, z, cond, [*unet.parameters(), *enc.parameters()], steps, batch_size, lr,
                                   ema_decay, g, dev, "digits-t2i")
     info = dict(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed, label_dropout=label_dropout,
                 **ae_info, **info, train_seconds=round(time.time() - t0, 1), torch=torch.__version__)
