@@ -95,7 +95,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "edadm-bench-cache")
     ap.add_argument("--fresh", action="store_true", help="recompute finished entries")
     ap.add_argument("--quantize-args", default="", help="extra flags for edadm quantize (same for every method)")
-    ap.add_argument("--tag", default="quality", help="output name: bench/results/TAG.{json,md}")
+    ap.add_argument("--tag", default="quality", help="output name: bench/results/TAG.{json,md} (TAG_MODEL for "
+                    "models other than digits-ddpm)")
     ap.add_argument("--engine", choices=["int", "fake"], default="int",
                     help="sample the quantized models with integer kernels (default; agreement with the simulation "
                          "is tested in tests/deploy/test_intengine.py) or the float simulation")
@@ -186,12 +187,20 @@ def build_tables(model: str, settings: list[str], methods: list[str], fp_res: di
             cells.append(f"{e['quantize']['wall_seconds']:.0f} s, {e['quantize']['peak_memory_mb']:.0f} MB" if e
                          else "not run")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    if "class_agreement" in fp_res["summary"]:  # conditional models: the digit asked for (label or prompt)
+        lines += ["", "## Classifier agrees with the requested digit (higher is better; the CLIP-score analog)", "",
+                  "| method | " + " | ".join(s.upper() for s in settings) + " |", "|---|" + "---|" * len(settings),
+                  "| FP32 | " + " | ".join(fmt(fp_res["summary"]["class_agreement"]) for _ in settings) + " |"]
+        for m in methods:
+            lines.append(f"| {m} | " + " | ".join(fmt(entries[(s, m)]["summary"].get("class_agreement"))
+                                                  if (s, m) in entries else "not run" for s in settings) + " |")
     loads = {f"{s}/{m}": e["machine"].get("loadavg_1m") for (s, m), e in entries.items()}
     lines += ["", "Each entry's JSON records the 1-minute load average when it started (`machine.loadavg_1m`; "
               f"here {loads}). The quantization subprocess itself keeps both cores busy (load ~2); "
               "a value well above that means another process shared the cores and its wall time is not valid.", ""]
-    write_text(RESULTS / f"{tag}.md", "\n".join(lines))
-    write_json(RESULTS / f"{tag}.json", {**meta, "model": model, "fp": fp_res,
+    name = tag if model == "digits-ddpm" else f"{tag}_{model}"  # one table per model
+    write_text(RESULTS / f"{name}.md", "\n".join(lines))
+    write_json(RESULTS / f"{name}.json", {**meta, "model": model, "fp": fp_res,
                                           "entries": {f"{s}/{m}": e for (s, m), e in entries.items()}})
 
 
