@@ -154,6 +154,10 @@ def resolve_model_path(model: str | Path) -> Path:
                      f"(zoo: {', '.join(zoo.PIPELINES)})")
 
 
+# Sampler settings of a pipeline directory without edadm_sampling.json: the diffusers
+# pipeline's own __call__ defaults (Stable Diffusion guidance 7.5, DiT guidance 4.0).
+PIPELINE_SAMPLING = {"StableDiffusionPipeline": {"steps": 50, "eta": 0.0, "guidance_scale": 7.5},
+                     "DiTPipeline": {"steps": 50, "eta": 0.0, "guidance_scale": 4.0}}
 SUPPORTED_PIPELINES = ("DDPMPipeline", "DDIMPipeline", "LDMPipeline", "StableDiffusionPipeline", "DiTPipeline")
 
 
@@ -197,7 +201,7 @@ def load_pipeline(model: str | Path, device: str | torch.device | None = None, e
     pipe.set_progress_bar_config(disable=True)
     get_denoiser(pipe).eval()
     restore_scheduler(pipe, path)
-    pipe._edadm_sampling = read_sampling_defaults(path)
+    pipe._edadm_sampling = read_sampling_defaults(path) or PIPELINE_SAMPLING.get(type(pipe).__name__)
     return pipe.to(dev)
 
 

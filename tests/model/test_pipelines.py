@@ -128,3 +128,15 @@ def test_prompts_file_drives_sampling_and_is_kept_by_quantize(small_dirs, tmp_pa
         rc = main(["sample", *argv, "-n", "1", "--prompts", str(pf), "--out", str(tmp_path / "g.png"), "--no-progress"])
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2 and len(err) == 1 and needle in err[0], err
+
+
+def test_pipeline_directories_without_edadm_settings_sample_with_their_pipelines_defaults(small_dirs, tmp_path):
+    import shutil
+
+    from edadm.pipeline import sampling_defaults
+
+    for name, guidance in (("sd-v1-4", 7.5), ("dit-xl-2-256", 4.0), ("ddpm-cifar10", 1.0)):
+        d = tmp_path / name
+        shutil.copytree(small_dirs[name], d)
+        (d / "edadm_sampling.json").unlink()
+        assert sampling_defaults(load_pipeline(d)).guidance_scale == guidance, name
