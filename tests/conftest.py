@@ -47,3 +47,35 @@ def tiny_quant_dir(tiny_pipe_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("q") / "w4a8"
     save(pipe, out)
     return out
+
+
+def tiny_clip(d):
+    """A random CLIP (text and vision towers of 2 layers) with a character-level tokenizer."""
+    import json
+    import string
+
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    d.mkdir(parents=True, exist_ok=True)
+    vocab = {}
+    for c in string.ascii_lowercase:
+        vocab[c] = len(vocab)
+        vocab[c + "</w>"] = len(vocab)
+    for sp in ("<|startoftext|>", "<|endoftext|>"):
+        vocab[sp] = len(vocab)
+    (d / "vocab.json").write_text(json.dumps(vocab))
+    (d / "merges.txt").write_text("#version: 0.2\n")
+    tok = CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt"))
+    cfg = CLIPConfig(text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=2, max_position_embeddings=32,
+                                      bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
+                                      pad_token_id=vocab["<|endoftext|>"]),
+                     vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                        image_size=32, patch_size=8), projection_dim=16)
+    torch.manual_seed(0)
+    model = CLIPModel(cfg).eval()
+    model.save_pretrained(d)
+    proc = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
+                                                            crop_size={"height": 32, "width": 32}), tokenizer=tok)
+    proc.save_pretrained(d)
+    return model, proc

@@ -210,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--reference", type=Path, default=None,
                    help="FID / sFID reference: image folder (statistics cached beside it) or .npz (mu, sigma, mu_s, sigma_s)")
     e.add_argument("--inception-weights", type=Path, default=None, help="local InceptionV3 weights (torch-fidelity format)")
+    e.add_argument("--clip-model", type=Path, default=None,
+                   help="local transformers CLIPModel directory for --metrics clip (text-to-image pipelines)")
     _common(e)
 
     sc = sub.add_parser("score", help="metrics of images already sampled (a folder of PNGs or samples.npz)")
@@ -409,16 +411,22 @@ def cmd_sample(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .eval.evaluate import evaluate_pipeline, format_table
-    from .pipeline import get_denoiser, load_pipeline
+    from .pipeline import get_denoiser, is_text_conditional, load_pipeline, prompts_of
     from .utils import atomic_file
 
     if args.json:
         _check_writable(args.json)
-    metrics, skipped = _runnable_metrics(args.metrics, "clip needs a text-to-image pipeline (prompts); this command "
-                                                       "samples unconditional models")
     pipe = _with_prompts(load_pipeline(args.model, device=args.device, engine=args.engine), args.prompts)
-    standard, conventions = _standard_metrics(metrics, args.reference, args.inception_weights,
-                                              next(get_denoiser(pipe).parameters()).device)
+    clip_reason = None
+    if not is_text_conditional(pipe):
+        clip_reason = f"clip skipped: needs a text-to-image pipeline (prompts); {type(pipe).__name__} has none"
+    elif args.clip_model is None:
+        clip_reason = "clip skipped: needs --clip-model (a local transformers CLIPModel directory)"
+    metrics, skipped = _runnable_metrics(args.metrics, clip_reason)
+    dev = next(get_denoiser(pipe).parameters()).device
+    standard, conventions = _standard_metrics(metrics, args.reference, args.inception_weights, dev)
+    if "clip" in metrics:
+        standard, conventions = _with_clip(standard, conventions, prompts_of(pipe), args.clip_model, dev)
     reference = None
     if args.compare:
         ref_pipe = _with_prompts(load_pipeline(args.compare, device=args.device), args.prompts)
@@ -430,7 +438,8 @@ def cmd_evaluate(args) -> int:
                                   standard=standard, guidance_scale=args.guidance_scale)
     result.update(model=str(args.model), compare=args.compare, metrics=metrics, skipped=skipped,
                   conventions=conventions)
-    keys = tuple(k for k in ("fid_digits", "is_digits", "class_agreement", "fid", "sfid", "is") if k in result["summary"])
+    keys = tuple(k for k in ("fid_digits", "is_digits", "class_agreement", "fid", "sfid", "is", "clip")
+                 if k in result["summary"])
     keys += ("psnr_vs_ref",) if reference else ()
     print(format_table([(str(args.model), result["summary"])], keys=keys))
     if args.json:
@@ -440,7 +449,20 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def _runnable_metrics(requested: list[str], clip_reason: str) -> tuple[list[str], dict]:
+def _with_clip(standard, conventions: dict, prompts: list[str], clip_dir: Path, device):
+    """Add CLIP score to the per-seed metrics: image i (of each seed's 0..num-1) was asked
+    for prompt i mod len(prompts), as generate() samples it."""
+    from .eval.standard import clip_score
+
+    def metrics(images):
+        out = standard(images) if standard is not None else {}
+        asked = [prompts[i % len(prompts)] for i in range(len(images))]
+        return {**out, "clip": clip_score(images, asked, clip_dir, device=device)}
+
+    return metrics, {**conventions, "clip": f"100 * mean(max(cos, 0)), CLIPModel from {clip_dir}"}
+
+
+def _runnable_metrics(requested: list[str], clip_reason: str | None) -> tuple[list[str], dict]:
     """Requested metrics minus those that cannot run here, each skipped with one stderr line."""
     from .eval.standard import missing_extra
 
@@ -482,7 +504,7 @@ def cmd_score(args) -> int:
 
     if args.json:
         _check_writable(args.json)
-    metrics, skipped = _runnable_metrics(args.metrics, "clip needs prompts; score takes images only")
+    metrics, skipped = _runnable_metrics(args.metrics, "clip skipped: needs prompts; score takes images only")
     src = args.samples
     if src.suffix == ".npz" and src.is_file():
         with np.load(src) as z:

@@ -10,6 +10,7 @@ from edadm import cli
 from edadm.errors import EdadmError
 from edadm.eval.metrics import frechet_distance, gaussian_stats
 from edadm.eval.standard import inception_metrics, missing_extra, reference_stats
+from conftest import tiny_clip as _tiny_clip
 
 
 def _has_fidelity() -> bool:
@@ -122,38 +123,6 @@ def test_fid_agrees_with_torch_fidelity(tmp_path):  # pragma: no cover - runs wh
     theirs = torch_fidelity.calculate_metrics(input1=str(dirs["b"]), input2=str(dirs["a"]), fid=True,
                                               verbose=False)["frechet_inception_distance"]
     assert ours == pytest.approx(theirs, rel=1e-3)
-
-
-def _tiny_clip(d):
-    """A random CLIP (text and vision towers of 2 layers) with a character-level tokenizer."""
-    import json
-    import string
-
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
-
-    d.mkdir(parents=True, exist_ok=True)
-    vocab = {}
-    for c in string.ascii_lowercase:
-        vocab[c] = len(vocab)
-        vocab[c + "</w>"] = len(vocab)
-    for sp in ("<|startoftext|>", "<|endoftext|>"):
-        vocab[sp] = len(vocab)
-    (d / "vocab.json").write_text(json.dumps(vocab))
-    (d / "merges.txt").write_text("#version: 0.2\n")
-    tok = CLIPTokenizer(str(d / "vocab.json"), str(d / "merges.txt"))
-    cfg = CLIPConfig(text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                      num_attention_heads=2, max_position_embeddings=32,
-                                      bos_token_id=vocab["<|startoftext|>"], eos_token_id=vocab["<|endoftext|>"],
-                                      pad_token_id=vocab["<|endoftext|>"]),
-                     vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                        image_size=32, patch_size=8), projection_dim=16)
-    torch.manual_seed(0)
-    model = CLIPModel(cfg).eval()
-    model.save_pretrained(d)
-    proc = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
-                                                            crop_size={"height": 32, "width": 32}), tokenizer=tok)
-    proc.save_pretrained(d)
-    return model, proc
 
 
 @pytest.mark.skipif(missing_extra("clip") is not None, reason="needs transformers")

@@ -140,3 +140,23 @@ def test_pipeline_directories_without_edadm_settings_sample_with_their_pipelines
         shutil.copytree(small_dirs[name], d)
         (d / "edadm_sampling.json").unlink()
         assert sampling_defaults(load_pipeline(d)).guidance_scale == guidance, name
+
+
+def test_evaluate_clip_score_of_a_text_to_image_pipeline(small_dirs, tmp_path, capsys):
+    from conftest import tiny_clip
+
+    pytest.importorskip("transformers")
+    tiny_clip(tmp_path / "clip")
+    out = tmp_path / "m.json"
+    rc = main(["evaluate", str(small_dirs["sd-v1-4"]), "--metrics", "clip", "--num", "2", "--seeds", "0",
+               "--clip-model", str(tmp_path / "clip"), "--json", str(out), "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    res = json.loads(out.read_text())
+    assert 0 <= res["summary"]["clip"]["mean"] <= 100 and "clip" in res["conventions"]
+    # without --clip-model, or on a pipeline without prompts: one skip line, then the one-line error
+    for argv, needle in (([str(small_dirs["sd-v1-4"])], "needs --clip-model"),
+                         ([str(small_dirs["ddpm-cifar10"]), "--clip-model", str(tmp_path / "clip")],
+                          "needs a text-to-image pipeline")):
+        rc = main(["evaluate", *argv, "--metrics", "clip", "--num", "2", "--seeds", "0", "--no-progress"])
+        err = capsys.readouterr().err
+        assert rc == 2 and needle in err and "Traceback" not in err

@@ -13,7 +13,8 @@ from .metrics import mean_std, mse, psnr
 
 log = logging.getLogger("edadm")
 
-SUMMARY_KEYS = ("fid_digits", "is_digits", "confidence", "class_agreement", "fid", "sfid", "is", "psnr_vs_ref", "mse_vs_ref",
+SUMMARY_KEYS = ("fid_digits", "is_digits", "confidence", "class_agreement", "fid", "sfid", "is", "clip", "psnr_vs_ref",
+                "mse_vs_ref",
                 "sample_seconds")
 
 
