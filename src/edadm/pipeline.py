@@ -346,6 +346,9 @@ def denoise(unet, scheduler, x: torch.Tensor, steps: int, eta: float = 0.0,
     return x
 
 
+DECODE_BATCH = 8
+
+
 def autoencoder(pipe):
     """The latent-space decoder of the pipeline (AutoencoderKL `vae`, VQModel `vqvae`), or None."""
     for name in ("vae", "vqvae"):
@@ -364,7 +367,10 @@ def decode_latents(pipe, x0: torch.Tensor) -> torch.Tensor:
         return x0
     sf = getattr(ae.config, "scaling_factor", 1.0) or 1.0
     p = next(ae.parameters())
-    return ae.decode((x0 / sf).to(p.device, p.dtype)).sample.float()
+    # a few latents at a time: a full-size decoder's activations at 512x512 take ~130 MB per
+    # image per layer, so a sampling batch of 250 decoded at once would not fit in memory
+    return torch.cat([ae.decode((x0[i:i + DECODE_BATCH] / sf).to(p.device, p.dtype)).sample.float()
+                      for i in range(0, len(x0), DECODE_BATCH)])
 
 
 def generate(pipe, num: int, seed: int = 0, steps: int | None = None, eta: float | None = None,
