@@ -205,6 +205,25 @@ def _train_denoiser(model: torch.nn.Module, z: torch.Tensor, cond_fn, params, st
     return {"final_loss": sum(losses[-200:]) / len(losses[-200:])}
 
 
+def _latent_stage(kind: str, ae_steps: int, batch_size: int, seed: int, device):
+    """Shared start of the latent zoo models: the autoencoder, then the seeded generator of
+    the denoiser stage. Returns (device, labels, autoencoder, scaled latents, ae info, generator)."""
+    dev = resolve_device(device)
+    x, y = digits_images()
+    ae, z, ae_info = _train_autoencoder(kind, x * 2 - 1, ae_steps, batch_size, seed, dev)
+    torch.manual_seed(seed)
+    return dev, y, ae, z, ae_info, torch.Generator().manual_seed(seed)
+
+
+def _write_zoo_pipeline(out: Path, pipe, name: str, info: dict) -> None:
+    from . import SAMPLING_DEFAULTS
+
+    with atomic_dir(out) as tmp:
+        pipe.save_pretrained(tmp)
+        (tmp / "edadm_sampling.json").write_text(json.dumps(SAMPLING_DEFAULTS[name]))
+        (tmp / "training.json").write_text(json.dumps(info, indent=2))
+
+
 def train_digits_ldm(out: Path, steps: int, batch_size: int, lr: float, ema_decay: float, seed: int, ae_steps: int,
                      device: str | None = None) -> dict:
     """Latent diffusion on digits (stand-in for the paper's LDM-4 LSUN models): a VQModel,
@@ -212,25 +231,17 @@ def train_digits_ldm(out: Path, steps: int, batch_size: int, lr: float, ema_deca
     (the LSUN-Bedroom sampler)."""
     from diffusers import DDIMScheduler, LDMPipeline, UNet2DModel
 
-    from . import SAMPLING_DEFAULTS
     from .models import digits_ldm_unet_config
 
-    dev = resolve_device(device)
     t0 = time.time()
-    x, _ = digits_images()
-    vq, z, ae_info = _train_autoencoder("vq", x * 2 - 1, ae_steps, batch_size, seed, dev)
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
+    dev, _, vq, z, ae_info, g = _latent_stage("vq", ae_steps, batch_size, seed, device)
     unet = UNet2DModel(**digits_ldm_unet_config(z.shape[1])).to(dev)
-    info = _train_denoiser(unet, z, lambda idx: {}, unet.parameters(), steps, batch_size, lr, ema_decay, g,
-                                  dev, "digits-ldm")
+    info = _train_denoiser(unet, z, lambda idx: {}, unet.parameters(), steps, batch_size, lr, ema_decay, g, dev,
+                           "digits-ldm")
     info = dict(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed, **ae_info, **info,
                 train_seconds=round(time.time() - t0, 1), torch=torch.__version__)
     scheduler = DDIMScheduler(**{**digits_scheduler_config(), "clip_sample": False})
-    with atomic_dir(out) as tmp:
-        LDMPipeline(vqvae=vq, unet=unet.to("cpu").eval(), scheduler=scheduler).save_pretrained(tmp)
-        (tmp / "edadm_sampling.json").write_text(json.dumps(SAMPLING_DEFAULTS["digits-ldm"]))
-        (tmp / "training.json").write_text(json.dumps(info, indent=2))
+    _write_zoo_pipeline(out, LDMPipeline(vqvae=vq, unet=unet.to("cpu").eval(), scheduler=scheduler), "digits-ldm", info)
     return info
 
 
@@ -247,15 +258,10 @@ def train_digits_t2i(out: Path, steps: int, batch_size: int, lr: float, ema_deca
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from ..model.pipelines import byte_level_clip_tokenizer
-    from . import SAMPLING_DEFAULTS
     from .models import PROMPT_TEMPLATES, digit_prompt, digits_t2i_unet_config, digits_text_config
 
-    dev = resolve_device(device)
     t0 = time.time()
-    x, y = digits_images()
-    vae, z, ae_info = _train_autoencoder("kl", x * 2 - 1, ae_steps, batch_size, seed, dev)
-    torch.manual_seed(seed)
-    g = torch.Generator().manual_seed(seed)
+    dev, y, vae, z, ae_info, g = _latent_stage("kl", ae_steps, batch_size, seed, device)
     tok = byte_level_clip_tokenizer(Path(tempfile.mkdtemp(prefix="edadm-tok-")), max_length=24)
     enc = CLIPTextModel(CLIPTextConfig(**digits_text_config(len(tok), tok.bos_token_id, tok.eos_token_id,
                                                             tok.pad_token_id))).to(dev)
@@ -270,18 +276,16 @@ def train_digits_t2i(out: Path, steps: int, batch_size: int, lr: float, ema_deca
         rows[torch.rand(len(idx), generator=g) < label_dropout] = len(prompts) - 1
         return {"encoder_hidden_states": enc(ids[rows.to(dev)])[0]}
 
-    info = _train_denoiser(unet, z, cond, [*unet.parameters(), *enc.parameters()], steps, batch_size, lr,
-                                  ema_decay, g, dev, "digits-t2i")
+    info = _train_denoiser(unet, z, cond, [*unet.parameters(), *enc.parameters()], steps, batch_size, lr, ema_decay,
+                           g, dev, "digits-t2i")
     info = dict(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed, label_dropout=label_dropout,
                 **ae_info, **info, train_seconds=round(time.time() - t0, 1), torch=torch.__version__)
     betas = {k: v for k, v in digits_scheduler_config().items() if k.startswith("beta") or k == "num_train_timesteps"}
     scheduler = PNDMScheduler(**betas, skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False)  # SD's PLMS
-    with atomic_dir(out) as tmp:
-        StableDiffusionPipeline(vae=vae, text_encoder=enc.to("cpu").eval(), tokenizer=tok, unet=unet.to("cpu").eval(),
-                                scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                requires_safety_checker=False).save_pretrained(tmp)
-        (tmp / "edadm_sampling.json").write_text(json.dumps(SAMPLING_DEFAULTS["digits-t2i"]))
-        (tmp / "training.json").write_text(json.dumps(info, indent=2))
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=enc.to("cpu").eval(), tokenizer=tok,
+                                   unet=unet.to("cpu").eval(), scheduler=scheduler, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    _write_zoo_pipeline(out, pipe, "digits-t2i", info)
     return info
 
 
