@@ -100,6 +100,8 @@ def main(argv=None) -> int:
     ap.add_argument("--engine", choices=["int", "fake"], default="int",
                     help="sample the quantized models with integer kernels (default; agreement with the simulation "
                          "is tested in tests/deploy/test_intengine.py) or the float simulation")
+    ap.add_argument("--tables-only", action="store_true",
+                    help="only rebuild TAG.{json,md} from the finished entries of --settings x --methods")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -107,6 +109,9 @@ def main(argv=None) -> int:
     settings = args.settings.split(",")
     extra = args.quantize_args.split()
     rdir = run_dir(args.model)
+    if args.tables_only:
+        build_tables(args.model, settings, methods, json.loads((rdir / f"fp-{args.num}.json").read_text()), args.tag)
+        return 0
 
     fp_res, fp_imgs = fp_reference(args.model, args.num, seeds, args.cache, args.batch_size)
     for setting in settings:
