@@ -7,8 +7,16 @@ the last logged soft block loss and the rounding regulariser left at the end (ho
 AdaRound variables were still undecided when rounding became hard). Used to choose the
 defaults in edadm.config.ReconConfig.
 
+With --heldout N the same errors are also measured on N calibration samples drawn (same
+step allocation) from trajectories of another seed, which the reconstruction never saw,
+together with the summed inner-layer error (each inner Conv2d / Linear of the quantized
+block on quantized input vs the FP block on FP input, the FBR term): this shows whether
+a setting over-fits the calibration set and what the FBR term trades.
+
     python bench/recon_sweep.py --unit down_blocks.1.resnets.0 --bits w4a8 \\
         --runs "iters=1000,lr_weight=0.01" "iters=1000,lr_weight=0.1"
+    python bench/recon_sweep.py --units mid_block.resnets.1 up_blocks.0.attentions.0 \\
+        --heldout 256 --runs add_loss=0 add_loss=0.1 add_loss=0.8 --name fbr_sweep
 """
 from __future__ import annotations
 
@@ -29,7 +37,8 @@ from edadm.config import QuantConfig, ReconConfig  # noqa: E402
 from edadm.pipeline import load_pipeline, sampling_defaults  # noqa: E402
 from edadm.quant.calibrate import init_act_ranges, init_weight_ranges  # noqa: E402
 from edadm.quant.wrap import wrap_model  # noqa: E402
-from edadm.recon.engine import full_precision_copy, reconstruct_unit  # noqa: E402
+from edadm.recon.engine import (_first_tensor, _inner_layers, _run, _to, capture_inputs,  # noqa: E402
+                                channel_mse, full_precision_copy, reconstruct_unit)
 
 DEFAULT_RUNS = ["iters=200,lr_weight=0.01", "iters=1000,lr_weight=0.01", "iters=1000,lr_weight=0.001",
                 "iters=1000,lr_weight=0.1", "iters=1000,lr_weight=0.3", "iters=2000,lr_weight=0.1",
@@ -49,10 +58,32 @@ def parse_run(spec: str) -> dict:
     return out
 
 
+@torch.no_grad()
+def unit_errors(model, fp_model, name: str, calib, batch: int) -> tuple[float, float]:
+    """(block output MSE, summed inner-layer MSE) of unit `name` on `calib`: the quantized
+    model's unit on its own inputs against the FP unit on FP inputs (as in the FBR loss)."""
+    unit, fp_unit = model.get_submodule(name), fp_model.get_submodule(name)
+    inner, fp_inner = _inner_layers(unit), _inner_layers(fp_unit)
+    q_in = capture_inputs(model, unit, calib, batch)
+    fp_in = capture_inputs(fp_model, fp_unit, calib, batch)
+    blk = inn = 0.0
+    n = 0
+    dev = next(model.parameters()).device
+    for (qa, qk), (fa, fk) in zip(q_in, fp_in):
+        y, ys = _run(unit, _to(qa, dev), _to(qk, dev), inner)
+        t, ts = _run(fp_unit, _to(fa, dev), _to(fk, dev), fp_inner)
+        b = _first_tensor(y).shape[0]
+        blk += float(channel_mse(y, t)) * b
+        inn += sum(float(channel_mse(o, r)) for o, r in zip(ys, ts)) * b
+        n += b
+    return blk / n, inn / n
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="digits-ddpm")
-    ap.add_argument("--unit", default="down_blocks.1.resnets.0")
+    ap.add_argument("--unit", "--units", dest="units", nargs="+", default=["down_blocks.1.resnets.0"])
+    ap.add_argument("--heldout", type=int, default=0, help="held-out calibration samples (0: none)")
     ap.add_argument("--bits", default="w4a8")
     ap.add_argument("--runs", nargs="+", default=DEFAULT_RUNS)
     ap.add_argument("--name", default="recon_lr")
@@ -62,7 +93,12 @@ def main(argv=None) -> None:
     base = load_pipeline(args.model)
     d = sampling_defaults(base)
     traj = collect_trajectories(base, 256, seed=10_000, steps=d.steps, eta=d.eta, progress=False)
-    calib = assemble(traj, uniform_counts(traj.num_steps, 256, num_used=16))
+    counts = uniform_counts(traj.num_steps, 256, num_used=16)
+    calib = assemble(traj, counts)
+    held = None
+    if args.heldout:
+        htraj = collect_trajectories(base, args.heldout, seed=20_000, steps=d.steps, eta=d.eta, progress=False)
+        held = assemble(htraj, uniform_counts(htraj.num_steps, args.heldout, num_used=16), seed=1)
     cfg = QuantConfig(method="qdiffusion", weight_bits=w, act_bits=a)
     start = copy.deepcopy(base.unet)
     wrap_model(start, cfg)
@@ -70,27 +106,46 @@ def main(argv=None) -> None:
     init_act_ranges(start, calib, batch_size=64, progress=False)
     start_fp = full_precision_copy(start)
     rows = []
-    for spec in args.runs:
-        unet = copy.deepcopy(start)
-        rc = ReconConfig(enabled=True, add_loss=0.0, **parse_run(spec))
-        t0 = time.time()
-        u = reconstruct_unit(unet, start_fp, args.unit, "block", calib, rc, 64)
-        row = {"run": spec, "before": u.before, "after": u.after, "ratio": u.after / u.before,
-               "soft_block_last": u.history[-1]["block"], "round_loss_last": u.history[-1]["round"],
-               "seconds": round(time.time() - t0, 1)}
-        rows.append(row)
-        print(row, flush=True)
-    res = {**metadata(argv), "unit": args.unit, "bits": args.bits, "rows": rows}
+    for unit_name in args.units:
+        held_before = unit_errors(start, start_fp, unit_name, held, 64) if held is not None else None
+        for spec in args.runs:
+            unet = copy.deepcopy(start)
+            rc = ReconConfig(enabled=True, **{"add_loss": 0.0, **parse_run(spec)})
+            t0 = time.time()
+            u = reconstruct_unit(unet, start_fp, unit_name, "block", calib, rc, 64)
+            row = {"unit": unit_name, "run": spec, "before": u.before, "after": u.after, "ratio": u.after / u.before,
+                   "soft_block_last": u.history[-1]["block"], "inner_last": u.history[-1]["inner"] if rc.add_loss > 0 else None,
+                   "round_loss_last": u.history[-1]["round"], "seconds": round(time.time() - t0, 1)}
+            if held is not None:
+                after = unit_errors(unet, start_fp, unit_name, held, 64)
+                row.update(held_block_before=held_before[0], held_inner_before=held_before[1],
+                           held_block_after=after[0], held_inner_after=after[1],
+                           held_ratio=after[0] / held_before[0])
+            rows.append(row)
+            print(row, flush=True)
+    res = {**metadata(argv), "units": args.units, "bits": args.bits, "heldout": args.heldout, "rows": rows}
     out = Path(__file__).parent / "results" / args.name
     write_json(out.with_suffix(".json"), res)
-    lines = [f"# Reconstruction sweep: {args.unit}, {args.bits}", "",
-             f"`{res['command']}` at {res['date']}, commit {res['git_commit']}", "",
-             "Block output MSE vs FP on the calibration inputs (quantized inputs), one seed.", "",
-             "| run | before | after | after / before | last soft block loss | rounding loss left | s |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [f"# Reconstruction sweep: {', '.join(args.units)}, {args.bits}", "",
+             f"`{res['command']}` at {res['date']}, commit {res['git_commit']}, machine {res.get('machine', '?')}", "",
+             "Block output MSE vs FP (quantized inputs) on the 256 calibration samples, one seed; "
+             "'last soft' losses are the training terms at the last iteration (inner = summed inner-layer "
+             "MSE, unweighted)."]
+    if held is not None:
+        lines += ["", f"Held-out: {args.heldout} samples from trajectories of another seed, same step allocation; "
+                  "block = output MSE, inner = summed inner-layer MSE (quantized block on quantized input vs "
+                  "FP block on FP input), before -> after reconstruction."]
+    head = "| unit | run | before | after | after / before | last soft block | last soft inner | rounding left | s |"
+    if held is not None:
+        head += " held-out block before -> after (ratio) | held-out inner before -> after |"
+    lines += ["", head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
-        lines.append(f"| {r['run']} | {r['before']:.4g} | {r['after']:.4g} | {r['ratio']:.3f} | "
-                     f"{r['soft_block_last']:.4g} | {r['round_loss_last']:.3g} | {r['seconds']} |")
+        line = (f"| {r['unit']} | {r['run']} | {r['before']:.4g} | {r['after']:.4g} | {r['ratio']:.3f} | "
+                f"{r['soft_block_last']:.4g} | {'-' if r['inner_last'] is None else format(r['inner_last'], '.4g')} | {r['round_loss_last']:.3g} | {r['seconds']} |")
+        if held is not None:
+            line += (f" {r['held_block_before']:.4g} -> {r['held_block_after']:.4g} ({r['held_ratio']:.3f}) | "
+                     f"{r['held_inner_before']:.4g} -> {r['held_inner_after']:.4g} |")
+        lines.append(line)
     write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
 
 

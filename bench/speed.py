@@ -141,8 +141,47 @@ def _dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+# op-name fragments -> category of the profile summary (first match wins)
+PROFILE_CATEGORIES = [
+    ("int8 conv / linear (oneDNN)", ("qconv", "qlinear", "_int_mm")),
+    ("float conv / linear / matmul", ("convolution", "conv2d", "mkldnn_", "addmm", "linear", "bmm", "matmul",
+                                       "_weight_int8pack_mm", "mm")),
+    ("attention (sdpa / softmax)", ("attention", "softmax")),
+    ("norm", ("group_norm", "layer_norm", "native_group_norm", "native_layer_norm")),
+]
+
+
+def _categorise(name: str) -> str:
+    low = name.lower()
+    for cat, keys in PROFILE_CATEGORIES:
+        if any(k in low for k in keys):
+            return cat
+    if low.startswith(("cpp_fused", "graph_", "kernel_cpp")):
+        return "inductor fused elementwise / quantize / norm kernels"
+    return "other ops (elementwise, copies, layout)"
+
+
+def profile_forward(call, args, kwargs, n: int = 5) -> dict:
+    """torch.profiler over n forwards: self CPU time per op, the top ops and per category."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(n):
+            call(args, kwargs)
+    ev = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in ev)
+    cats: dict[str, float] = {}
+    for e in ev:
+        cats[_categorise(e.key)] = cats.get(_categorise(e.key), 0.0) + e.self_cpu_time_total
+    top = sorted(ev, key=lambda e: -e.self_cpu_time_total)[:15]
+    return {"forwards": n, "ms_per_forward": total / n / 1000,
+            "categories": {k: round(v / n / 1000, 2) for k, v in sorted(cats.items(), key=lambda kv: -kv[1])},
+            "top_ops": [{"op": e.key[:80], "ms_per_forward": round(e.self_cpu_time_total / n / 1000, 2),
+                         "calls_per_forward": e.count // n} for e in top]}
+
+
 def worker(model: str, variant: str, batches: list[int], repeats: int, sample_steps: int, sample_batch: int,
-           qdir: Path | None) -> dict:
+           qdir: Path | None, profile_batch: int = 0) -> dict:
     import torch._inductor.config as inductor_config
 
     from edadm.pipeline import generate, load_pipeline
@@ -162,6 +201,8 @@ def worker(model: str, variant: str, batches: list[int], repeats: int, sample_st
     dtype = torch.bfloat16 if compiled else torch.float32
     if compiled:
         inductor_config.freezing = True
+        # name inductor's generated C++ kernels in the profiler (otherwise one opaque region)
+        inductor_config.cpp.enable_kernel_profile = bool(profile_batch)
         unet = unet.to(dtype).to(memory_format=torch.channels_last)
         fwd = torch.compile(unet, dynamic=False)  # static shapes: one compile per shape (the dynamic-shape
         # recompile hits an inductor stride assertion in mkldnn channels_last convolutions)
@@ -191,6 +232,8 @@ def worker(model: str, variant: str, batches: list[int], repeats: int, sample_st
             stats = _timed(lambda: call(args, kwargs), repeats)
             stats["first_call_seconds"] = round(first, 2)
             res["forward"][str(b)] = stats
+            if b == profile_batch:
+                res["profile"] = profile_forward(call, args, kwargs)
         if sample_steps and not getattr(pipe.unet.config, "cross_attention_dim", None):
             # full DDIM sampling through the same forward (compiled or not)
             runner = _CallUnet(call, pipe.unet.config)
@@ -212,7 +255,7 @@ def run_worker(args, model, variant, qdir) -> dict:
         out = Path(f.name)
     cmd = [sys.executable, __file__, "--worker", model, variant, "--batches", ",".join(map(str, args.batches)),
            "--repeats", str(args.repeats), "--sample-steps", str(args.sample_steps), "--sample-batch",
-           str(args.sample_batch), "--worker-out", str(out)] + (["--qdir", str(qdir)] if qdir else [])
+           str(args.sample_batch), "--worker-out", str(out), "--profile-batch", str(args.profile_batch)] + (["--qdir", str(qdir)] if qdir else [])
     t0 = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -254,6 +297,24 @@ def table(rows: list[dict], batches: list[int]) -> list[str]:
     return lines
 
 
+def profile_tables(rows: list[dict]) -> list[str]:
+    prof = [r for r in rows if r.get("profile")]
+    if not prof:
+        return []
+    lines = ["## Where the time goes (torch.profiler, self CPU time per forward)", "",
+             "Measured after the timing above, in the same process; the profiler adds overhead, so totals exceed "
+             "the medians. Inductor's generated kernels are named (cpp.enable_kernel_profile).", ""]
+    for r in prof:
+        p = r["profile"]
+        lines += [f"### {r['model']} {r['variant']}: {p['ms_per_forward']:.1f} ms per forward profiled", "",
+                  "| category | ms | share |", "|---|---|---|"]
+        lines += [f"| {k} | {v:.1f} | {100 * v / p['ms_per_forward']:.0f}% |" for k, v in p["categories"].items()]
+        lines += ["", "| top op | ms | calls |", "|---|---|---|"]
+        lines += [f"| `{o['op']}` | {o['ms_per_forward']:.1f} | {o['calls_per_forward']} |" for o in p["top_ops"][:10]]
+        lines.append("")
+    return lines
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=",".join(DEFAULT_MODELS))
@@ -263,6 +324,8 @@ def main(argv=None) -> None:
     ap.add_argument("--sample-steps", type=int, default=20, help="DDIM steps of the timed sampling run (0: none)")
     ap.add_argument("--sample-batch", type=int, default=16)
     ap.add_argument("--name", default="speed")
+    ap.add_argument("--profile-batch", type=int, default=0,
+                    help="also profile the forward at this batch size (torch.profiler, after the timing; 0: off)")
     ap.add_argument("--worker", nargs=2, metavar=("MODEL", "VARIANT"), help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--qdir", type=Path, help=argparse.SUPPRESS)
@@ -271,7 +334,8 @@ def main(argv=None) -> None:
         import logging
 
         logging.basicConfig(level=logging.ERROR)
-        res = worker(*args.worker, args.batches, args.repeats, args.sample_steps, args.sample_batch, args.qdir)
+        res = worker(*args.worker, args.batches, args.repeats, args.sample_steps, args.sample_batch, args.qdir,
+                     args.profile_batch)
         args.worker_out.write_text(json.dumps(res))
         return
     meta = metadata(argv)
@@ -306,6 +370,7 @@ def main(argv=None) -> None:
              "median / this median, and bf16-compiled median / this median). Each variant runs in its own process. "
              "Sizes: FP rows = parameters in memory, int rows = the saved unet directory on disk.", ""]
     lines += table(rows, args.batches)
+    lines += profile_tables(rows)
     write_text(RESULTS / f"{args.name}.md", "\n".join(lines) + "\n")
 
 

@@ -12,11 +12,14 @@ def quantize(pipe, config: QuantConfig | None = None, progress: bool = True):
     return _q(pipe, config, progress=progress)
 
 
-def load(path, device=None, engine: str = "int"):
-    """Load a zoo name, a diffusers directory or an edadm quantized directory as a pipeline."""
+def load(path, device=None, engine: str = "int", compile: bool = False):
+    """Load a zoo name, a diffusers directory or an edadm quantized directory as a pipeline.
+
+    engine (quantized directories): "int" integer kernels, "fake" the float simulation;
+    compile: run the denoiser in bf16 under torch.compile (one compile per input shape)."""
     from .pipeline import load_pipeline
 
-    return load_pipeline(path, device=device, engine=engine)
+    return load_pipeline(path, device=device, engine=engine, compile=compile)
 
 
 def save(pipe, out, **kwargs):
