@@ -153,12 +153,12 @@ PROFILE_CATEGORIES = [
 
 def _categorise(name: str) -> str:
     low = name.lower()
+    if low.startswith(("cpp_fused", "graph_", "kernel_cpp")):  # inductor's generated C++ kernels
+        return "inductor fused kernels (GroupNorm, SiLU, adds, activation quantize)"
     for cat, keys in PROFILE_CATEGORIES:
         if any(k in low for k in keys):
             return cat
-    if low.startswith(("cpp_fused", "graph_", "kernel_cpp")):
-        return "inductor fused elementwise / quantize / norm kernels"
-    return "other ops (elementwise, copies, layout)"
+    return "other ops (elementwise, copies, layout, graph call)"
 
 
 def profile_forward(call, args, kwargs, n: int = 5) -> dict:
