@@ -30,7 +30,6 @@ import argparse
 import gc
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -41,6 +40,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+
+from edadm.utils import peak_rss_mb
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import metadata, write_json, write_text  # noqa: E402
@@ -245,7 +246,7 @@ def worker(model: str, variant: str, batches: list[int], repeats: int, sample_st
             res["sampling"].update(steps=sample_steps, batch=sample_batch)
     fwd = unet = pipe = None  # noqa: F841 - release before measuring peak RSS
     gc.collect()
-    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    res["peak_rss_mb"] = peak_rss_mb()  # VmHWM: ru_maxrss would include the parent's peak (fork + exec)
     return res
 
 

@@ -16,6 +16,7 @@ from .pipeline import get_denoiser, sampling_defaults, set_sampler
 from .quant.calibrate import init_act_ranges, init_weight_ranges
 from .quant.diagnostics import fp_weights, layer_errors
 from .quant.wrap import wrap_model
+from .utils import peak_rss_mb
 
 log = logging.getLogger("edadm")
 
@@ -39,15 +40,6 @@ class QuantReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _peak_rss_mb() -> float | None:
-    try:
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    except Exception:  # pragma: no cover - non-POSIX
-        return None
 
 
 def allocate(traj, config: QuantConfig, num_train_timesteps: int) -> tuple[torch.Tensor, dict]:
@@ -162,7 +154,7 @@ def quantize(pipe, config: QuantConfig | None = None, progress: bool = True, che
     report = QuantReport(config=config.to_dict(), steps=steps, eta=eta, counts=list(counts), timesteps=list(timesteps),
                          allocation=details, seconds={k: round(v, 2) for k, v in seconds.items()},
                          resumed=checkpoint is not None and checkpoint.resume,
-                         peak_memory_mb=_peak_rss_mb(), recon=recon_logs, layer_errors=errors,
+                         peak_memory_mb=peak_rss_mb(), recon=recon_logs, layer_errors=errors,
                          plan={k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in plan.items()})
     pipe._edadm_quant = (config, report)
     return pipe, report

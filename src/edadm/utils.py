@@ -102,3 +102,26 @@ def atomic_file(final: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory in MB.
+
+    Linux: VmHWM from /proc/self/status, the high-water mark of this process's own address
+    space. Not getrusage's ru_maxrss: Linux carries ru_maxrss over fork + exec, so a worker
+    started by a large parent would report the parent's peak. Elsewhere: ru_maxrss."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    try:
+        import resource
+        import sys
+
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return rss / 2**20 if sys.platform == "darwin" else rss / 1024.0  # macOS reports bytes
+    except Exception:  # pragma: no cover - non-POSIX
+        return None
