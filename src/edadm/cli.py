@@ -284,7 +284,7 @@ def _with_prompts(pipe, path: Path | None):
 
     if not is_text_conditional(pipe):
         raise EdadmError(f"--prompts needs a text-to-image pipeline; {type(pipe).__name__} has no text encoder")
-    pipe._edadm_sampling = {**(getattr(pipe, "_edadm_sampling", None) or {"steps": 50}), "prompts": read_prompts(path)}
+    pipe._edadm_sampling = {**(getattr(pipe, "_edadm_sampling", None) or {}), "prompts": read_prompts(path)}
     return pipe
 
 

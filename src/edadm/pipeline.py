@@ -188,6 +188,12 @@ PIPELINE_SAMPLING = {"StableDiffusionPipeline": {"steps": 50, "eta": 0.0, "guida
 SUPPORTED_PIPELINES = ("DDPMPipeline", "DDIMPipeline", "LDMPipeline", "StableDiffusionPipeline", "DiTPipeline")
 
 
+def recorded_sampling(pipe, path: Path) -> dict | None:
+    """Sampler settings for a loaded directory: edadm_sampling.json beside it, else the
+    pipeline class's usual ones (PIPELINE_SAMPLING), else None (SamplingDefaults)."""
+    return read_sampling_defaults(path) or PIPELINE_SAMPLING.get(type(pipe).__name__)
+
+
 def quant_subdir(path: str | Path) -> str | None:
     """The denoiser folder of a quantized directory holding edadm's quantization file."""
     for name in DENOISER_NAMES:
@@ -235,7 +241,7 @@ def _load_pipeline(model, device, engine):
     pipe.set_progress_bar_config(disable=True)
     get_denoiser(pipe).eval()
     restore_scheduler(pipe, path)
-    pipe._edadm_sampling = read_sampling_defaults(path) or PIPELINE_SAMPLING.get(type(pipe).__name__)
+    pipe._edadm_sampling = recorded_sampling(pipe, path)
     return pipe.to(dev)
 
 

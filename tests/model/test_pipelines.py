@@ -142,6 +142,24 @@ def test_pipeline_directories_without_edadm_settings_sample_with_their_pipelines
         assert sampling_defaults(load_pipeline(d)).guidance_scale == guidance, name
 
 
+def test_quantized_text_to_image_dir_keeps_its_pipelines_guidance_with_or_without_prompts(small_dirs, tmp_path, capsys):
+    from edadm.cli import _with_prompts
+    from edadm.pipeline import sampling_defaults
+
+    q = tmp_path / "q"
+    rc = main(["quantize", str(small_dirs["sd-v1-4"]), "--method", "naive", "--num-samples", "4",
+               "--num-trajectories", "4", "--out", str(q), "--no-progress", "--no-report"])
+    assert rc == 0, capsys.readouterr().err
+    (q / "edadm_sampling.json").unlink()  # e.g. a directory from another tool
+    pf = tmp_path / "p.txt"
+    pf.write_text("a handwritten seven\n")
+    for engine in ("int", "fake"):
+        pipe = load_pipeline(q, engine=engine)
+        assert sampling_defaults(pipe).guidance_scale == 7.5
+        d = sampling_defaults(_with_prompts(pipe, pf))
+        assert d.guidance_scale == 7.5 and d.prompts == ["a handwritten seven"]
+
+
 def test_evaluate_clip_score_of_a_text_to_image_pipeline(small_dirs, tmp_path, capsys):
     from conftest import tiny_clip
 

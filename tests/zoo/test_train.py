@@ -53,7 +53,7 @@ def test_prompt_digit_and_requested_labels_of_text_pipelines(tmp_path):
 
     assert [prompt_digit(p) for p in ("a handwritten seven", "handwritten number 7", "The digit Two", "a cat",
                                       "a one and a two")] == [7, 7, 2, None, None]
-    pipe = build_pipeline("sd-v1-4", small=True, workdir=tmp_path)
+    pipe = build_pipeline("sd-v1-4", small=True)
     pipe._edadm_sampling = {"steps": 2, "prompts": ["a handwritten three", "the digit 5"]}
     assert requested_labels(pipe, 5).tolist() == [3, 5, 3, 5, 3]
     pipe._edadm_sampling = {"steps": 2, "prompts": ["a cat"]}

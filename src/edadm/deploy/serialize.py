@@ -24,7 +24,7 @@ import torch
 from .. import __version__
 from ..config import QuantConfig
 from ..errors import EdadmError
-from ..pipeline import (QUANT_FILE, SAMPLING_FILE, check_component_libraries, denoiser_name, quant_subdir, quiet_diffusers, read_sampling_defaults, restore_scheduler,
+from ..pipeline import (QUANT_FILE, SAMPLING_FILE, check_component_libraries, denoiser_name, quant_subdir, quiet_diffusers, recorded_sampling, restore_scheduler,
                         sampling_defaults)
 from ..quant.attention import has_attention_quantizers
 from ..quant.modules import QuantMixin
@@ -385,6 +385,6 @@ def load_quantized(path: str | Path, device: torch.device | str = "cpu", engine:
         raise EdadmError(f"cannot load pipeline components from {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
     pipe.set_progress_bar_config(disable=True)
     restore_scheduler(pipe, path)
-    pipe._edadm_sampling = read_sampling_defaults(path)
+    pipe._edadm_sampling = recorded_sampling(pipe, path)
     pipe._edadm_quant = (config, meta.get("report"))
     return pipe.to(device)

@@ -90,7 +90,7 @@ def byte_level_clip_tokenizer(out: Path, max_length: int = 77):
                          pad_token="<|endoftext|>")
 
 
-def build_pipeline(name: str, small: bool = False, seed: int = 0, workdir: Path | None = None):
+def build_pipeline(name: str, small: bool = False, seed: int = 0):
     """The pipeline of reference model `name` with random weights (seeded)."""
     import diffusers
 
@@ -117,8 +117,10 @@ def build_pipeline(name: str, small: bool = False, seed: int = 0, workdir: Path 
                         num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=16, projection_dim=16)
     import tempfile
 
-    tok_dir = Path(workdir or tempfile.mkdtemp(prefix="edadm-tok-")) / "tokenizer-src"
-    tok = byte_level_clip_tokenizer(tok_dir, max_length=text_cfg["max_position_embeddings"])
+    # the tokenizer is built from vocabulary files; it keeps them in memory, so the files
+    # can go (save_pretrained writes the pipeline's own copy)
+    with tempfile.TemporaryDirectory(prefix="edadm-tok-") as d:
+        tok = byte_level_clip_tokenizer(Path(d), max_length=text_cfg["max_position_embeddings"])
     text_cfg.update(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     enc = CLIPTextModel(CLIPTextConfig(**text_cfg)).eval()
     return diffusers.StableDiffusionPipeline(vae=vae, text_encoder=enc, tokenizer=tok, unet=den,
@@ -130,7 +132,7 @@ def write_pipeline(name: str, out: str | Path, small: bool = False, seed: int = 
     """`build_pipeline(...).save_pretrained(out)` plus the paper's sampler settings
     (edadm_sampling.json; small pipelines sample 4 steps)."""
     out = Path(out)
-    pipe = build_pipeline(name, small=small, seed=seed, workdir=out.parent)
+    pipe = build_pipeline(name, small=small, seed=seed)
     pipe.save_pretrained(out, safe_serialization=True)
     sampling = dict(SAMPLING[name])
     if small:
