@@ -54,7 +54,10 @@ def parse_run(spec: str) -> dict:
         if k not in types:
             raise SystemExit(f"unknown ReconConfig field {k!r}")
         default = getattr(ReconConfig(), k)
-        out[k] = (v.lower() in ("1", "true")) if isinstance(default, bool) else type(default)(v)
+        if isinstance(default, bool):
+            out[k] = v.lower() in ("1", "true")
+        else:  # fields defaulting to None (add_loss: the method's) are numbers too
+            out[k] = float(v) if default is None else type(default)(v)
     return out
 
 

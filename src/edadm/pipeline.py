@@ -95,8 +95,14 @@ def compile_denoiser(pipe, dtype: torch.dtype = torch.bfloat16):
     input shape compiles (tens of seconds for small UNets, minutes for Stable Diffusion's),
     later calls reuse it. Works for FP, fake-quant and integer-engine denoisers; numerics
     change to bf16 (integer layers still take the same uint8 / int8 codes). Returns pipe."""
+    import warnings
+
     import torch._inductor.config as inductor_config
 
+    # inductor's int8 conv lowering copy-constructs a tensor and warns about it on every
+    # compile: torch-internal noise, not actionable for users
+    warnings.filterwarnings("ignore", message="To copy construct from a tensor", category=UserWarning,
+                            module=r"torch\._inductor")
     if not hasattr(torch, "compile"):  # pragma: no cover - torch is pinned
         raise EdadmError("this PyTorch has no torch.compile")
     model = get_denoiser(pipe)
