@@ -148,7 +148,7 @@ def test_preset_sets_sampler_and_settings_and_flags_override_it(tiny_pipe_dir, t
     cfg = json.loads((q / "unet" / "edadm_quant.json").read_text())["config"]
     assert (cfg["preset"], cfg["sampler"], cfg["steps"], cfg["guidance_scale"]) == ("coco", "plms", 4, 7.5)
     assert (cfg["calib"]["num_samples"], cfg["calib"]["tdac_lambda"]) == (8, 5.0)
-    assert (cfg["recon"]["iters"], cfg["recon"]["lr_weight"]) == (1000, 0.5)
+    assert (cfg["recon"]["iters"], cfg["recon"]["lr_weight"]) == (1000, 0.03)  # reference --lr_w, SD W4
     assert cfg["recon"]["add_loss"] == 0.0  # naive has no FBR: the preset's add_loss does not apply
     pipe = load_pipeline(q, engine="fake")
     assert type(pipe.scheduler).__name__ == "PNDMScheduler" and pipe.scheduler.config.skip_prk_steps

@@ -45,23 +45,25 @@ SAMPLERS = ("ddim", "ddpm", "plms")
 # fbr_add_loss applies only to methods with FBR (their preset add_loss > 0), so a preset
 # never turns Q-Diffusion's BRECQ loss into FBR; lr_weight follows the weight bits
 # (reference CIFAR-10: 5e-1 at W4, 5e-2 at W8).
+# lr_weight: the AdaRound learning rate per weight bit width, as the reference scripts pass it
+# (scripts/for_*.sh of the EDA-DM code: --lr_w differs per dataset and per W4 / W8)
 DATASET_PRESETS: dict[str, dict] = {
     "cifar10": {"about": "DDIM CIFAR-10 32x32, pixel space (google/ddpm-cifar10-32)", "sampler": "ddim",
                 "steps": 100, "eta": 0.0, "guidance_scale": 1.0, "num_samples": 1024, "tdac_lambda": 1.2,
                 "reference_radius": 3.0, "fbr_add_loss": 0.8, "iters": 5000, "lr_weight": {4: 0.5, 8: 0.05}},
     "lsun-bedroom": {"about": "LDM-4 LSUN-Bedroom 256x256", "sampler": "ddim", "steps": 200, "eta": 1.0,
                      "guidance_scale": 1.0, "num_samples": 1024, "tdac_lambda": 1.0, "reference_radius": 0.3,
-                     "fbr_add_loss": 1.0, "iters": 5000, "lr_weight": {4: 0.5, 8: 0.05}},
+                     "fbr_add_loss": 1.0, "iters": 5000, "lr_weight": {4: 1e-2, 8: 5e-4}},
     "lsun-church": {"about": "LDM-8 LSUN-Church 256x256", "sampler": "ddim", "steps": 500, "eta": 0.0,
                     "guidance_scale": 1.0, "num_samples": 1024, "tdac_lambda": 1.0, "reference_radius": 0.3,
-                    "fbr_add_loss": 1.0, "iters": 5000, "lr_weight": {4: 0.5, 8: 0.05}},
+                    "fbr_add_loss": 1.0, "iters": 5000, "lr_weight": {4: 5e-2, 8: 5e-2}},
     "imagenet": {"about": "LDM-4 ImageNet 256x256, class-conditional, classifier-free guidance",
                  "sampler": "ddim", "steps": 20, "eta": 0.0, "guidance_scale": 3.0, "num_samples": 1024,
                  "tdac_lambda": 1.2, "reference_radius": 3.0, "fbr_add_loss": 0.8, "iters": 1000,
-                 "lr_weight": {4: 0.5, 8: 0.05}},
+                 "lr_weight": {4: 0.5, 8: 1e-4}},
     "coco": {"about": "Stable Diffusion v1.4 512x512 on MS-COCO prompts", "sampler": "plms", "steps": 50,
              "eta": 0.0, "guidance_scale": 7.5, "num_samples": 256, "tdac_lambda": 5.0, "reference_radius": 0.3,
-             "fbr_add_loss": 0.8, "iters": 1000, "lr_weight": {4: 0.5, 8: 0.05}},
+             "fbr_add_loss": 0.8, "iters": 1000, "lr_weight": {4: 3e-2, 8: 5e-4}},
 }
 PRESETS = tuple(DATASET_PRESETS)
 
