@@ -1,0 +1,28 @@
+"""Every zoo model shipped in the package loads offline and samples digits."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from edadm import zoo
+from edadm.pipeline import generate, load_pipeline
+
+SHIPPED = [n for n in zoo.PIPELINES if (zoo.WEIGHTS_DIR / n).is_dir()]
+
+
+def test_the_default_model_is_shipped():
+    assert zoo.DEFAULT_MODEL in SHIPPED
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_zoo_model_samples_digit_like_images(name):
+    from edadm.eval.digits import classify
+
+    pipe = load_pipeline(name, device="cpu")
+    imgs = generate(pipe, 8, seed=0, steps=10, progress=False)
+    assert imgs.shape == (8, 1, 32, 32) and torch.isfinite(imgs).all()
+    assert 0.0 <= float(imgs.min()) and float(imgs.max()) <= 1.0
+    # trained, not random: digits are bright strokes on a dark background
+    assert float(imgs.mean()) < 0.5 and float(imgs.amax(dim=(1, 2, 3)).mean()) > 0.6
+    _, probs = classify(imgs)
+    assert float(probs.amax(1).mean()) > 0.5, probs.amax(1)  # the digits classifier recognises them
