@@ -134,6 +134,10 @@ def main(argv=None) -> None:
              "Block output MSE vs FP (quantized inputs) on the 256 calibration samples, one seed; "
              "'last soft' losses are the training terms at the last iteration (inner = summed inner-layer "
              "MSE, unweighted)."]
+    load = (res.get("machine") or {}).get("loadavg_1m")
+    if load is not None and load > torch.get_num_threads() + 0.5:
+        lines += ["", f"The s column was measured under load (1-min load average {load} with "
+                  f"{torch.get_num_threads()} thread(s)): not valid as timing."]
     if held is not None:
         lines += ["", f"Held-out: {args.heldout} samples from trajectories of another seed, same step allocation; "
                   "block = output MSE, inner = summed inner-layer MSE (quantized block on quantized input vs "
