@@ -64,13 +64,18 @@ def fp_reference(model: str, num: int, seeds: list[int], cache: Path, batch_size
 def quantize_subprocess(model: str, method: str, w: int, a: int, out: Path, extra: list[str]) -> dict:
     cmd = [sys.executable, "-m", "edadm", "quantize", model, "--method", method, "--weight-bits", str(w),
            "--act-bits", str(a), "--out", str(out), "--no-progress", "--no-report", *extra]
+    # an interrupted earlier run left its checkpoint beside the output: continue it (the
+    # wall time then covers only the rest, so the entry says so)
+    resumed = (out.parent / f".{out.name}.ckpt").is_dir()
+    if resumed:
+        cmd.append("--resume")
     t0 = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.time() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     meta = json.loads((out / "unet" / "edadm_quant.json").read_text())
-    return {"command": " ".join(cmd[1:]), "wall_seconds": round(wall, 1), "report": meta["report"]}
+    return {"command": " ".join(cmd[1:]), "wall_seconds": round(wall, 1), "report": meta["report"], "resumed": resumed}
 
 
 def recon_summary(report: dict) -> dict:
@@ -136,7 +141,7 @@ def main(argv=None) -> int:
             entry = {**started, "finished": metadata()["date"], "model": args.model, "method": method, "setting": setting, "num": args.num, "engine": args.engine,
                      "seeds": seeds, "summary": res["summary"], "per_seed": res["per_seed"],
                      "eval_seconds": round(time.time() - t0, 1), "quantize": {
-                         "command": q["command"], "wall_seconds": q["wall_seconds"],
+                         "command": q["command"], "wall_seconds": q["wall_seconds"], "resumed": q["resumed"],
                          "seconds": q["report"]["seconds"], "peak_memory_mb": q["report"]["peak_memory_mb"],
                          "counts": q["report"]["counts"], "allocation": q["report"].get("allocation"),
                          "config": q["report"]["config"]}, "recon": recon_summary(q["report"])}
@@ -189,8 +194,8 @@ def build_tables(model: str, settings: list[str], methods: list[str], fp_res: di
         cells = []
         for s in settings:
             e = entries.get((s, m))
-            cells.append(f"{e['quantize']['wall_seconds']:.0f} s, {e['quantize']['peak_memory_mb']:.0f} MB" if e
-                         else "not run")
+            cells.append(f"{e['quantize']['wall_seconds']:.0f} s{' (resumed: rest only)' if e['quantize'].get('resumed') else ''}"
+                         f", {e['quantize']['peak_memory_mb']:.0f} MB" if e else "not run")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     if "class_agreement" in fp_res["summary"]:  # conditional models: the digit asked for (label or prompt)
         lines += ["", "## Classifier agrees with the requested digit (higher is better; the CLIP-score analog)", "",
