@@ -249,6 +249,21 @@ class StaticQuant(nn.Module):
         q = torch.clamp(torch.round(x.float() * self.inv_scale) + self.zero_point, self.qmin, self.qmax)
         return ((q - self.zero_point) * self.scale).to(x.dtype)
 
+    def quantize_(self, x: torch.Tensor) -> torch.Tensor:
+        """`forward` written over `x` (float32, no autograd): the same float32 operations in the
+        same order, so the same results, without the six full-size temporaries. For the
+        attention probability maps of eager inference, where allocation dominates (measured
+        on 8 x 4096 x 4096: 80 ms in place vs 950 ms out of place, 2 threads)."""
+        if x.dtype != torch.float32 or x.requires_grad:
+            return self(x)
+        x.mul_(self.inv_scale).round_()
+        if self.zero_point:
+            x.add_(self.zero_point)
+        x.clamp_(self.qmin, self.qmax)
+        if self.zero_point:
+            x.sub_(self.zero_point)
+        return x.mul_(self.scale)
+
 
 def freeze_attention_quantizers(model: nn.Module) -> int:
     """Replace calibrated attention quantizers by StaticQuant; returns how many modules."""
