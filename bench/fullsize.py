@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -35,15 +34,33 @@ def _dir_mb(path: Path) -> float:
     return round(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20, 2)
 
 
+def _vm_hwm_mb(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
 def _run(cmd: list[str]) -> dict:
+    """Run one CLI command; its peak memory is the child's own VmHWM, polled until it exits
+    (getrusage's ru_maxrss of children would carry this large parent's peak over fork + exec)."""
     t0 = time.time()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        peak = None
+        while proc.poll() is None:
+            peak = max(filter(None, [peak, _vm_hwm_mb(proc.pid)]), default=None)
+            time.sleep(0.2)
+        err.seek(0)
+        stderr = err.read()
     res = {"command": " ".join(["edadm", *cmd[3:]]), "rc": proc.returncode, "seconds": round(time.time() - t0, 1),
-           "peak_rss_mb_max_so_far": round(max(peak, before) / 1024, 1)}
+           "peak_rss_mb": round(peak, 1) if peak is not None else None}
     if proc.returncode != 0:
-        res["stderr_tail"] = proc.stderr[-1500:]
+        res["stderr_tail"] = stderr[-1500:]
     return res
 
 
@@ -100,13 +117,14 @@ def _markdown(d: dict) -> str:
              "every stage runs at full size, not a quality or speed measurement; wall times include other load "
              "on the machine).", "",
              "| model | run | quantize rc / s | layers | units reconstructed | denoiser MB (FP -> quantized, ratio) "
-             "| sample rc / s |", "|---|---|---|---|---|---|---|"]
+             "| sample rc / s | peak MB quantize / sample |", "|---|---|---|---|---|---|---|---|"]
     for name, e in d["runs"].items():
         for r in e["quantized"]:
             s = r.get("sample", {})
             lines.append(f"| {name} | {r['method']} {r['setting']} | {r['rc']} / {r['seconds']} | {r.get('layers', '-')} "
                          f"| {r.get('reconstructed_units', '-')} | {e['fp_denoiser_mb']} -> {r.get('denoiser_mb', '-')} "
-                         f"({r.get('ratio_vs_fp', '-')}x) | {s.get('rc', '-')} / {s.get('seconds', '-')} |")
+                         f"({r.get('ratio_vs_fp', '-')}x) | {s.get('rc', '-')} / {s.get('seconds', '-')} "
+                         f"| {r.get('peak_rss_mb', '-')} / {s.get('peak_rss_mb', '-')} |")
     return "\n".join(lines) + "\n"
 
 
