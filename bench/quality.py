@@ -130,7 +130,7 @@ def main(argv=None) -> int:
                     continue
             log.info("== %s %s", setting, method)
             started = metadata()  # commit and date at the start of this entry
-            qdir = args.cache / f"q-{args.model}-{setting}-{method}"
+            qdir = args.cache / f"q-{args.model}-{setting}-{method}{'-' + args.tag if args.tag != 'quality' else ''}"
             shutil.rmtree(qdir, ignore_errors=True)
             q = quantize_subprocess(args.model, method, w, a, qdir, extra)
             pipe = load_pipeline(qdir, engine=args.engine)
