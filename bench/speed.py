@@ -258,7 +258,10 @@ def run_worker(args, model, variant, qdir) -> dict:
            "--repeats", str(args.repeats), "--sample-steps", str(args.sample_steps), "--sample-batch",
            str(args.sample_batch), "--worker-out", str(out), "--profile-batch", str(args.profile_batch)] + (["--qdir", str(qdir)] if qdir else [])
     t0 = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    # a fresh inductor cache per worker: the first-call time is a cold compile, as a user's
+    # first run pays it (a warm cache from an earlier run halved it)
+    with tempfile.TemporaryDirectory(prefix="edadm-inductor-") as cache:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache})
     if proc.returncode != 0:
         return {"model": model, "variant": variant, "error": proc.stderr.strip().splitlines()[-1:]}
     res = json.loads(out.read_text())
