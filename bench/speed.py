@@ -371,7 +371,8 @@ def main(argv=None) -> None:
              f"`{meta['command']}`", "", f"Date {meta['date']}, commit {meta['git_commit']}, machine "
              f"{meta['machine'].get('cpu', '')}, {res['threads']} threads.", "",
              "Forward latency of the denoiser alone (median of repeats after 2 warm-up calls; ratios are FP32 eager "
-             "median / this median, and bf16-compiled median / this median). Each variant runs in its own process. "
+             "median / this median, and bf16-compiled median / this median). Each variant runs in its own process, with a fresh "
+             "inductor cache (first-call times of compiled rows are cold compiles). "
              "Sizes: FP rows = parameters in memory, int rows = the saved unet directory on disk.", ""]
     lines += table(rows, args.batches)
     lines += profile_tables(rows)
