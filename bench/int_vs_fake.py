@@ -49,7 +49,8 @@ def main(argv=None) -> int:
         write_json(RESULTS / f"{args.name}.json", out)
     lines = [f"# Integer engine vs fake-quant simulation ({out['date']})", "",
              f"`{out['command']}` — commit {out['git_commit']}, {out['machine'].get('cpu')}, "
-             f"{out['machine'].get('threads')} threads.", "",
+             f"{out['machine'].get('threads')} threads, load {out['machine'].get('loadavg_1m')} at start "
+             "(sampling seconds are wall times under that load, not speed measurements: see speed.md).", "",
              f"{args.num} images per seed, seeds {seeds}, the same noise for both engines.", "",
              "| model | FID-digits int | FID-digits fake | fake - int, paired by seed | PSNR int vs fake (dB) "
              "| sampling s int / fake |", "|---|---|---|---|---|---|"]
