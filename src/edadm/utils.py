@@ -125,3 +125,20 @@ def peak_rss_mb() -> float | None:
         return rss / 2**20 if sys.platform == "darwin" else rss / 1024.0  # macOS reports bytes
     except Exception:  # pragma: no cover - non-POSIX
         return None
+
+
+def release_free_memory() -> bool:
+    """Hand memory that was freed but kept by the C allocator back to the OS (glibc's
+    malloc_trim). Loading a large model frees many mid-sized temporaries that glibc keeps in
+    its heap: on the Stable Diffusion integer UNet that was 1 GB of resident memory after the
+    load. Returns whether the call was made (False where glibc is not the allocator)."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        return False
+    return True

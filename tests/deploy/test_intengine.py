@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from edadm import load
+from edadm.errors import EdadmError
 from edadm.deploy.intengine import IntLayer, convert_to_int, int_layer_from_quant, onednn_available
 from edadm.pipeline import generate
 from edadm.quant.modules import QConv2d, QLinear, LayerSpec
@@ -130,3 +131,44 @@ def test_convert_in_memory_model(tiny_quant_dir):
     counts = convert_to_int(fake.unet)
     assert sum(counts.values()) == sum(isinstance(m, IntLayer) for m in fake.unet.modules())
     assert counts.get("float") == 1  # conv_out: its input stays in float by the method
+
+
+def test_loaded_int_engine_keeps_one_copy_of_the_weights(tiny_quant_dir):
+    """After loading, oneDNN layers hold only their prepacked weights: the plain int8 copy is
+    released (shape kept on the meta device); casts and CPU moves still work, and a move to
+    another device says to reload instead."""
+    pipe = load(tiny_quant_dir, device="cpu", engine="int")
+    layers = [m for m in pipe.unet.modules() if isinstance(m, IntLayer)]
+    x, t = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([999, 10])
+    with torch.no_grad():
+        ref = pipe.unet(x, t).sample
+    if not onednn_available():
+        assert not any(m.released for m in layers)
+        return
+    onednn = [m for m in layers if m.backend == "onednn"]
+    assert onednn and all(m.released and m.weight_int(0).is_meta for m in onednn)
+    assert all(not m.released for m in layers if m.backend != "onednn")
+    pipe.unet.to("cpu")
+    with torch.no_grad():
+        assert torch.equal(pipe.unet(x, t).sample, ref)  # still prepacked, same kernels
+        out = pipe.unet.to(torch.bfloat16)(x.bfloat16(), t).sample.float()
+    assert float((out - ref).abs().max()) < 0.1 * float(ref.abs().max())
+    with pytest.raises(EdadmError, match="reload|load the directory"):
+        pipe.unet.to("meta")
+
+
+def test_tensor_reader_pops_each_tensor_once(tmp_path):
+    from safetensors.torch import save_file
+
+    from edadm.deploy.serialize import _TensorReader
+
+    save_file({"a": torch.arange(4), "b": torch.ones(2)}, str(tmp_path / "t.safetensors"))
+    r = _TensorReader(tmp_path / "t.safetensors")
+    assert sorted(r.keys()) == ["a", "b"] and "a" in r
+    assert torch.equal(r.pop("a"), torch.arange(4))
+    assert "a" not in r and r.pop("a", None) is None
+    with pytest.raises(KeyError):
+        r.pop("a")
+    state = {}
+    state.update(r)
+    assert list(state) == ["b"] and torch.equal(state["b"], torch.ones(2))

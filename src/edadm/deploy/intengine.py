@@ -83,7 +83,8 @@ class IntLayer(nn.Module):
     """
 
     def __init__(self, kind: str, weights: list[torch.Tensor], w_scales: list[torch.Tensor],
-                 acts: list[ActQuant | None], bias: torch.Tensor | None, conv: dict | None = None, name: str = ""):
+                 acts: list[ActQuant | None], bias: torch.Tensor | None, conv: dict | None = None, name: str = "",
+                 prepare: bool = True):
         super().__init__()
         if kind not in ("conv", "linear"):
             raise ValueError(kind)
@@ -104,7 +105,10 @@ class IntLayer(nn.Module):
         self._wf: list | None = None       # float32 weights for the float / dequant backends
         self._zeros: torch.Tensor | None = None
         self.backend = "dequant"
-        self.prepare()
+        self.released = False               # plain int8 weights dropped after prepacking
+        self._prepared = False
+        if prepare:
+            self.prepare()
 
     @property
     def num_parts(self) -> int:
@@ -123,10 +127,13 @@ class IntLayer(nn.Module):
     # -- backend selection -------------------------------------------------------------------
     def prepare(self) -> str:
         """Choose the backend for the layer's current device and prepack weights once."""
+        if self.released:
+            return self.backend  # prepacked for the CPU, where it stays (see _apply)
         dev = self.weight_int(0).device
         self._packed, self._wf = None, None
         if dev.type == "meta":
             return self.backend
+        self._prepared = True
         self._zeros = torch.zeros(self.weight_int(0).shape[0], dtype=torch.long)
         if any(a is None for a in self.acts):
             self.backend = "float"  # the method keeps this input in float
@@ -141,14 +148,41 @@ class IntLayer(nn.Module):
             self._wf = [self._float_weight(i) for i in range(self.num_parts)]
         return self.backend
 
+    def release_int_weights(self) -> int:
+        """Drop the plain int8 weights once oneDNN holds its prepacked copy (which is all the
+        CPU kernels read), keeping their shapes on the meta device; returns the bytes freed.
+        The layer then stays on the CPU: moving it elsewhere raises (reload the directory with
+        the device instead). Other backends keep their weights (they compute from them)."""
+        if self.backend != "onednn" or self.released:
+            return 0
+        freed = 0
+        for i in range(self.num_parts):
+            w = self.weight_int(i)
+            freed += w.numel() * w.element_size()
+            setattr(self, f"w{i}", torch.empty(w.shape, dtype=w.dtype, device="meta"))
+        self.released = True
+        return freed
+
     def _apply(self, fn, recurse=True):
         # Scales stay float32 whatever dtype the model is cast to (a bfloat16 scale has 8
         # significant bits); only their device follows the module.
         scales = [self.weight_scale(i) for i in range(self.num_parts)]
+        if self.released:
+            target = fn(torch.zeros(1)).device
+            if target.type != "cpu":
+                raise EdadmError(f"integer layer {self.name}: its int8 weights were released after prepacking for "
+                                 f"the CPU; load the directory with device={target.type!r} instead of moving it")
+            ws = {f"w{i}": self._buffers.pop(f"w{i}") for i in range(self.num_parts)}  # meta: nothing to move
+            out = super()._apply(fn, recurse)
+            self._buffers.update(ws)
+            for i, sc in enumerate(scales):
+                setattr(self, f"s{i}", sc.to(torch.float32))
+            return out  # still on the CPU: the prepacked weights stay valid
         out = super()._apply(fn, recurse)
         for i, sc in enumerate(scales):
             setattr(self, f"s{i}", sc.to(self.weight_int(i).device, torch.float32))
-        self.prepare()  # device moved: reselect the backend, repack
+        if self._prepared:
+            self.prepare()  # device moved: reselect the backend, repack
         return out
 
     def _prepack(self, i: int):
@@ -318,14 +352,18 @@ def int_layer_from_quant(name: str, mod) -> IntLayer | None:
     return layer
 
 
-def prepare_int(model: nn.Module) -> dict[str, int]:
+def prepare_int(model: nn.Module, release: bool = False) -> dict[str, int]:
     """(Re)select every IntLayer's backend for its device; returns backend -> layer count and
-    warns once when some quantized layers have no integer kernel here."""
+    warns once when some quantized layers have no integer kernel here. `release`: each layer
+    drops its plain int8 weights right after prepacking (`IntLayer.release_int_weights`), so
+    the model never holds both copies of more than one layer."""
     counts: dict[str, int] = {}
     slow = []
     for name, mod in model.named_modules():
         if isinstance(mod, IntLayer):
             b = mod.prepare()
+            if release:
+                mod.release_int_weights()
             counts[b] = counts.get(b, 0) + 1
             if b == "dequant":
                 slow.append(name)

@@ -24,6 +24,7 @@ import torch
 from .. import __version__
 from ..config import QuantConfig
 from ..errors import EdadmError
+from ..utils import release_free_memory
 from ..pipeline import (QUANT_FILE, SAMPLING_FILE, check_component_libraries, denoiser_name, quant_subdir, quiet_diffusers, recorded_sampling, restore_scheduler,
                         sampling_defaults)
 from ..quant.attention import has_attention_quantizers
@@ -216,10 +217,47 @@ def _check_layer_table(meta: dict, f: Path) -> None:
             raise EdadmError(f"{f}: layer {name!r} has a malformed 'parts' list")
 
 
+class _TensorReader:
+    """The tensors of one safetensors file, each read when it is popped.
+
+    Read with pread into private memory, not served from a file mapping: a loaded model then
+    holds no mapping of the file (mapped pages that were read count in its resident memory
+    for as long as any tensor views them), and only one layer's codes are in memory at a
+    time while the integer weights are built. Older safetensors without the pread backend
+    fall back to its memory map. A dict-like subset: pop, keys, [] (for dict.update), in."""
+
+    def __init__(self, file: Path):
+        from safetensors import safe_open
+
+        try:
+            self._f = safe_open(str(file), framework="pt", backend="pread")
+        except TypeError:  # pragma: no cover - safetensors < 0.8
+            self._f = safe_open(str(file), framework="pt")
+        self._keys = dict.fromkeys(self._f.keys())
+
+    def pop(self, key: str, *default):
+        if key not in self._keys:
+            if default:
+                return default[0]
+            raise KeyError(key)
+        del self._keys[key]
+        return self._f.get_tensor(key)
+
+    def keys(self) -> list[str]:
+        return list(self._keys)
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self._keys:
+            raise KeyError(key)
+        return self._f.get_tensor(key)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._keys
+
+
 def _read_quant_files(path: Path):
     import diffusers
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     meta = read_quant_meta(path)
     config = QuantConfig.from_dict(meta["config"])
@@ -232,7 +270,7 @@ def _read_quant_files(path: Path):
     except Exception as exc:
         raise EdadmError(f"{path}/{sub}: cannot read config.json ({exc})") from exc
     try:
-        tensors = load_file(str(path / sub / TENSOR_FILE))
+        tensors = _TensorReader(path / sub / TENSOR_FILE)
     except (SafetensorError, OSError, ValueError) as exc:
         raise EdadmError(f"{path}/{sub}/{TENSOR_FILE}: cannot read tensors ({str(exc).splitlines()[0]})") from exc
     with torch.device("meta"):
@@ -276,7 +314,9 @@ def _load_state(unet, state: dict, path: Path) -> None:
             mod._buffers[leaf] = v
     except (RuntimeError, AttributeError) as exc:
         raise EdadmError(f"{path}: tensors do not match the model ({str(exc).splitlines()[0]})") from exc
-    missing = [n for n, b in unet.named_buffers() if b.is_meta]
+    released = {f"{m}.w{i}" for m, mod in unet.named_modules() if getattr(mod, "released", False)
+                for i in range(mod.num_parts)}  # integer weights held prepacked by oneDNN only
+    missing = [n for n, b in unet.named_buffers() if b.is_meta and n not in released]
     if missing:
         raise EdadmError(f"{path}: buffer(s) {', '.join(missing[:3])} not stored in {TENSOR_FILE}: re-export it")
     for p in unet.parameters():
@@ -326,6 +366,10 @@ def load_int_unet(path: str | Path, device: torch.device | str = "cpu"):
     path = Path(path)
     meta, config, cls, unet, tensors = _read_quant_files(path)
     _wrap_from_meta(unet, meta, path, cls, attention_only=True)
+    # On the CPU each layer is prepacked for oneDNN as soon as it is built and drops its plain
+    # int8 weights: the loaded model holds one copy of the integer weights, and the load
+    # never more than one layer's second copy (elsewhere the layers are prepared after the move)
+    early = torch.device(device).type == "cpu"
     state = {}
     for name, entry in meta["layers"].items():
         if entry.get("type") == "attention":
@@ -345,14 +389,17 @@ def load_int_unet(path: str | Path, device: torch.device | str = "cpu"):
                  else [None] * len(ints))
         kind = "conv" if isinstance(mod, torch.nn.Conv2d) else "linear"
         layer = IntLayer(kind, ints, [s for _, s, _ in weights], act_q, bias,
-                         _conv_args(mod) if kind == "conv" else None, name=name)
+                         _conv_args(mod) if kind == "conv" else None, name=name, prepare=early)
+        if early:
+            layer.release_int_weights()
         _set_submodule(unet, name, layer)
         state.update({f"{name}.{k}": v for k, v in layer.state_dict().items()})
     state.update(tensors)
     _load_state(unet, state, path)
     freeze_attention_quantizers(unet)
     unet.to(device)
-    counts = prepare_int(unet)
+    counts = prepare_int(unet, release=True)
+    release_free_memory()  # the per-layer temporaries of the load, back to the OS
     log.info("integer engine: %s", ", ".join(f"{n} layers {b}" for b, n in sorted(counts.items())))
     return unet, config, meta
 
