@@ -72,6 +72,32 @@ def test_mse_search_beats_minmax_on_outliers():
     assert err(*search_weight_range(w, 4, False, method="mse")) < err(*search_weight_range(w, 4, False, method="minmax"))
 
 
+def _reference_weight_search(w, bits, symmetric, grid=100, min_ratio=0.2, p=2.4):
+    """The plain definition: every ratio on the whole weight, unfused quantize/dequantize."""
+    flat = w.reshape(w.shape[0], -1)
+    xmin, xmax = flat.min(1).values, flat.max(1).values
+    qmin, qmax = qrange(bits, symmetric)
+    errs, cands = [], []
+    for r in torch.linspace(1.0, min_ratio, grid).tolist():
+        s, z = choose_qparams(xmin * r, xmax * r, bits, symmetric)
+        q = dequantize(quantize(flat, s[:, None], z[:, None], qmin, qmax), s[:, None], z[:, None])
+        errs.append(((q - flat).abs() ** p).mean(1))
+        cands.append((xmin * r, xmax * r))
+    k = torch.stack(errs).argmin(0)  # first minimum, as the strict `<` in the search keeps
+    rows = torch.arange(flat.shape[0])
+    return torch.stack([c[0] for c in cands])[k, rows], torch.stack([c[1] for c in cands])[k, rows]
+
+
+@pytest.mark.parametrize("bits,symmetric", [(4, True), (8, False)])
+@pytest.mark.parametrize("shape", [(1100, 64, 4, 4), (2, 600_000)])  # three row blocks; rows longer than a block
+def test_blocked_fused_weight_search_matches_the_plain_definition(bits, symmetric, shape):
+    w = _tensor(3, shape) * torch.linspace(0.01, 2.0, shape[0]).reshape(-1, *[1] * (len(shape) - 1))
+    w.reshape(shape[0], -1)[:, 0] += 5.0  # an outlier per channel, so clipping matters
+    lo, hi = search_weight_range(w, bits, symmetric)
+    rlo, rhi = _reference_weight_search(w, bits, symmetric)
+    assert torch.equal(lo, rlo) and torch.equal(hi, rhi)
+
+
 def test_act_range_search_clips_a_heavy_tail():
     x = torch.cat([_tensor(2, (20000,)).abs(), torch.tensor([100.0])])
     lo, hi = search_act_range(x, float(x.min()), float(x.max()), bits=4, symmetric=False)
