@@ -27,11 +27,11 @@ def cond_pipe_dir(tmp_path_factory):
 
 def test_labels_follow_the_image_index_and_guidance_adds_the_null_class(cond_pipe_dir):
     pipe = load(cond_pipe_dir, device="cpu")
-    cond, uncond = conditioning(pipe.unet, 8, 4, guidance_scale=2.0)
+    cond, uncond = conditioning(pipe, 8, 4, guidance_scale=2.0)
     assert cond["class_labels"].tolist() == [8, 9, 0, 1] and uncond["class_labels"].tolist() == [10] * 4
-    assert conditioning(pipe.unet, 0, 2, guidance_scale=1.0)[1] is None
+    assert conditioning(pipe, 0, 2, guidance_scale=1.0)[1] is None
     with pytest.raises(EdadmError, match="0..9"):
-        conditioning(pipe.unet, 0, 2, labels=torch.tensor([3, 10]))
+        conditioning(pipe, 0, 2, labels=torch.tensor([3, 10]))
     a = generate(pipe, 6, seed=1, batch_size=4, progress=False)
     b = generate(pipe, 6, seed=1, batch_size=6, progress=False)
     assert torch.allclose(a, b, atol=1e-5)  # batch-independent with conditioning too

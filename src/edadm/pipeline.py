@@ -138,29 +138,44 @@ def prompts_of(pipe) -> list[str]:
 @torch.no_grad()
 def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
     """Text-encoder hidden states, as StableDiffusionPipeline computes them (max-length
-    padding, truncation, last hidden state); the text encoder stays full precision."""
-    tok = pipe.tokenizer(list(prompts), padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                         truncation=True, return_tensors="pt")
+    padding, truncation, last hidden state); the text encoder stays full precision.
+
+    Each distinct prompt is encoded once per text encoder and kept on the pipeline (a
+    sampling or calibration loop asks for the same few prompts batch after batch; the
+    encoder is deterministic in eval mode, so the cache changes no value)."""
     enc = pipe.text_encoder
-    return enc(tok.input_ids.to(_device_of(enc)))[0].float()
+    cache = getattr(pipe, "_edadm_prompt_cache", None)
+    if cache is None or cache[0] is not enc or len(cache[1]) > 4096:
+        cache = (enc, {})
+        pipe._edadm_prompt_cache = cache
+    table = cache[1]
+    new = list(dict.fromkeys(p for p in prompts if p not in table))
+    if new:
+        tok = pipe.tokenizer(new, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt")
+        hidden = enc(tok.input_ids.to(_device_of(enc)))[0].float()
+        table.update(zip(new, hidden))
+    return torch.stack([table[p] for p in prompts])
 
 
 def conditioning(pipe, start: int, count: int, labels: torch.Tensor | None = None,
                  guidance_scale: float = 1.0) -> tuple[dict, dict | None]:
-    """(cond, uncond) denoiser kwargs for images start..start+count-1.
+    """(cond, uncond) denoiser kwargs of pipeline `pipe` for images start..start+count-1.
 
     Text-to-image pipelines: image i gets prompt i mod len(prompts) (encoder_hidden_states);
     uncond is the empty prompt. Class-conditional models: image i gets class i mod
     num_classes unless `labels` are given; uncond is the null class. Either depends only on
     the image index, like the noise; uncond only when guidance is on. Unconditional: ({}, None).
     """
-    den = get_denoiser(pipe) if not isinstance(pipe, torch.nn.Module) else pipe
-    if not isinstance(pipe, torch.nn.Module) and is_text_conditional(pipe):
+    if isinstance(pipe, torch.nn.Module):
+        raise TypeError("conditioning() takes the pipeline (text-to-image needs its tokenizer and text encoder), "
+                        "not the denoiser")
+    if is_text_conditional(pipe):
         ps = prompts_of(pipe)
         cond = {"encoder_hidden_states": encode_prompts(pipe, [ps[i % len(ps)] for i in range(start, start + count)])}
         uncond = ({"encoder_hidden_states": encode_prompts(pipe, [""] * count)} if guidance_scale != 1.0 else None)
         return cond, uncond
-    k = num_classes(den)
+    k = num_classes(get_denoiser(pipe))
     if k is None:
         return {}, None
     if labels is None:

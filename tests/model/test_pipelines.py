@@ -84,6 +84,23 @@ def test_text_conditioning_prompts_and_guidance_halves(small_dirs):
     c2, _ = conditioning(pipe, 0, 3)
     assert torch.allclose(c2["encoder_hidden_states"][0], c2["encoder_hidden_states"][2])
     assert not torch.allclose(c2["encoder_hidden_states"][0], c2["encoder_hidden_states"][1])
+    # each distinct prompt is encoded once; cached rows equal a fresh encoding
+    calls = []
+    enc_forward = pipe.text_encoder.forward
+    pipe.text_encoder.forward = lambda ids, *a, **k: (calls.append(ids.shape[0]), enc_forward(ids, *a, **k))[1]
+    c3, u3 = conditioning(pipe, 3, 5, guidance_scale=7.5)
+    assert calls == []  # both prompts and "" were encoded above
+    pipe._edadm_sampling = {**pipe._edadm_sampling, "prompts": ["a handwritten one"]}
+    c4, _ = conditioning(pipe, 0, 4)
+    assert calls == [1]
+    pipe.text_encoder.forward = enc_forward
+    tok = pipe.tokenizer(["a handwritten one"], padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                         truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        fresh = pipe.text_encoder(tok.input_ids)[0].float()
+    assert torch.equal(c4["encoder_hidden_states"], fresh.expand(4, -1, -1))
+    with pytest.raises(TypeError, match="pipeline"):
+        conditioning(pipe.unet, 0, 1)
     # guidance changes the images; calibration keeps both halves
     g1 = generate(pipe, 1, seed=0, steps=2, guidance_scale=1.0, progress=False)
     g7 = generate(pipe, 1, seed=0, steps=2, guidance_scale=7.5, progress=False)
