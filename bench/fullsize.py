@@ -75,13 +75,20 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     work = args.keep or Path(tempfile.mkdtemp(prefix="edadm-fullsize-"))
     work.mkdir(parents=True, exist_ok=True)
-    out = {**metadata(), "runs": {}}
+    # one file for every model: a run of some models keeps the others' entries (each entry
+    # records its own commit and date)
+    prev = RESULTS / f"{args.name}.json"
+    runs = json.loads(prev.read_text()).get("runs", {}) if prev.is_file() else {}
+    out = {**metadata(), "runs": runs}
     edadm = [sys.executable, "-m", "edadm"]
     for name in args.models.split(","):
         t0 = time.time()
         src = write_pipeline(name, work / name)
         den = "transformer" if (src / "transformer").is_dir() else "unet"
-        entry = {"write_seconds": round(time.time() - t0, 1), "fp_denoiser_mb": _dir_mb(src / den), "quantized": []}
+        meta = metadata()
+        entry = {"write_seconds": round(time.time() - t0, 1), "fp_denoiser_mb": _dir_mb(src / den), "quantized": [],
+                 "commit": meta.get("git_commit"), "date": meta.get("date"), "threads": meta["machine"].get("threads"),
+                 "loadavg_1m": meta["machine"].get("loadavg_1m")}
         print(f"== {name}: FP {den} {entry['fp_denoiser_mb']} MB", flush=True)
         for method, w, a, extra in RUNS:
             q = work / f"{name}-{method}-w{w}a{a}"
@@ -105,26 +112,31 @@ def main(argv=None) -> int:
         out["runs"][name] = entry
         shutil.rmtree(src, ignore_errors=True)
         write_json(RESULTS / f"{args.name}.json", out)
-    write_text(RESULTS / f"{args.name}.md", _markdown(out))
+        write_text(RESULTS / f"{args.name}.md", _markdown(out, PIPELINE_NAMES))
     return 0
 
 
-def _markdown(d: dict) -> str:
+def _markdown(d: dict, names=()) -> str:
     lines = [f"# Full-size pipelines through the CLI ({d.get('date')})", "",
-             f"`{d.get('command')}` — commit {d.get('git_commit')}, {d['machine'].get('cpu')}, "
-             f"{d['machine'].get('threads')} threads, load {d['machine'].get('loadavg_1m')} at start.", "",
+             f"Last run: `{d.get('command')}` — commit {d.get('git_commit')}, {d['machine'].get('cpu')}, "
+             f"{d['machine'].get('threads')} threads, load {d['machine'].get('loadavg_1m')} at start. Each model's "
+             "entry keeps the commit, date, threads and load of the run that measured it.", "",
              "Random weights, published configs; calibration of 2 trajectories x 2 sampler steps (a check that "
              "every stage runs at full size, not a quality or speed measurement; wall times include other load "
              "on the machine).", "",
              "| model | run | quantize rc / s | layers | units reconstructed | denoiser MB (FP -> quantized, ratio) "
-             "| sample rc / s | peak MB quantize / sample |", "|---|---|---|---|---|---|---|---|"]
+             "| sample rc / s | peak MB quantize / sample | commit, threads, load |", "|---|---|---|---|---|---|---|---|---|"]
     for name, e in d["runs"].items():
         for r in e["quantized"]:
             s = r.get("sample", {})
             lines.append(f"| {name} | {r['method']} {r['setting']} | {r['rc']} / {r['seconds']} | {r.get('layers', '-')} "
                          f"| {r.get('reconstructed_units', '-')} | {e['fp_denoiser_mb']} -> {r.get('denoiser_mb', '-')} "
                          f"({r.get('ratio_vs_fp', '-')}x) | {s.get('rc', '-')} / {s.get('seconds', '-')} "
-                         f"| {r.get('peak_rss_mb', '-')} / {s.get('peak_rss_mb', '-')} |")
+                         f"| {r.get('peak_rss_mb', '-')} / {s.get('peak_rss_mb', '-')} "
+                         f"| {e.get('commit', d.get('git_commit'))}, {e.get('threads', '-')}, {e.get('loadavg_1m', '-')} |")
+    missing = [n for n in names if n not in d["runs"]]
+    if missing:
+        lines += ["", f"Not run yet: {', '.join(missing)}."]
     return "\n".join(lines) + "\n"
 
 
