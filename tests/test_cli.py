@@ -153,3 +153,23 @@ def test_preset_sets_sampler_and_settings_and_flags_override_it(tiny_pipe_dir, t
     pipe = load_pipeline(q, engine="fake")
     assert type(pipe.scheduler).__name__ == "PNDMScheduler" and pipe.scheduler.config.skip_prk_steps
     assert sampling_defaults(pipe).steps == 4
+
+
+def test_sample_labels_draw_the_asked_digit_and_bad_labels_fail_cleanly(tmp_path, capsys):
+    import numpy as np
+    import torch
+
+    from edadm.eval.digits import classify
+
+    code, _, err = _run(capsys, "sample", "digits-cond", "-n", "6", "--labels", "7", "--steps", "10",
+                        "--out-dir", tmp_path / "d", "--no-progress")
+    assert code == 0, err
+    arr = np.load(tmp_path / "d" / "samples.npz")["images"]
+    _, probs = classify(torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255.0)
+    assert int((probs.argmax(1) == 7).sum()) >= 5
+    for argv, msg in [(["digits-cond", "--labels", "10"], "--labels must be in 0..9"),
+                      (["digits-ddpm", "--labels", "3"], "--labels needs a class-conditional model"),
+                      (["digits-cond", "--labels", "seven"], "labels must be comma-separated integers")]:
+        code, _, err = _run(capsys, "sample", *argv, "-n", "2", "--out", tmp_path / "g.png")
+        assert code == 2 and msg in err and "Traceback" not in err, err
+        assert not (tmp_path / "g.png").exists()

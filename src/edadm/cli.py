@@ -78,6 +78,16 @@ def _seeds(s: str) -> list[int]:
     return seeds
 
 
+def _labels(s: str) -> list[int]:
+    try:
+        labels = [int(x) for x in s.split(",") if x.strip() != ""]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"labels must be comma-separated integers, got {s!r}") from None
+    if not labels:
+        raise argparse.ArgumentTypeError("at least one label is needed")
+    return labels
+
+
 def _eta(s: str) -> float:
     try:
         v = float(s)
@@ -198,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--engine", choices=["int", "fake"], default="int",
                    help="quantized models: integer kernels (int) or float simulation (fake)")
     s.add_argument("--compile", action="store_true", help=COMPILE_HELP)
+    s.add_argument("--labels", type=_labels, default=None,
+                   help="class-conditional models: comma-separated digits/classes, cycled over the images "
+                        "(--labels 7: all sevens; default: image i gets class i mod classes)")
     _common(s)
 
     e = sub.add_parser("evaluate", help="sample and measure FID-digits / IS-digits over seeds")
@@ -377,6 +390,24 @@ def cmd_quantize(args) -> int:
     return 0
 
 
+def _image_labels(pipe, labels: list[int] | None, num: int):
+    """--labels cycled over `num` images, checked against the model's classes (None: default)."""
+    import torch
+
+    from .pipeline import get_denoiser, num_classes
+
+    if labels is None:
+        return None
+    k = num_classes(get_denoiser(pipe))
+    if k is None:
+        raise EdadmError(f"--labels needs a class-conditional model; this {type(pipe).__name__} has no classes"
+                         " (text-to-image models take --prompts)")
+    bad = [v for v in labels if not 0 <= v < k]
+    if bad:
+        raise EdadmError(f"--labels must be in 0..{k - 1}; got {bad}")
+    return torch.tensor([labels[i % len(labels)] for i in range(num)])
+
+
 def cmd_sample(args) -> int:
     from .dist import PACKED, finish, init_distributed, rank_device, sample_to_dir
     from .eval.images import save_grid
@@ -392,10 +423,11 @@ def cmd_sample(args) -> int:
     pipe = _with_prompts(load_pipeline(args.model, device=rank_device(info, args.device), engine=args.engine,
                                        compile=args.compile),
                          args.prompts)
+    labels = _image_labels(pipe, args.labels, args.num)
     if args.out_dir is not None:
         res = sample_to_dir(pipe, args.out_dir, args.num, seed=args.seed, steps=args.steps, eta=args.eta,
                             batch_size=args.batch_size, progress=args.progress, info=info,
-                            guidance_scale=args.guidance_scale)
+                            guidance_scale=args.guidance_scale, labels=labels)
         if info.is_main:
             print(f"wrote {args.num} images to {args.out_dir} ({PACKED} packed; {res['skipped_batches']} batches "
                   f"of this process were already there) with {info.world_size} process(es)")
@@ -408,7 +440,7 @@ def cmd_sample(args) -> int:
                 print(f"wrote {out}")
     else:
         images = generate(pipe, args.num, seed=args.seed, steps=args.steps, eta=args.eta, batch_size=args.batch_size,
-                          progress=args.progress, guidance_scale=args.guidance_scale)
+                          progress=args.progress, guidance_scale=args.guidance_scale, labels=labels)
         save_grid(images, out)
         print(f"wrote {out}")
     finish(info)

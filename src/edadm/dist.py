@@ -92,8 +92,10 @@ def my_batches(num: int, batch_size: int, info: DistInfo) -> list[tuple[int, int
 
 def sample_to_dir(pipe, out_dir: str | Path, num: int, seed: int = 0, steps: int | None = None,
                   eta: float | None = None, batch_size: int = 250, progress: bool = True,
-                  info: DistInfo | None = None, pack: bool = True, guidance_scale: float | None = None) -> dict:
-    """Write images 0..num-1 of run `seed` into out_dir (this rank's share), resumably."""
+                  info: DistInfo | None = None, pack: bool = True, guidance_scale: float | None = None,
+                  labels=None) -> dict:
+    """Write images 0..num-1 of run `seed` into out_dir (this rank's share), resumably.
+    `labels`: class-conditional models, one label per image (default: index mod classes)."""
     from PIL import Image
 
     from .eval.images import to_uint8
@@ -115,7 +117,7 @@ def sample_to_dir(pipe, out_dir: str | Path, num: int, seed: int = 0, steps: int
     written = 0
     for s, n in todo:
         imgs = generate(pipe, n, seed=seed, steps=steps, eta=eta, batch_size=batch_size, start=s, progress=False,
-                        guidance_scale=guidance_scale)
+                        guidance_scale=guidance_scale, labels=None if labels is None else labels[s:s + n])
         for k, arr in enumerate(to_uint8(imgs)):
             f = image_path(out_dir, s + k)
             if f.is_file():
