@@ -1,5 +1,6 @@
-import sys, torch
-sys.path.insert(0, '/work/main/bench')
+import sys
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from heldout import heldout_error, step_weighted
 from edadm.calib import collect_trajectories
 from edadm.pipeline import load_pipeline, sampling_defaults

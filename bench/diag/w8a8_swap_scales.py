@@ -1,7 +1,7 @@
 """Which part of reconstruction costs Q-Diffusion W8A8 its quality: rounding or act scales?"""
-import sys, torch
+import sys
 from edadm.pipeline import load_pipeline, get_denoiser
-from edadm.quant.wrap import act_quantizers, quant_modules
+from edadm.quant.wrap import act_quantizers
 from edadm.eval import evaluate as ev
 C = '/tmp/edadm-bench-cache/'
 setting = sys.argv[1]; N = int(sys.argv[2]); seeds = [int(s) for s in sys.argv[3].split(',')]

@@ -1,4 +1,3 @@
-import sys, torch
 from edadm.pipeline import load_pipeline, get_denoiser
 from edadm.quant.wrap import quant_modules
 from edadm.eval import evaluate as ev
