@@ -68,24 +68,22 @@ def _bits(s: str) -> int:
     return v
 
 
-def _seeds(s: str) -> list[int]:
+def _int_list(s: str, what: str) -> list[int]:
     try:
-        seeds = [int(x) for x in s.split(",") if x.strip() != ""]
+        values = [int(x) for x in s.split(",") if x.strip() != ""]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"seeds must be comma-separated integers, got {s!r}") from None
-    if not seeds:
-        raise argparse.ArgumentTypeError("at least one seed is needed")
-    return seeds
+        raise argparse.ArgumentTypeError(f"{what}s must be comma-separated integers, got {s!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"at least one {what} is needed")
+    return values
+
+
+def _seeds(s: str) -> list[int]:
+    return _int_list(s, "seed")
 
 
 def _labels(s: str) -> list[int]:
-    try:
-        labels = [int(x) for x in s.split(",") if x.strip() != ""]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"labels must be comma-separated integers, got {s!r}") from None
-    if not labels:
-        raise argparse.ArgumentTypeError("at least one label is needed")
-    return labels
+    return _int_list(s, "label")
 
 
 def _eta(s: str) -> float:
