@@ -55,6 +55,21 @@ def _warn_once(key: str, msg: str) -> None:
         log.warning(msg)
 
 
+def _scaled(x: torch.Tensor, inv_scale: float) -> torch.Tensor:
+    """x * inv_scale in float32, as a new tensor (x is left alone)."""
+    return x.mul(inv_scale) if x.dtype == torch.float32 else x.float().mul_(inv_scale)
+
+
+def _codes_(q: torch.Tensor, zero_point: int, qmin: int, qmax: int) -> torch.Tensor:
+    """Integer codes, in place on q = x * inv_scale: round, shift by the zero point, clamp.
+    The simulation's float32 operations in its order, on one temporary (out of place, the
+    temporaries cost more than the integer conv on small layers)."""
+    q.round_()
+    if zero_point:
+        q.add_(zero_point)
+    return q.clamp_(qmin, qmax)
+
+
 @dataclass
 class ActQuant:
     """Static per-tensor input quantization, expressed in the uint8 domain the kernels take."""
@@ -196,13 +211,7 @@ class IntLayer(nn.Module):
 
     # -- arithmetic ----------------------------------------------------------------------------
     def _quant_u8(self, x: torch.Tensor, a: ActQuant) -> torch.Tensor:
-        # the simulation's float32 operations in its order, on one temporary written in place
-        # (out of place, the four temporaries cost more than the integer conv on small layers)
-        q = x.mul(a.inv_scale) if x.dtype == torch.float32 else x.float().mul_(a.inv_scale)
-        q.round_()
-        if a.zero_point:
-            q.add_(a.zero_point)
-        return q.clamp_(a.qmin, a.qmax).to(torch.uint8)
+        return _codes_(_scaled(x, a.inv_scale), a.zero_point, a.qmin, a.qmax).to(torch.uint8)
 
     def _float_weight(self, i: int) -> torch.Tensor:
         w = self.weight_int(i)
@@ -285,15 +294,11 @@ class StaticQuant(nn.Module):
         return f"scale={self.scale:.4g}, zero_point={self.zero_point}, range=[{self.qmin}, {self.qmax}]"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q = x.mul(self.inv_scale) if x.dtype == torch.float32 else x.float().mul_(self.inv_scale)
-        return self._finish_(q).to(x.dtype)
+        return self._finish_(_scaled(x, self.inv_scale)).to(x.dtype)
 
     def _finish_(self, q: torch.Tensor) -> torch.Tensor:
-        """round, shift, clamp, unshift, rescale: in place on q = x * inv_scale (float32)."""
-        q.round_()
-        if self.zero_point:
-            q.add_(self.zero_point)
-        q.clamp_(self.qmin, self.qmax)
+        """codes, unshift, rescale: in place on q = x * inv_scale (float32)."""
+        _codes_(q, self.zero_point, self.qmin, self.qmax)
         if self.zero_point:
             q.sub_(self.zero_point)
         return q.mul_(self.scale)
