@@ -42,9 +42,6 @@ def test_shipped_conditional_model_draws_the_requested_digit(name):
 
 
 @pytest.mark.skipif("digits-cond" not in SHIPPED, reason="digits-cond not shipped")
-@pytest.mark.xfail(strict=True, reason="known bug being investigated: on digits-cond, classifier-free guidance "
-                   "pushes samples away from the requested class (agreement 0.96 at guidance 1, 0.15 at guidance 3 "
-                   "with 100 steps; digits-t2i's guidance works)")
 def test_class_guidance_does_not_lower_agreement_with_the_requested_digit():
     from edadm.eval.digits import classify
 
