@@ -185,7 +185,7 @@ def worker(model: str, variant: str, batches: list[int], repeats: int, sample_st
            qdir: Path | None, profile_batch: int = 0) -> dict:
     import torch._inductor.config as inductor_config
 
-    from edadm.pipeline import generate, load_pipeline
+    from edadm.pipeline import compile_denoiser, generate, load_pipeline
 
     res: dict = {"model": model, "variant": variant, "threads": torch.get_num_threads()}
     t0 = time.perf_counter()
@@ -201,14 +201,10 @@ def worker(model: str, variant: str, batches: list[int], repeats: int, sample_st
     compiled = variant.endswith("compiled")
     dtype = torch.bfloat16 if compiled else torch.float32
     if compiled:
-        inductor_config.freezing = True
         # name inductor's generated C++ kernels in the profiler (otherwise one opaque region)
         inductor_config.cpp.enable_kernel_profile = bool(profile_batch)
-        unet = unet.to(dtype).to(memory_format=torch.channels_last)
-        fwd = torch.compile(unet, dynamic=False)  # static shapes: one compile per shape (the dynamic-shape
-        # recompile hits an inductor stride assertion in mkldnn channels_last convolutions)
-    else:
-        fwd = unet
+        compile_denoiser(pipe, dtype)  # the library's path: bf16 weights, channels_last, inductor freezing
+    fwd = unet  # compiled in place (Module.compile) for the compiled variants
 
     def call(args, kwargs):
         x, t = args
