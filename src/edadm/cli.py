@@ -177,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--lr-act", type=float, default=None, help="activation step-size learning rate")
     q.add_argument("--add-loss", type=float, default=None, help="FBR inner-layer loss weight (0: BRECQ)")
     q.add_argument("--round-weight", type=float, default=None, help="AdaRound regulariser weight")
+    q.add_argument("--step-balance", choices=["none", "relative"], default=None,
+                   help="reconstruction loss over timesteps: none (pooled MSE, the methods' own) or relative "
+                        "(each timestep's error relative to its error before reconstruction)")
     q.add_argument("--qdrop", type=float, default=None, help="QDrop input mixing probability")
     q.add_argument("--seed", type=int, default=None)
     q.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
@@ -272,7 +275,7 @@ _CONFIG_FLAGS = {
     "tdac_radius": ("calib", "tdac_radius"), "recon": ("recon", "enabled"), "iters": ("recon", "iters"),
     "recon_batch_size": ("recon", "batch_size"), "lr_weight": ("recon", "lr_weight"), "lr_act": ("recon", "lr_act"),
     "add_loss": ("recon", "add_loss"), "round_weight": ("recon", "round_weight"),
-    "qdrop": ("recon", "input_mix_prob"),
+    "qdrop": ("recon", "input_mix_prob"), "step_balance": ("recon", "step_balance"),
 }
 
 

@@ -125,6 +125,9 @@ class CalibConfig:
         _check_number("ptq4dm_mean", self.ptq4dm_mean, 0.0, 1.0)
 
 
+STEP_BALANCE = ("none", "relative")
+
+
 @dataclass
 class ReconConfig:
     """Block reconstruction (BRECQ) with the FBR loss; AdaRound + LSQ activation steps + QDrop."""
@@ -146,6 +149,10 @@ class ReconConfig:
     warmup: float = 0.2           # fraction of iterations without the rounding regulariser
     input_mix_prob: float = 0.5   # QDrop: probability of the FP input, element-wise
     act_drop_prob: float = 0.5    # QDrop: probability of keeping an activation in float
+    # "none": one pooled MSE over the calibration samples (BRECQ, Q-Diffusion, EDA-DM);
+    # "relative": each sample's error weighted by 1 / its timestep's error before
+    # reconstruction (every timestep counts equally; recon.engine.step_balance_weights)
+    step_balance: str = "none"
     seed: int = 0
 
     def validate(self) -> None:
@@ -157,6 +164,8 @@ class ReconConfig:
             _check_number("add_loss", self.add_loss, 0.0)
         for name in ("warmup", "input_mix_prob", "act_drop_prob"):
             _check_number(name, getattr(self, name), 0.0, 1.0)
+        if self.step_balance not in STEP_BALANCE:
+            raise EdadmError(f"step_balance must be one of {', '.join(STEP_BALANCE)}, got {self.step_balance!r}")
 
 
 @dataclass

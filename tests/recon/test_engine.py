@@ -3,12 +3,14 @@ import torch
 
 from edadm.calib import CalibrationSet
 from edadm.config import QuantConfig, ReconConfig
+from edadm.errors import EdadmError
 from edadm.model.structure import forward_order, reconstruction_units
 from edadm.quant.calibrate import init_act_ranges, init_weight_ranges
 from edadm.quant.modules import QuantMixin
 from edadm.quant.wrap import quant_modules, wrap_model
 from edadm.recon.adaround import AdaRoundQuantizer
-from edadm.recon.engine import _inner_layers, channel_mse, fbr_loss, full_precision_copy, reconstruct_unit
+from edadm.recon.engine import (_inner_layers, channel_mse, fbr_loss, full_precision_copy, per_sample_mse,
+                                reconstruct_unit, step_balance_weights)
 
 
 def _calib(n=32, seed=0):
@@ -46,6 +48,42 @@ def test_channel_mse_sums_channels_and_averages_the_rest():
     assert channel_mse(x, torch.zeros_like(x)) == pytest.approx(3.0)
     tokens = torch.ones(2, 7, 5)  # [N, L, C]: channels last
     assert channel_mse(tokens, torch.zeros_like(tokens)) == pytest.approx(5.0)
+
+
+def test_per_sample_weights_of_the_channel_mse():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(4, 3, 5, 5, generator=g), torch.randn(4, 3, 5, 5, generator=g)
+    e = per_sample_mse(a, b)
+    assert e.shape == (4,) and torch.allclose(e.mean(), channel_mse(a, b))
+    assert torch.allclose(e[1], channel_mse(a[1:2], b[1:2]))
+    w = torch.tensor([0.0, 1.0, 0.0, 3.0])
+    assert torch.allclose(channel_mse(a, b, w), (e[1] + 3 * e[3]) / 4)
+
+
+def test_step_balance_weights_give_every_timestep_the_same_total_say():
+    # timestep 10 starts with errors 100x those of timestep 500
+    err = torch.tensor([1.0, 3.0, 0.01, 0.03, 0.02])
+    t = torch.tensor([10, 10, 500, 500, 500])
+    w = step_balance_weights(err, t)
+    assert torch.allclose(w[:2], w[0].expand(2)) and torch.allclose(w[2:], w[2].expand(3))
+    # weighted mean error of each timestep equals the overall mean: both count the same
+    assert torch.allclose((w * err)[:2].mean(), err.mean()) and torch.allclose((w * err)[2:].mean(), err.mean())
+    assert torch.allclose(step_balance_weights(torch.full((4,), 2.0), torch.tensor([1, 1, 2, 2])), torch.ones(4))
+
+
+def test_timestep_balanced_reconstruction_lowers_block_error(make_tiny_unet):
+    torch.manual_seed(0)
+    unet, calib = _quantized_tiny(make_tiny_unet, wbits=3)
+    calib.t = torch.tensor([5, 900]).repeat(16)  # two timesteps
+    cfg = ReconConfig(enabled=True, iters=150, batch_size=16, add_loss=0.8, lr_weight=1e-2, step_balance="relative")
+    ulog = reconstruct_unit(unet, full_precision_copy(unet), "down_blocks.1.resnets.0", "block", calib, cfg,
+                            calib_batch=16)
+    assert ulog.fallback is None and ulog.after < 0.9 * ulog.before, (ulog.before, ulog.after)
+
+
+def test_step_balance_must_be_known():
+    with pytest.raises(EdadmError, match="step_balance"):
+        ReconConfig(step_balance="sideways").validate()
 
 
 def test_inner_layers_of_a_resnet_block(make_tiny_unet):

@@ -54,8 +54,20 @@ class _Stop(Exception):
     pass
 
 
-def channel_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Squared error summed over channels, averaged over everything else (the reference lp_loss)."""
+def per_sample_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """channel_mse of each sample of batch-first tensors: [N]."""
+    d = (pred - target).pow(2)
+    if d.dim() <= 1:
+        return d
+    ch = 1 if d.dim() == 4 else d.dim() - 1
+    return d.sum(ch).reshape(d.shape[0], -1).mean(1)
+
+
+def channel_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Squared error summed over channels, averaged over everything else (the reference lp_loss).
+    weight [N]: per-sample weights of a batch-first tensor (mean over samples of weight * error)."""
+    if weight is not None:
+        return (per_sample_mse(pred, target) * weight).mean()
     d = (pred - target).pow(2)
     if d.dim() <= 1:
         return d.mean()
@@ -64,11 +76,28 @@ def channel_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def fbr_loss(out: torch.Tensor, target: torch.Tensor, inner_out: list[torch.Tensor],
-             inner_target: list[torch.Tensor], add_loss: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(total, block term, inner term): block MSE + add_loss * sum of inner-layer MSEs."""
-    block = channel_mse(out, target)
-    inner = sum((channel_mse(o, t) for o, t in zip(inner_out, inner_target)), torch.zeros((), device=out.device))
+             inner_target: list[torch.Tensor], add_loss: float,
+             weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total, block term, inner term): block MSE + add_loss * sum of inner-layer MSEs,
+    each optionally weighted per sample (`weight`, see step_balance_weights)."""
+    block = channel_mse(out, target, weight)
+    inner = sum((channel_mse(o, t, weight) for o, t in zip(inner_out, inner_target)),
+                torch.zeros((), device=out.device))
     return block + add_loss * inner if add_loss else block, block, inner
+
+
+def step_balance_weights(err: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Per-sample loss weights that give every timestep the same say (ReconConfig.step_balance
+    "relative"): w_i = mean error / mean error of sample i's timestep, from the errors `err`
+    [N] before reconstruction. The weighted loss then averages each timestep's error relative
+    to where it started, so reconstruction cannot buy a large absolute gain at the noisy
+    middle steps with a relative loss at the few low-noise last steps (bench/results/
+    w8a8_recon_diag.md). Mean weight ~1: the loss keeps its scale against the rounding term."""
+    w = torch.empty_like(err)
+    for v in t.unique():
+        sel = t == v
+        w[sel] = err.mean() / err[sel].mean().clamp_min(1e-30)
+    return w
 
 
 def _first_tensor(out):
@@ -173,17 +202,23 @@ def reconstruct_unit(model: nn.Module, fp_model: nn.Module, name: str, kind: str
             y, inner_y = _run(fp_unit, _to(args, dev), _to(kwargs, dev), fp_inner)
             targets.append((y.cpu(), [o.cpu() for o in inner_y]))
 
-    def eval_error() -> float:
-        tot, n = 0.0, 0
+    def eval_error() -> torch.Tensor:
+        """Per-sample unit output error (channel_mse) over the calibration set, [N] on CPU."""
+        errs = []
         with torch.no_grad():
             for (args, kwargs), (y, _) in zip(q_in, targets):
                 out = _first_tensor(unit(*_to(args, dev), **_to(kwargs, dev)))
-                tot += float(channel_mse(out, y.to(dev))) * y.shape[0]
-                n += y.shape[0]
-        return tot / max(n, 1)
+                errs.append(per_sample_mse(out, y.to(dev)).cpu())
+        return torch.cat(errs) if errs else torch.zeros(0)
 
     ulog = UnitLog(name=name, kind=kind, iters=cfg.iters, seconds=0.0)
-    ulog.before = eval_error()
+    err0 = eval_error()
+    ulog.before = float(err0.mean())
+    weights = None  # per chunk, per sample
+    if cfg.step_balance == "relative":
+        ts = torch.cat([args[1].reshape(-1).cpu() for args, _ in calib.model_inputs(calib_batch, "cpu")])
+        w = step_balance_weights(err0, ts)
+        weights = list(w.split([y.shape[0] for y, _ in targets]))
 
     # learnable parameters: AdaRound per weight part, activation step sizes
     for m in qlayers:
@@ -222,7 +257,8 @@ def reconstruct_unit(model: nn.Module, fp_model: nn.Module, name: str, kind: str
             y_t = targets[c][0][idx].to(dev)
             out, inner_out = _run(unit, args, kwargs, inner)
             rec_loss, block_loss, inner_loss = fbr_loss(out, y_t, inner_out, [t[idx].to(dev) for t in targets[c][1]],
-                                                        cfg.add_loss)
+                                                        cfg.add_loss,
+                                                        None if weights is None else weights[c][idx].to(dev))
             if it < warm or cfg.round_weight == 0:
                 round_loss, beta = torch.zeros((), device=dev), None
             else:
@@ -262,7 +298,7 @@ def reconstruct_unit(model: nn.Module, fp_model: nn.Module, name: str, kind: str
             log.warning("reconstruction of %s failed (%s): keeping its pre-reconstruction parameters", name, failed)
         for m in qlayers:
             m.rounding = None
-    ulog.after = eval_error()
+    ulog.after = float(eval_error().mean())
     ulog.seconds = time.time() - t0
     return ulog
 
