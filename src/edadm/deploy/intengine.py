@@ -70,6 +70,14 @@ def _codes_(q: torch.Tensor, zero_point: int, qmin: int, qmax: int) -> torch.Ten
     return q.clamp_(qmin, qmax)
 
 
+def _per_tensor(scale: torch.Tensor, zero_point: torch.Tensor) -> tuple[float, float, int]:
+    """(scale, float32(1 / scale), rounded zero point) of a calibrated per-tensor quantizer:
+    the Python numbers both frozen forms below are built from (ActQuant for the kernels'
+    inputs, StaticQuant for attention's q / k / v / probabilities)."""
+    s = scale.detach().float().reshape(-1)[:1]
+    return float(s), float(1.0 / s), int(zero_point.detach().float().reshape(-1)[0].round())
+
+
 @dataclass
 class ActQuant:
     """Static per-tensor input quantization, expressed in the uint8 domain the kernels take."""
@@ -82,12 +90,11 @@ class ActQuant:
 
     @classmethod
     def from_params(cls, scale: torch.Tensor, zero_point: torch.Tensor, bits: int, symmetric: bool) -> "ActQuant":
-        s = scale.detach().float().reshape(-1)[:1]
+        s, inv, z = _per_tensor(scale, zero_point)
         shift = 128 if symmetric else 0  # signed codes -> uint8 by + 128, zero point with them
         qmin = -(2 ** (bits - 1)) if symmetric else 0
         qmax = 2 ** (bits - 1) - 1 if symmetric else 2 ** bits - 1
-        z = int(zero_point.detach().float().reshape(-1)[0].round()) + shift
-        return cls(scale=float(s), inv_scale=float(1.0 / s), zero_point=z, qmin=qmin + shift, qmax=qmax + shift)
+        return cls(scale=s, inv_scale=inv, zero_point=z + shift, qmin=qmin + shift, qmax=qmax + shift)
 
 
 class IntLayer(nn.Module):
@@ -287,8 +294,7 @@ class StaticQuant(nn.Module):
 
     @classmethod
     def from_quantizer(cls, q) -> "StaticQuant":
-        s = q.scale.detach().float().reshape(-1)[:1]
-        return cls(float(s), float(1.0 / s), int(q.zero_point.reshape(-1)[0].round()), q.qmin, q.qmax)
+        return cls(*_per_tensor(q.scale, q.zero_point), q.qmin, q.qmax)
 
     def extra_repr(self) -> str:
         return f"scale={self.scale:.4g}, zero_point={self.zero_point}, range=[{self.qmin}, {self.qmax}]"
