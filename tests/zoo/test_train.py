@@ -40,7 +40,7 @@ def test_digits_t2i_trainer_writes_a_text_to_image_pipeline(tmp_path):
     pipe = load(out, device="cpu")
     assert type(pipe).__name__ == "StableDiffusionPipeline" and type(pipe.scheduler).__name__ == "PNDMScheduler"
     d = sampling_defaults(pipe)
-    assert (d.steps, d.guidance_scale, d.prompts[7]) == (50, 7.5, "a handwritten seven")
+    assert (d.steps, d.guidance_scale, d.prompts[7]) == (50, 1.5, "a handwritten seven")
     cond, uncond = conditioning(pipe, 0, 2, guidance_scale=7.5)
     assert cond["encoder_hidden_states"].shape == (2, 24, 64) and uncond is not None
     imgs = generate(pipe, 2, seed=0, steps=2, progress=False)

@@ -254,8 +254,8 @@ def train_digits_t2i(out: Path, steps: int, batch_size: int, lr: float, ema_deca
     """Text-to-image digits (stand-in for Stable Diffusion): an AutoencoderKL, then a
     UNet2DConditionModel on its 8x8x4 latents trained jointly with a small CLIP text encoder
     on prompts such as "a handwritten seven" (prompt dropped to "" with probability
-    label_dropout, for classifier-free guidance); StableDiffusionPipeline, PLMS 50 steps,
-    guidance 7.5 (the paper's COCO sampler)."""
+    label_dropout, for classifier-free guidance); StableDiffusionPipeline, PLMS 50 steps
+    (the paper's COCO sampler) at guidance 1.5 (see SAMPLING_DEFAULTS)."""
     import tempfile
 
     from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
