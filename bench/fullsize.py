@@ -134,7 +134,8 @@ def _markdown(d: dict, names=()) -> str:
                          f"({r.get('ratio_vs_fp', '-')}x) | {s.get('rc', '-')} / {s.get('seconds', '-')} "
                          f"| {r.get('peak_rss_mb', '-')} / {s.get('peak_rss_mb', '-')} "
                          f"| {e.get('commit', d.get('git_commit'))}, {e.get('threads', '-')}, {e.get('loadavg_1m', '-')} |")
-    missing = [n for n in names if n not in d["runs"]]
+    done = {(n, r["method"], r["setting"]) for n, e in d["runs"].items() for r in e["quantized"]}
+    missing = [f"{n} {m} w{w}a{a}" for n in names for m, w, a, _ in RUNS if (n, m, f"w{w}a{a}") not in done]
     if missing:
         lines += ["", f"Not run yet: {', '.join(missing)}."]
     return "\n".join(lines) + "\n"
