@@ -50,6 +50,16 @@ def build_config(method: str, w: int, a: int, overrides: list[str]) -> QuantConf
     return QuantConfig.from_dict(d)
 
 
+HELDOUT_SEED = 987_654  # trajectories no calibration set is drawn from
+
+
+def heldout_trajectories(base, n: int):
+    """n FP trajectories of `base`'s own sampler from HELDOUT_SEED (the held-out set every
+    held-out measurement and bench/diag script uses)."""
+    d = sampling_defaults(base)
+    return collect_trajectories(base, n, seed=HELDOUT_SEED, steps=d.steps, eta=d.eta, progress=False)
+
+
 @torch.no_grad()
 def heldout_error(fp_unet, q_unet, traj, batch: int = 128) -> list[float]:
     """Mean squared eps error per step over held-out trajectories."""
@@ -96,8 +106,7 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.WARNING)
     w, a = (int(p) for p in args.bits.lower().lstrip("w").split("a"))
     base = load_pipeline(args.model)
-    d = sampling_defaults(base)
-    traj = collect_trajectories(base, args.heldout, seed=987_654, steps=d.steps, eta=d.eta, progress=False)
+    traj = heldout_trajectories(base, args.heldout)
     fp_imgs = generate(base, args.images, seed=55, progress=False)
     rows = []
     for method in args.configs.split(","):

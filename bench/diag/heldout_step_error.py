@@ -1,12 +1,10 @@
 import sys
 from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from heldout import heldout_error, step_weighted
-from edadm.calib import collect_trajectories
-from edadm.pipeline import load_pipeline, sampling_defaults
+from heldout import heldout_error, step_weighted, heldout_trajectories
+from edadm.pipeline import load_pipeline
 base = load_pipeline('digits-ddpm')
-d = sampling_defaults(base)
-traj = collect_trajectories(base, 64, seed=987_654, steps=d.steps, eta=d.eta, progress=False)
+traj = heldout_trajectories(base, 64)
 C = '/tmp/edadm-bench-cache/'
 res = {}
 for name in sys.argv[1:]:

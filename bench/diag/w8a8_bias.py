@@ -5,13 +5,14 @@ samples (mean over samples of the error, squared, averaged over pixels) and the 
 
 PYTHONPATH=src python bench/diag/w8a8_bias.py DIR..."""
 import sys
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from heldout import heldout_trajectories  # noqa: E402
 import torch
-from edadm.calib import collect_trajectories
-from edadm.pipeline import load_pipeline, sampling_defaults, generate
+from edadm.pipeline import generate, load_pipeline
 
 base = load_pipeline('digits-ddpm')
-d = sampling_defaults(base)
-traj = collect_trajectories(base, 64, seed=987_654, steps=d.steps, eta=d.eta, progress=False)
+traj = heldout_trajectories(base, 64)
 ref = generate(base, 64, seed=5, progress=False)
 print('fp image mean %.4f' % float(ref.mean()))
 for name in sys.argv[1:]:

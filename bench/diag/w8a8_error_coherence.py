@@ -5,16 +5,17 @@ s + 1, and between steps s and s + 10, averaged over samples; every 10th step.
 
 PYTHONPATH=src python bench/diag/w8a8_error_coherence.py DIR..."""
 import sys
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from heldout import heldout_trajectories  # noqa: E402
 
 import torch
 import torch.nn.functional as F
 
-from edadm.calib import collect_trajectories
-from edadm.pipeline import load_pipeline, sampling_defaults
+from edadm.pipeline import load_pipeline
 
 base = load_pipeline('digits-ddpm')
-d = sampling_defaults(base)
-traj = collect_trajectories(base, 64, seed=987_654, steps=d.steps, eta=d.eta, progress=False)
+traj = heldout_trajectories(base, 64)
 for name in sys.argv[1:]:
     q = load_pipeline(name, engine='fake')
     errs = {}

@@ -1,10 +1,13 @@
 """eps MSE / x0-prediction error (eps MSE x (1 - a_t) / a_t) at each of the last ten DDIM steps, 64 held-out trajectories.
 PYTHONPATH=src python bench/diag/w8a8_last_steps.py DIR..."""
-import sys, torch
-from edadm.calib import collect_trajectories
-from edadm.pipeline import load_pipeline, sampling_defaults
-base = load_pipeline('digits-ddpm'); d = sampling_defaults(base)
-traj = collect_trajectories(base, 64, seed=987_654, steps=d.steps, eta=d.eta, progress=False)
+import sys
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from heldout import heldout_trajectories  # noqa: E402
+import torch
+from edadm.pipeline import load_pipeline
+base = load_pipeline('digits-ddpm')
+traj = heldout_trajectories(base, 64)
 a = base.scheduler.alphas_cumprod
 for name in sys.argv[1:]:
     q = load_pipeline(name, engine='fake'); out = []
