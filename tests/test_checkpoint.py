@@ -80,3 +80,17 @@ def test_resume_with_other_config_is_refused(tmp_path):
     # without --resume an old checkpoint is discarded
     Checkpoint(tmp_path / "ck", {"config": {"weight_bits": 8}}, resume=False)
     assert Checkpoint(tmp_path / "ck", {"config": {"weight_bits": 8}}, resume=True)
+
+
+def test_resume_accepts_checkpoint_from_before_a_new_default_field(tmp_path):
+    # a checkpoint written by an edadm that had no recon.step_balance yet means the default
+    from edadm.config import QuantConfig
+
+    old = QuantConfig().to_dict()
+    del old["recon"]["step_balance"]
+    Checkpoint(tmp_path / "ck", {"model": "m", "config": old}, resume=False)
+    assert Checkpoint(tmp_path / "ck", {"model": "m", "config": QuantConfig().to_dict()}, resume=True)
+    balanced = QuantConfig().to_dict()
+    balanced["recon"]["step_balance"] = "relative"
+    with pytest.raises(EdadmError, match="different configuration"):
+        Checkpoint(tmp_path / "ck", {"model": "m", "config": balanced}, resume=True)

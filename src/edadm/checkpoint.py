@@ -27,6 +27,21 @@ from .utils import atomic_file
 log = logging.getLogger("edadm")
 
 
+def _normalised(d: dict) -> dict:
+    """The run description as JSON, its quantization config with every field this edadm has:
+    a checkpoint written before a field existed holds no value for it, which means the field's
+    default (new fields are added with defaults that keep the old behaviour)."""
+    from .config import QuantConfig
+
+    d = json.loads(json.dumps(d))
+    if isinstance(d, dict) and isinstance(d.get("config"), dict):
+        try:
+            d["config"] = QuantConfig.from_dict(d["config"]).to_dict()
+        except EdadmError:
+            pass  # not a QuantConfig: compared as written
+    return d
+
+
 class Checkpoint:
     def __init__(self, path: str | Path, config_dict: dict, resume: bool):
         self.path = Path(path)
@@ -37,7 +52,7 @@ class Checkpoint:
                 saved = json.loads(cfg_file.read_text())
             except (OSError, json.JSONDecodeError) as exc:
                 raise EdadmError(f"cannot read checkpoint {cfg_file}: {exc}") from exc
-            if saved != json.loads(json.dumps(config_dict)):
+            if _normalised(saved) != _normalised(config_dict):
                 raise EdadmError(f"checkpoint {self.path} was made with a different configuration; "
                                  "rerun without --resume or with the same flags")
         elif self.path.exists() and not resume:
