@@ -72,6 +72,8 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default=",".join(PIPELINE_NAMES))
     ap.add_argument("--keep", type=Path, default=None, help="keep the directories here (default: a temp dir)")
     ap.add_argument("--name", default="fullsize")
+    ap.add_argument("--runs", default=",".join(m for m, *_ in RUNS),
+                    help="methods to run (default all); a model's entries for the others are kept")
     args = ap.parse_args(argv)
     work = args.keep or Path(tempfile.mkdtemp(prefix="edadm-fullsize-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -81,6 +83,10 @@ def main(argv=None) -> int:
     runs = json.loads(prev.read_text()).get("runs", {}) if prev.is_file() else {}
     out = {**metadata(), "runs": runs}
     edadm = [sys.executable, "-m", "edadm"]
+    methods = args.runs.split(",")
+    unknown = set(methods) - {m for m, *_ in RUNS}
+    if unknown:
+        ap.error(f"unknown run(s) {', '.join(sorted(unknown))}; choose from {', '.join(m for m, *_ in RUNS)}")
     for name in args.models.split(","):
         t0 = time.time()
         src = write_pipeline(name, work / name)
@@ -90,12 +96,22 @@ def main(argv=None) -> int:
                  "commit": meta.get("git_commit"), "date": meta.get("date"), "threads": meta["machine"].get("threads"),
                  "loadavg_1m": meta["machine"].get("loadavg_1m")}
         print(f"== {name}: FP {den} {entry['fp_denoiser_mb']} MB", flush=True)
-        for method, w, a, extra in RUNS:
+        kept = [r for r in runs.get(name, {}).get("quantized", []) if r.get("method") not in methods]
+        if kept:  # earlier runs of the other methods keep their own commit, date and load
+            old = runs[name]
+            for r in kept:
+                r.setdefault("commit", old.get("commit"))
+                r.setdefault("date", old.get("date"))
+                r.setdefault("threads", old.get("threads"))
+                r.setdefault("loadavg_1m", old.get("loadavg_1m"))
+            entry["quantized"].extend(kept)
+        for method, w, a, extra in [r for r in RUNS if r[0] in methods]:
             q = work / f"{name}-{method}-w{w}a{a}"
             r = _run([*edadm, "quantize", str(src), "--method", method, "--weight-bits", str(w), "--act-bits", str(a),
                       "--steps", "2", "--num-samples", "2", "--num-trajectories", "2", "--batch-size", "2",
                       "--out", str(q), "--no-progress", "--no-report", *extra])
-            r.update(method=method, setting=f"w{w}a{a}")
+            r.update(method=method, setting=f"w{w}a{a}",
+                     **{k: entry[k] for k in ("commit", "date", "threads", "loadavg_1m")})
             if r["rc"] == 0:
                 sub = quant_subdir(q)
                 r["denoiser_mb"] = _dir_mb(q / sub)
@@ -133,7 +149,8 @@ def _markdown(d: dict, names=()) -> str:
                          f"| {r.get('reconstructed_units', '-')} | {e['fp_denoiser_mb']} -> {r.get('denoiser_mb', '-')} "
                          f"({r.get('ratio_vs_fp', '-')}x) | {s.get('rc', '-')} / {s.get('seconds', '-')} "
                          f"| {r.get('peak_rss_mb', '-')} / {s.get('peak_rss_mb', '-')} "
-                         f"| {e.get('commit', d.get('git_commit'))}, {e.get('threads', '-')}, {e.get('loadavg_1m', '-')} |")
+                         f"| {r.get('commit', e.get('commit', d.get('git_commit')))}, {r.get('threads', e.get('threads', '-'))}, "
+                         f"{r.get('loadavg_1m', e.get('loadavg_1m', '-'))} |")
     done = {(n, r["method"], r["setting"]) for n, e in d["runs"].items() for r in e["quantized"]}
     missing = [f"{n} {m} w{w}a{a}" for n in names for m, w, a, _ in RUNS if (n, m, f"w{w}a{a}") not in done]
     if missing:
