@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import metadata, write_json, write_text  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
+PROVENANCE = ("commit", "date", "threads", "loadavg_1m")  # recorded with every run
 RUNS = [("naive", 8, 8, []), ("eda-dm", 4, 8, ["--iters", "1", "--recon-batch-size", "2"])]
 
 
@@ -97,21 +98,17 @@ def main(argv=None) -> int:
                  "loadavg_1m": meta["machine"].get("loadavg_1m")}
         print(f"== {name}: FP {den} {entry['fp_denoiser_mb']} MB", flush=True)
         kept = [r for r in runs.get(name, {}).get("quantized", []) if r.get("method") not in methods]
-        if kept:  # earlier runs of the other methods keep their own commit, date and load
-            old = runs[name]
-            for r in kept:
-                r.setdefault("commit", old.get("commit"))
-                r.setdefault("date", old.get("date"))
-                r.setdefault("threads", old.get("threads"))
-                r.setdefault("loadavg_1m", old.get("loadavg_1m"))
-            entry["quantized"].extend(kept)
+        for r in kept:  # earlier runs of the other methods keep their own commit, date and load
+            for k in PROVENANCE:
+                r.setdefault(k, runs[name].get(k))
+        entry["quantized"].extend(kept)
         for method, w, a, extra in [r for r in RUNS if r[0] in methods]:
             q = work / f"{name}-{method}-w{w}a{a}"
             r = _run([*edadm, "quantize", str(src), "--method", method, "--weight-bits", str(w), "--act-bits", str(a),
                       "--steps", "2", "--num-samples", "2", "--num-trajectories", "2", "--batch-size", "2",
                       "--out", str(q), "--no-progress", "--no-report", *extra])
             r.update(method=method, setting=f"w{w}a{a}",
-                     **{k: entry[k] for k in ("commit", "date", "threads", "loadavg_1m")})
+                     **{k: entry[k] for k in PROVENANCE})
             if r["rc"] == 0:
                 sub = quant_subdir(q)
                 r["denoiser_mb"] = _dir_mb(q / sub)

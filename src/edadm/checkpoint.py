@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from .config import QuantConfig
 from .errors import EdadmError
 from .utils import atomic_file
 
@@ -31,8 +32,6 @@ def _normalised(d: dict) -> dict:
     """The run description as JSON, its quantization config with every field this edadm has:
     a checkpoint written before a field existed holds no value for it, which means the field's
     default (new fields are added with defaults that keep the old behaviour)."""
-    from .config import QuantConfig
-
     d = json.loads(json.dumps(d))
     if isinstance(d, dict) and isinstance(d.get("config"), dict):
         try:
