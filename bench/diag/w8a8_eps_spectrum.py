@@ -1,6 +1,6 @@
 """Does a quantized model predict less (or more) high-frequency noise than FP at the last steps?
 64 held-out FP trajectories; at each of the last ten DDIM steps the eps prediction of FP and of
-each model on the same x_t, split into radial frequency bands as in w8a8_error_spectrum.py.
+each model on the same x_t, high-pass filtered (the top band of w8a8_error_spectrum.py).
 Prints per step the model's high-band (|f| >= 12 cycles per image) eps energy relative to FP's
 (< 1: the noise estimate is attenuated, so noise stays in the image) and the correlation of the
 model's high-band eps with FP's (how much of the fine noise it still finds).
