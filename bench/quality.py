@@ -14,6 +14,7 @@ bench/results/quality.{json,md} are rebuilt from those entries.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import shutil
@@ -30,6 +31,7 @@ from common import fmt, metadata, write_json, write_text  # noqa: E402
 
 from edadm.eval.evaluate import add_paired_delta, evaluate_pipeline  # noqa: E402
 from edadm.pipeline import load_pipeline  # noqa: E402
+from edadm.utils import atomic_file  # noqa: E402
 
 log = logging.getLogger("bench.quality")
 RESULTS = Path(__file__).parent / "results"
@@ -55,8 +57,8 @@ def fp_reference(model: str, num: int, seeds: list[int], cache: Path, batch_size
     t0 = time.time()
     res, imgs = evaluate_pipeline(pipe, num, seeds, batch_size=batch_size, progress=True)
     res.update(metadata(), eval_seconds=round(time.time() - t0, 1))
-    cache.mkdir(parents=True, exist_ok=True)
-    torch.save(imgs, f)
+    with atomic_file(f) as tmp:  # another bench job may be waiting for this file
+        torch.save(imgs, tmp)
     write_json(res_f, res)
     return res, imgs
 
@@ -118,7 +120,10 @@ def main(argv=None) -> int:
         build_tables(args.model, settings, methods, json.loads((rdir / f"fp-{args.num}.json").read_text()), args.tag)
         return 0
 
-    fp_res, fp_imgs = fp_reference(args.model, args.num, seeds, args.cache, args.batch_size)
+    # The FP reference is fetched when first needed, after the first quantization: a second
+    # job started beside a first one quantizes while the first samples FP, then finds its
+    # cached images instead of sampling them again.
+    fp_ref = functools.cache(lambda: fp_reference(args.model, args.num, seeds, args.cache, args.batch_size))
     for setting in settings:
         w, a = (int(v) for v in setting.lstrip("w").split("a"))
         for method in methods:
@@ -133,6 +138,7 @@ def main(argv=None) -> int:
             qdir = args.cache / f"q-{args.model}-{setting}-{method}{'-' + args.tag if args.tag != 'quality' else ''}"
             shutil.rmtree(qdir, ignore_errors=True)
             q = quantize_subprocess(args.model, method, w, a, qdir, extra)
+            fp_res, fp_imgs = fp_ref()
             pipe = load_pipeline(qdir, engine=args.engine)
             t0 = time.time()
             res, _ = evaluate_pipeline(pipe, args.num, seeds, batch_size=args.batch_size, reference=fp_imgs,
@@ -149,7 +155,7 @@ def main(argv=None) -> int:
             log.info("%s %s: FID-digits %s, PSNR %s", setting, method, fmt(res["summary"]["fid_digits"]),
                      fmt(res["summary"].get("psnr_vs_ref")))
             del pipe
-    build_tables(args.model, settings, methods, fp_res, args.tag)
+    build_tables(args.model, settings, methods, fp_ref()[0], args.tag)
     return 0
 
 
