@@ -159,6 +159,15 @@ def main(argv=None) -> int:
     return 0
 
 
+def machines_line(fp_res: dict, entries: dict) -> str:
+    """Which CPU, thread count and torch each entry was measured with (sessions differ)."""
+    groups: dict[str, list[str]] = {}
+    for name, m in [("FP", fp_res.get("machine") or {})] + [(f"{s}/{k}", e["machine"]) for (s, k), e in entries.items()]:
+        groups.setdefault(f"{m.get('cpu', '?')}, {m.get('threads', '?')} thread(s), torch {m.get('torch', '?')}",
+                          []).append(name)
+    return "; ".join(f"{key} ({', '.join(names)})" for key, names in groups.items())
+
+
 def build_tables(model: str, settings: list[str], methods: list[str], fp_res: dict, tag: str) -> None:
     rdir = run_dir(model)
     entries = {}
@@ -172,8 +181,7 @@ def build_tables(model: str, settings: list[str], methods: list[str], fp_res: di
     lines = [f"# Quality: {model}, every method side by side", "",
              f"- command: `{meta['command']}`", f"- rebuilt: {meta['date']}; entries measured with commits "
              f"{', '.join(str(c) for c in commits)} (each entry's own date and commit are in {tag}.json)",
-             f"- machine: {meta['machine'].get('cpu')}, {meta['machine']['threads']} threads, torch "
-             f"{meta['machine']['torch']}",
+             f"- machines (each entry's own; the rebuild's is not the measurement's): {machines_line(fp_res, entries)}",
              f"- samples: {fp_res['num']} per seed, seeds {fp_res['seeds']}, the same initial noise for every model; "
              "mean ± std over seeds. ΔFID is the per-seed difference to FP (same noise), whose spread is the "
              "one to compare methods by.", "", "## FID-digits (lower is better), ΔFID vs FP and PSNR vs FP (dB)", ""]
@@ -212,8 +220,9 @@ def build_tables(model: str, settings: list[str], methods: list[str], fp_res: di
                                                   if (s, m) in entries else "not run" for s in settings) + " |")
     loads = {f"{s}/{m}": e["machine"].get("loadavg_1m") for (s, m), e in entries.items()}
     lines += ["", "Each entry's JSON records the 1-minute load average when it started (`machine.loadavg_1m`; "
-              f"here {loads}). The quantization subprocess itself keeps both cores busy (load ~2); "
-              "a value well above that means another process shared the cores and its wall time is not valid.", ""]
+              f"here {loads}). A quantization keeps one core busy per thread (machines above); a load well above the "
+              "machine's 2 cores means more work than cores, and that entry's wall time is not a valid timing; "
+              "wall times from different machines are not comparable either.", ""]
     name = tag if model == "digits-ddpm" else f"{tag}_{model}"  # one table per model
     write_text(RESULTS / f"{name}.md", "\n".join(lines))
     write_json(RESULTS / f"{name}.json", {**meta, "model": model, "fp": fp_res,
