@@ -159,6 +159,13 @@ def main(argv=None) -> int:
     return 0
 
 
+def paired_delta(entry: dict, baseline: dict) -> dict | None:
+    """mean ± std over seeds of entry's FID-digits minus baseline's (same noise per seed)."""
+    res = {"per_seed": entry["per_seed"], "summary": {}}
+    add_paired_delta(res, baseline)
+    return res["summary"].get("fid_digits_delta")
+
+
 def machines_line(fp_res: dict, entries: dict) -> str:
     """Which CPU, thread count and torch each entry was measured with (sessions differ)."""
     groups: dict[str, list[str]] = {}
@@ -211,6 +218,15 @@ def build_tables(model: str, settings: list[str], methods: list[str], fp_res: di
             cells.append(f"{e['quantize']['wall_seconds']:.0f} s{' (resumed: rest only)' if e['quantize'].get('resumed') else ''}"
                          f", {e['quantize']['peak_memory_mb']:.0f} MB" if e else "not run")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    base = "qdiffusion"  # the baseline the issue's targets name; paired by seed, the spread that orders methods
+    if any((s, base) in entries for s in settings):
+        lines += ["", "## FID-digits minus Q-Diffusion's, paired by seed (negative: better than Q-Diffusion)", "",
+                  "| method | " + " | ".join(s.upper() for s in settings) + " |", "|---|" + "---|" * len(settings)]
+        for m in methods:
+            if m != base:
+                lines.append(f"| {m} | " + " | ".join(
+                    fmt(paired_delta(entries[(s, m)], entries[(s, base)])) if (s, m) in entries and (s, base) in entries
+                    else "not run" for s in settings) + " |")
     if "class_agreement" in fp_res["summary"]:  # conditional models: the digit asked for (label or prompt)
         lines += ["", "## Classifier agrees with the requested digit (higher is better; the CLIP-score analog)", "",
                   "| method | " + " | ".join(s.upper() for s in settings) + " |", "|---|" + "---|" * len(settings),
