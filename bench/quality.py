@@ -47,10 +47,19 @@ def run_dir(model: str) -> Path:
     return RESULTS / "quality_runs" / model
 
 
+def fp_json(model: str, num: int, seeds: list[int]) -> Path:
+    """The FP results file for (num, seeds): fp-NUM.json unless that one holds other seeds (a
+    one-seed check run must not overwrite the three-seed reference the tables are built on)."""
+    plain = run_dir(model) / f"fp-{num}.json"
+    if not plain.is_file() or json.loads(plain.read_text()).get("seeds") == seeds:
+        return plain
+    return run_dir(model) / f"fp-{num}-seeds{'_'.join(map(str, seeds))}.json"
+
+
 def fp_reference(model: str, num: int, seeds: list[int], cache: Path, batch_size: int) -> tuple[dict, dict]:
     """FP metrics and images per seed (images cached on local disk, not committed)."""
     f = cache / f"fp-{model}-{num}-{'_'.join(map(str, seeds))}.pt"
-    res_f = run_dir(model) / f"fp-{num}.json"
+    res_f = fp_json(model, num, seeds)
     if f.is_file() and res_f.is_file():
         return json.loads(res_f.read_text()), torch.load(f)
     pipe = load_pipeline(model)
@@ -117,7 +126,7 @@ def main(argv=None) -> int:
     extra = args.quantize_args.split()
     rdir = run_dir(args.model)
     if args.tables_only:
-        build_tables(args.model, settings, methods, json.loads((rdir / f"fp-{args.num}.json").read_text()), args.tag)
+        build_tables(args.model, settings, methods, json.loads(fp_json(args.model, args.num, seeds).read_text()), args.tag)
         return 0
 
     # The FP reference is fetched when first needed, after the first quantization: a second
