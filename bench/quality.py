@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import fmt, metadata, write_json, write_text  # noqa: E402
 
 from edadm.eval.evaluate import add_paired_delta, evaluate_pipeline  # noqa: E402
+from edadm.eval.metrics import mean_std  # noqa: E402
 from edadm.pipeline import load_pipeline  # noqa: E402
 from edadm.utils import atomic_file  # noqa: E402
 
@@ -62,6 +63,18 @@ def fp_reference(model: str, num: int, seeds: list[int], cache: Path, batch_size
     res_f = fp_json(model, num, seeds)
     if f.is_file() and res_f.is_file():
         return json.loads(res_f.read_text()), torch.load(f)
+    # a check run on some of the reference's seeds reuses their images and per-seed metrics
+    # (each seed's images depend on that seed alone) instead of sampling FP again
+    full_f = run_dir(model) / f"fp-{num}.json"
+    full = json.loads(full_f.read_text()) if full_f.is_file() else {}
+    full_imgs = cache / f"fp-{model}-{num}-{'_'.join(map(str, full.get('seeds', [])))}.pt"
+    if full and set(seeds) < set(full["seeds"]) and full_imgs.is_file():
+        per_seed = [m for m in full["per_seed"] if m["seed"] in seeds]
+        res = {**full, "seeds": seeds, "per_seed": per_seed, "subset_of": full_f.name,
+               "summary": {k: mean_std(m[k] for m in per_seed) for k in full["summary"]}}
+        imgs = {sd: im for sd, im in torch.load(full_imgs).items() if sd in seeds}
+        write_json(res_f, res)
+        return res, imgs
     pipe = load_pipeline(model)
     t0 = time.time()
     res, imgs = evaluate_pipeline(pipe, num, seeds, batch_size=batch_size, progress=True)
