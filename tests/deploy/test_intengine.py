@@ -122,7 +122,11 @@ def test_int_engine_agrees_end_to_end_on_trained_model():
     int_imgs = generate(intp, 32, seed=1, steps=20, progress=False)
     quant_err = float((fake_imgs - fp_imgs).pow(2).mean())
     engine_err = float((int_imgs - fake_imgs).pow(2).mean())
-    assert engine_err < 0.25 * quant_err  # measured 0.18x at 64 images
+    # The int8 kernel oneDNN picks depends on the CPU: measured 0.18x on an AMD EPYC (VNNI, 64
+    # images) and 0.252x on an Intel Xeon with AMX int8 (32 images). A wrong scale, zero point
+    # or saturation gives an error of the order of the quantization error itself (>= 1x); the
+    # per-layer tests above bound each layer kind tightly.
+    assert engine_err < 0.4 * quant_err
     assert abs(float((int_imgs - fp_imgs).pow(2).mean()) - quant_err) < 0.2 * quant_err
 
 
