@@ -51,7 +51,7 @@ def test_sampling_is_seeded_and_batch_independent(tiny_pipe_dir):
     b = generate(pipe, 5, seed=3, batch_size=2, progress=False)
     c = generate(pipe, 3, seed=3, batch_size=2, start=2, progress=False)
     # same images up to float rounding: oneDNN picks its conv kernel by batch size, and on an
-    # AMX CPU the batch-5 and batch-2 kernels differ by up to 1.7e-5 (a pixel step is 3.9e-3)
+    # AMX CPU the batch-5 and batch-2 kernels differ by up to 1.7e-5 (images in [0, 1]: a pixel step is 3.9e-3)
     assert torch.allclose(a, b, atol=1e-4)
     assert torch.allclose(a[2:], c, atol=1e-4)
     assert not torch.allclose(a, generate(pipe, 5, seed=4, progress=False))
