@@ -106,28 +106,43 @@ def test_int_engine_loads_integer_weights_and_matches_fake(tiny_quant_dir):
 
 
 def test_int_engine_agrees_end_to_end_on_trained_model():
-    """digits-ddpm W8A8: final images of the integer engine vs the simulation, same noise."""
+    """digits-ddpm W8A8: the integer engine vs the simulation, one denoiser call and whole samples."""
     import copy
 
     from edadm import CalibConfig, QuantConfig, quantize
 
     pipe = load("digits-ddpm", device="cpu")
+    fp_unet = copy.deepcopy(pipe.unet)
     fp_imgs = generate(pipe, 32, seed=1, steps=20, progress=False)
     cfg = QuantConfig(method="naive", weight_bits=8, act_bits=8, steps=20,
                       calib=CalibConfig(num_samples=64, num_trajectories=64, uniform_steps=10, batch_size=64))
     quantize(pipe, cfg, progress=False)
     intp = copy.deepcopy(pipe)
     convert_to_int(intp.unet)
+
+    # One denoiser call: no trajectory feedback, so this is the tight check. Measured (AMX Intel
+    # Xeon, 16 inputs): int-vs-fake 3-7 % of the quantization error, int-vs-FP within 0.4 % of
+    # fake-vs-FP. Checked by breaking the engine on purpose: every layer run in float gives
+    # int-vs-fake 0.95x-1.0x; input codes off by one (a zero-point bug) give 0.24x-1.7x and
+    # int-vs-FP 1.2x-2.5x.
+    x = torch.randn(16, 1, 32, 32, generator=torch.Generator().manual_seed(3))
+    for t in (999, 500, 100, 10):
+        tt = torch.full((16,), t)
+        with torch.no_grad():
+            fake, intv, fp = pipe.unet(x, tt).sample, intp.unet(x, tt).sample, fp_unet(x, tt).sample
+        q = float((fake - fp).pow(2).mean())
+        assert float((intv - fake).pow(2).mean()) < 0.15 * q, t
+        assert abs(float((intv - fp).pow(2).mean()) - q) < 0.05 * q, t
+
+    # Whole samples: 20 steps feed the small per-call differences back, so the two engines end
+    # on nearby but different images and the statistic over 32 images is noisy (measured on the
+    # same model: int-vs-fake 0.18x-0.32x of the quantization error, int-vs-FP 0.75x-1.07x across
+    # CPUs and image counts). The bounds here catch a broken sampling path, not small drift.
     fake_imgs = generate(pipe, 32, seed=1, steps=20, progress=False)
     int_imgs = generate(intp, 32, seed=1, steps=20, progress=False)
     quant_err = float((fake_imgs - fp_imgs).pow(2).mean())
-    engine_err = float((int_imgs - fake_imgs).pow(2).mean())
-    # The int8 kernel oneDNN picks depends on the CPU: measured 0.18x on an AMD EPYC (VNNI, 64
-    # images) and 0.252x on an Intel Xeon with AMX int8 (32 images). A wrong scale, zero point
-    # or saturation gives an error of the order of the quantization error itself (>= 1x); the
-    # per-layer tests above bound each layer kind tightly.
-    assert engine_err < 0.4 * quant_err
-    assert abs(float((int_imgs - fp_imgs).pow(2).mean()) - quant_err) < 0.2 * quant_err
+    assert float((int_imgs - fake_imgs).pow(2).mean()) < 0.5 * quant_err
+    assert 0.5 * quant_err < float((int_imgs - fp_imgs).pow(2).mean()) < 1.5 * quant_err
 
 
 def test_convert_in_memory_model(tiny_quant_dir):
