@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import fmt, metadata, write_json, write_text  # noqa: E402
 
-from edadm.eval.evaluate import add_paired_delta, evaluate_pipeline  # noqa: E402
+from edadm.eval.evaluate import add_paired_delta, evaluate_pipeline, paired_delta  # noqa: E402
 from edadm.eval.metrics import mean_std  # noqa: E402
 from edadm.pipeline import load_pipeline  # noqa: E402
 from edadm.utils import atomic_file  # noqa: E402
@@ -57,9 +57,14 @@ def fp_json(model: str, num: int, seeds: list[int]) -> Path:
     return run_dir(model) / f"fp-{num}-seeds{'_'.join(map(str, seeds))}.json"
 
 
+def fp_images(cache: Path, model: str, num: int, seeds: list[int]) -> Path:
+    """Local cache file of the FP images per seed (not committed)."""
+    return cache / f"fp-{model}-{num}-{'_'.join(map(str, seeds))}.pt"
+
+
 def fp_reference(model: str, num: int, seeds: list[int], cache: Path, batch_size: int) -> tuple[dict, dict]:
     """FP metrics and images per seed (images cached on local disk, not committed)."""
-    f = cache / f"fp-{model}-{num}-{'_'.join(map(str, seeds))}.pt"
+    f = fp_images(cache, model, num, seeds)
     res_f = fp_json(model, num, seeds)
     if f.is_file() and res_f.is_file():
         return json.loads(res_f.read_text()), torch.load(f)
@@ -67,7 +72,7 @@ def fp_reference(model: str, num: int, seeds: list[int], cache: Path, batch_size
     # (each seed's images depend on that seed alone) instead of sampling FP again
     full_f = run_dir(model) / f"fp-{num}.json"
     full = json.loads(full_f.read_text()) if full_f.is_file() else {}
-    full_imgs = cache / f"fp-{model}-{num}-{'_'.join(map(str, full.get('seeds', [])))}.pt"
+    full_imgs = fp_images(cache, model, num, full.get("seeds", []))
     if full and set(seeds) < set(full["seeds"]) and full_imgs.is_file():
         per_seed = [m for m in full["per_seed"] if m["seed"] in seeds]
         res = {**full, "seeds": seeds, "per_seed": per_seed, "subset_of": full_f.name,
@@ -179,13 +184,6 @@ def main(argv=None) -> int:
             del pipe
     build_tables(args.model, settings, methods, fp_ref()[0], args.tag)
     return 0
-
-
-def paired_delta(entry: dict, baseline: dict) -> dict | None:
-    """mean ± std over seeds of entry's FID-digits minus baseline's (same noise per seed)."""
-    res = {"per_seed": entry["per_seed"], "summary": {}}
-    add_paired_delta(res, baseline)
-    return res["summary"].get("fid_digits_delta")
 
 
 def machines_line(fp_res: dict, entries: dict) -> str:

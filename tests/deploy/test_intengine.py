@@ -121,7 +121,7 @@ def test_int_engine_agrees_end_to_end_on_trained_model():
     convert_to_int(intp.unet)
 
     # One denoiser call: no trajectory feedback, so this is the tight check. Measured (AMX Intel
-    # Xeon, 16 inputs): int-vs-fake 3-7 % of the quantization error, int-vs-FP within 0.4 % of
+    # Xeon, 16 inputs): int-vs-fake 1-5 % of the quantization error, int-vs-FP within 0.4 % of
     # fake-vs-FP. Checked by breaking the engine on purpose: every layer run in float gives
     # int-vs-fake 0.95x-1.0x; input codes off by one (a zero-point bug) give 0.24x-1.7x and
     # int-vs-FP 1.2x-2.5x.

@@ -82,13 +82,20 @@ def evaluate_pipeline(pipe, num: int, seeds: list[int], steps: int | None = None
     return {"num": num, "seeds": list(seeds), "per_seed": per_seed, "summary": summary}, images
 
 
-def add_paired_delta(result: dict, reference: dict, key: str = "fid_digits") -> None:
-    """Per-seed difference to a reference run sampled from the same noise (e.g. FP), and its
-    mean / std: seeds move both runs together, so the paired spread is the honest one."""
+def paired_delta(result: dict, reference: dict, key: str = "fid_digits") -> dict | None:
+    """mean / std over seeds of result's metric minus reference's, for runs sampled from the
+    same noise (e.g. FP): seeds move both runs together, so the paired spread is the honest
+    one. None when the runs share no seed."""
     ref = {m["seed"]: m[key] for m in reference["per_seed"]}
     deltas = [m[key] - ref[m["seed"]] for m in result["per_seed"] if m["seed"] in ref]
-    if deltas:
-        result["summary"][f"{key}_delta"] = mean_std(deltas)
+    return mean_std(deltas) if deltas else None
+
+
+def add_paired_delta(result: dict, reference: dict, key: str = "fid_digits") -> None:
+    """Store paired_delta(result, reference) in result's summary as KEY_delta."""
+    d = paired_delta(result, reference, key)
+    if d is not None:
+        result["summary"][f"{key}_delta"] = d
 
 
 def format_table(rows: list[tuple[str, dict]], keys=("fid_digits", "is_digits", "psnr_vs_ref")) -> str:
