@@ -48,6 +48,11 @@ def run_dir(model: str) -> Path:
     return RESULTS / "quality_runs" / model
 
 
+def entry_name(method: str, tag: str) -> str:
+    """An entry's file / directory stem: the method, plus the tag for runs outside the main table."""
+    return method if tag == "quality" else f"{method}-{tag}"
+
+
 def fp_json(model: str, num: int, seeds: list[int]) -> Path:
     """The FP results file for (num, seeds): fp-NUM.json unless that one holds other seeds (a
     one-seed check run must not overwrite the three-seed reference the tables are built on)."""
@@ -154,7 +159,7 @@ def main(argv=None) -> int:
     for setting in settings:
         w, a = (int(v) for v in setting.lstrip("w").split("a"))
         for method in methods:
-            f = rdir / setting / f"{method}{'-' + args.tag if args.tag != 'quality' else ''}.json"
+            f = rdir / setting / f"{entry_name(method, args.tag)}.json"
             if f.is_file() and not args.fresh:
                 prev = json.loads(f.read_text())
                 if prev.get("num") == args.num and prev.get("seeds") == seeds:
@@ -162,7 +167,7 @@ def main(argv=None) -> int:
                     continue
             log.info("== %s %s", setting, method)
             started = metadata()  # commit and date at the start of this entry
-            qdir = args.cache / f"q-{args.model}-{setting}-{method}{'-' + args.tag if args.tag != 'quality' else ''}"
+            qdir = args.cache / f"q-{args.model}-{setting}-{entry_name(method, args.tag)}"
             shutil.rmtree(qdir, ignore_errors=True)
             q = quantize_subprocess(args.model, method, w, a, qdir, extra)
             fp_res, fp_imgs = fp_ref()
@@ -200,7 +205,7 @@ def build_tables(model: str, settings: list[str], methods: list[str], fp_res: di
     entries = {}
     for s in settings:
         for m in methods:
-            f = rdir / s / f"{m}{'-' + tag if tag != 'quality' else ''}.json"
+            f = rdir / s / f"{entry_name(m, tag)}.json"
             if f.is_file():
                 entries[(s, m)] = json.loads(f.read_text())
     meta = metadata()
