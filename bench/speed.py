@@ -7,12 +7,20 @@ calls: min / median / max ms) and, where asked, a full DDIM sampling run.
 Variants:
 - fp32-eager: the diffusers model as loaded;
 - bf16-autocast: the same under torch.autocast(cpu, bfloat16);
-- bf16-compiled: bf16 weights + channels_last + torch.compile (inductor, freezing): the
-  strongest float path found on this CPU;
+- float-compiled: weights in the dtype `edadm.pipeline.compile_dtype` picks (bf16 where the
+  CPU computes it natively, float32 elsewhere) + channels_last + torch.compile (inductor,
+  freezing): the strongest float path; the row names its dtype;
 - int-w8a8 / int-w4a8: edadm's integer engine (edadm.deploy.intengine) loaded from a saved
   quantized directory, eager in fp32;
-- int-w8a8-compiled / int-w4a8-compiled: the integer engine inside a bf16 channels_last model
-  under torch.compile with freezing.
+- int-w8a8-compiled / int-w4a8-compiled: the integer engine inside a channels_last model in
+  the same dtype under torch.compile with freezing;
+- ort-int8 / openvino-int8: ONNX Runtime static int8 and OpenVINO (NNCF) int8 of the same FP
+  model, calibrated on the same inputs (bench/peers.py; optional bench dependencies).
+
+Every row records the ISA its worker saw (`edadm.deploy.kernels.isa_info`: the CPU's flags,
+the ONEDNN_MAX_CPU_ISA cap, int8 accumulation) and, for integer rows, how many layers ran
+which kernel; every row gives its output's relative L2 error against FP32 on the timed
+inputs. `--isas native,AVX2` runs the whole set again with oneDNN capped at AVX2.
 
 Models: digits-ddpm (shipped, trained; naive calibration on its own trajectories),
 ddpm-cifar10 (google/ddpm-cifar10-32 architecture) and sd-v1-4 (Stable Diffusion v1.4 UNet
@@ -22,12 +30,14 @@ kernels (no CPU int4 conv kernel exists), so W4A8 and W8A8 run at the same speed
 size.
 
     python bench/speed.py                                   # digits-ddpm and ddpm-cifar10
+    python bench/speed.py --models ddpm-cifar10 --batches 16 --isas native,AVX2 --name speed_isa
     python bench/speed.py --models sd-v1-4 --batches 1 --repeats 3 --name speed_sd
 """
 from __future__ import annotations
 
 import argparse
 import gc
+import itertools
 import json
 import os
 import shutil
@@ -47,8 +57,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import metadata, write_json, write_text  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
-VARIANTS = ["fp32-eager", "bf16-autocast", "bf16-compiled", "int-w8a8", "int-w4a8", "int-w8a8-compiled",
-            "int-w4a8-compiled"]
+VARIANTS = ["fp32-eager", "bf16-autocast", "float-compiled", "int-w8a8", "int-w4a8", "int-w8a8-compiled",
+            "int-w4a8-compiled", "ort-int8", "openvino-int8"]
 DEFAULT_MODELS = ["digits-ddpm", "ddpm-cifar10"]
 
 
@@ -182,16 +192,20 @@ def profile_forward(call, args, kwargs, n: int = 5) -> dict:
 
 
 def worker(model: str, variant: str, batches: list[int], repeats: int, sample_steps: int, sample_batch: int,
-           qdir: Path | None, profile_batch: int = 0) -> dict:
+           qdir: Path | None, profile_batch: int = 0, ref_file: Path | None = None) -> dict:
     import torch._inductor.config as inductor_config
 
-    from edadm.pipeline import compile_denoiser, generate, load_pipeline
+    from edadm.deploy.intengine import describe_kernels, kernel_summary
+    from edadm.deploy.kernels import isa_info
+    from edadm.pipeline import compile_denoiser, compile_dtype, generate, load_pipeline
 
-    res: dict = {"model": model, "variant": variant, "threads": torch.get_num_threads()}
+    res: dict = {"model": model, "variant": variant, "threads": torch.get_num_threads(), "isa": isa_info()}
     t0 = time.perf_counter()
     if variant.startswith("int"):
         pipe = load_pipeline(qdir, device="cpu", engine="int")
         res["unet_bytes"] = _dir_bytes(qdir / "unet")
+        res["kernels"] = kernel_summary(pipe.unet)
+        res["kernels_line"] = describe_kernels(pipe.unet)
     else:
         pipe = build_fp_pipeline(model)
     res["load_seconds"] = round(time.perf_counter() - t0, 3)
@@ -199,14 +213,30 @@ def worker(model: str, variant: str, batches: list[int], repeats: int, sample_st
     if not variant.startswith("int"):
         res["unet_bytes"] = _param_bytes(unet)
     compiled = variant.endswith("compiled")
-    dtype = torch.bfloat16 if compiled else torch.float32
+    dtype = compile_dtype("cpu") if compiled else torch.float32
+    res["dtype"] = str(dtype).replace("torch.", "")
     if compiled:
         # name inductor's generated C++ kernels in the profiler (otherwise one opaque region)
         inductor_config.cpp.enable_kernel_profile = bool(profile_batch)
-        compile_denoiser(pipe, dtype)  # the library's path: bf16 weights, channels_last, inductor freezing
+        compile_denoiser(pipe, dtype)  # the library's path: weights in dtype, channels_last, inductor freezing
     fwd = unet  # compiled in place (Module.compile) for the compiled variants
+    peer = None
+    if variant in ("ort-int8", "openvino-int8"):
+        import peers
+
+        calib = [a for a, _ in _RandomCalib(unet).model_inputs(4, "cpu")]  # the int rows' calibration inputs
+        workdir = Path(tempfile.mkdtemp(prefix="edadm-peer-"))
+        peer, info = peers.build(variant, unet, calib, calib[0], isa_info()["int32_dot"], torch.get_num_threads(),
+                                 workdir)
+        res["runtime"] = info
+        qfile = workdir / "ort-int8.onnx"
+        if qfile.exists():
+            res["unet_bytes"] = qfile.stat().st_size
+        sample_steps = 0
 
     def call(args, kwargs):
+        if peer is not None:
+            return peer(args)
         x, t = args
         x = x.to(dtype)
         if compiled:
@@ -228,6 +258,10 @@ def worker(model: str, variant: str, batches: list[int], repeats: int, sample_st
                 call(args, kwargs)
             stats = _timed(lambda: call(args, kwargs), repeats)
             stats["first_call_seconds"] = round(first, 2)
+            if ref_file is not None:
+                ref = torch.load(ref_file)[str(b)]
+                out = call(args, kwargs).float()
+                stats["rel_l2_vs_fp32"] = float((out - ref).norm() / ref.norm())
             res["forward"][str(b)] = stats
             if b == profile_batch:
                 res["profile"] = profile_forward(call, args, kwargs)
@@ -247,53 +281,97 @@ def worker(model: str, variant: str, batches: list[int], repeats: int, sample_st
 
 
 # ---------------------------------------------------------------- orchestration ------------
-def run_worker(args, model, variant, qdir) -> dict:
+def run_worker(args, model, variant, qdir, isa: str = "native", ref_file: Path | None = None) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = Path(f.name)
     cmd = [sys.executable, __file__, "--worker", model, variant, "--batches", ",".join(map(str, args.batches)),
            "--repeats", str(args.repeats), "--sample-steps", str(args.sample_steps), "--sample-batch",
-           str(args.sample_batch), "--worker-out", str(out), "--profile-batch", str(args.profile_batch)] + (["--qdir", str(qdir)] if qdir else [])
+           str(args.sample_batch), "--worker-out", str(out), "--profile-batch", str(args.profile_batch)]
+    cmd += (["--qdir", str(qdir)] if qdir else []) + (["--ref-file", str(ref_file)] if ref_file else [])
+    env = dict(os.environ)
+    env.pop("EDADM_INT_KERNEL", None)
+    if args.int_kernel:
+        env["EDADM_INT_KERNEL"] = args.int_kernel
+    if isa != "native":
+        env["ONEDNN_MAX_CPU_ISA"] = isa  # read by oneDNN when the worker's torch starts
     t0 = time.time()
     # a fresh inductor cache per worker: the first-call time is a cold compile, as a user's
     # first run pays it (a warm cache from an earlier run halved it)
     with tempfile.TemporaryDirectory(prefix="edadm-inductor-") as cache:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache})
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**env, "TORCHINDUCTOR_CACHE_DIR": cache})
     if proc.returncode != 0:
-        return {"model": model, "variant": variant, "error": proc.stderr.strip().splitlines()[-1:]}
+        return {"model": model, "variant": variant, "isa_requested": isa,
+                "error": proc.stderr.strip().splitlines()[-1:]}
     res = json.loads(out.read_text())
     out.unlink()
     res["worker_seconds"] = round(time.time() - t0, 1)
+    res["isa_requested"] = isa
     return res
+
+
+def fp_reference(model: str, batches: list[int], path: Path) -> Path:
+    """FP32 outputs on the inputs every worker times (same seeds), for the error column."""
+    pipe = build_fp_pipeline(model)
+    refs = {}
+    with torch.inference_mode():
+        for b in batches:
+            args, kwargs = _example_inputs(pipe.unet, b, torch.Generator().manual_seed(b))
+            refs[str(b)] = pipe.unet(*args, **kwargs).sample.float()
+    torch.save(refs, path)
+    return path
+
+
+def _label(r: dict) -> str:
+    v = r["variant"]
+    if v.endswith("compiled") and r.get("dtype"):
+        return f"{v} ({r['dtype']})"
+    return v
 
 
 def table(rows: list[dict], batches: list[int]) -> list[str]:
     lines = []
-    for model in dict.fromkeys(r["model"] for r in rows):
-        mr = [r for r in rows if r["model"] == model]
+    groups = dict.fromkeys((r.get("isa_requested", "native"), r["model"]) for r in rows)
+    for isa_req, model in groups:
+        mr = [r for r in rows if r["model"] == model and r.get("isa_requested", "native") == isa_req]
         base = {b: next((r["forward"][str(b)]["median"] for r in mr if r["variant"] == "fp32-eager" and "forward" in r),
                         None) for b in batches}
         best_float = {b: next((r["forward"][str(b)]["median"] for r in mr
-                               if r["variant"] == "bf16-compiled" and "forward" in r), None) for b in batches}
-        lines += [f"## {model}", "",
+                               if r["variant"] in ("float-compiled", "bf16-compiled") and "forward" in r), None)
+                      for b in batches}
+        seen = next((r["isa"] for r in mr if r.get("isa")), None)
+        head = f"## {model}"
+        if seen:
+            head += (f", oneDNN ISA {seen['isa']}" + (f" (ONEDNN_MAX_CPU_ISA={seen['onednn_max_cpu_isa']} on a "
+                                                      f"{seen['machine_isa']} CPU)" if seen.get("onednn_max_cpu_isa")
+                                                      else "") + f", int8 sums in {seen['int8_accumulation']}, "
+                     f"{'native' if seen['native_bf16'] else 'no native'} bf16, ATen {seen['aten_capability']}")
+        lines += [head, "",
                   "| variant | " + " | ".join(f"batch {b}: ms min / median / max (x FP32, x best float)" for b in batches)
-                  + " | first call s (compile) | sampling s | unet MB | peak RSS MB |",
-                  "|---|" + "---|" * len(batches) + "---|---|---|---|"]
+                  + " | rel. L2 error vs FP32 | first call s (compile) | sampling s | unet MB | peak RSS MB |",
+                  "|---|" + "---|" * len(batches) + "---|---|---|---|---|"]
         for r in mr:
             if "error" in r:
                 lines.append(f"| {r['variant']} | error: {r['error']} |")
                 continue
             cells = []
             for b in batches:
-                s = r["forward"][str(b)]
-                ratio = f"{base[b] / s['median']:.2f}x" if base[b] else "-"
-                ratio2 = f"{best_float[b] / s['median']:.2f}x" if best_float[b] else "-"
-                cells.append(f"{s['min']:.1f} / {s['median']:.1f} / {s['max']:.1f} ({ratio}, {ratio2})")
+                st = r["forward"][str(b)]
+                ratio = f"{base[b] / st['median']:.2f}x" if base[b] else "-"
+                ratio2 = f"{best_float[b] / st['median']:.2f}x" if best_float[b] else "-"
+                cells.append(f"{st['min']:.1f} / {st['median']:.1f} / {st['max']:.1f} ({ratio}, {ratio2})")
+            errs = [r["forward"][str(b)].get("rel_l2_vs_fp32") for b in batches]
+            err = ", ".join(f"{e:.4f}" for e in errs if e is not None) or "-"
             first = ", ".join(f"{r['forward'][str(b)]['first_call_seconds']}" for b in batches)
             samp = r.get("sampling")
             samp_s = f"{samp['median'] / 1000:.2f} ({samp['steps']} steps x {samp['batch']})" if samp else "-"
-            lines.append(f"| {r['variant']} | " + " | ".join(cells) + f" | {first} | {samp_s} | "
+            lines.append(f"| {_label(r)} | " + " | ".join(cells) + f" | {err} | {first} | {samp_s} | "
                          f"{r['unet_bytes'] / 2**20:.2f} | {r['peak_rss_mb']:.0f} |")
         lines.append("")
+        notes = [f"- {_label(r)}: " + r["kernels_line"].split(": ", 1)[-1] for r in mr if r.get("kernels_line")]
+        notes += [f"- {r['variant']}: {r['runtime']['options']} (version {r['runtime']['version']})"
+                  for r in mr if r.get("runtime")]
+        if notes:
+            lines += ["Kernels and runtime settings:", "", *notes, ""]
     return lines
 
 
@@ -329,13 +407,17 @@ def main(argv=None) -> None:
     ap.add_argument("--worker", nargs=2, metavar=("MODEL", "VARIANT"), help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--qdir", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--ref-file", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--isas", default="native",
+                    help="comma list: 'native' and/or ONEDNN_MAX_CPU_ISA values (e.g. AVX2); each runs every variant")
+    ap.add_argument("--int-kernel", default="", help="EDADM_INT_KERNEL for the integer rows (default: auto)")
     args = ap.parse_args(argv)
     if args.worker:
         import logging
 
         logging.basicConfig(level=logging.ERROR)
         res = worker(*args.worker, args.batches, args.repeats, args.sample_steps, args.sample_batch, args.qdir,
-                     args.profile_batch)
+                     args.profile_batch, args.ref_file)
         args.worker_out.write_text(json.dumps(res))
         return
     meta = metadata(argv)
@@ -344,7 +426,8 @@ def main(argv=None) -> None:
     try:
         for model in args.models.split(","):
             qdirs = {}
-            for variant in args.variants.split(","):
+            ref = fp_reference(model, args.batches, tmp / f"{model}-ref.pt")
+            for isa, variant in itertools.product(args.isas.split(","), args.variants.split(",")):
                 qdir = None
                 if variant.startswith("int"):
                     w = 4 if "w4" in variant else 8
@@ -354,9 +437,9 @@ def main(argv=None) -> None:
                         write_quantized(model, w, qdirs[w])
                         print(f"{model} W{w}A8 directory written in {time.time() - t0:.0f}s", flush=True)
                     qdir = qdirs[w]
-                r = run_worker(args, model, variant, qdir)
-                print(json.dumps({k: r.get(k) for k in ("model", "variant", "forward", "error")}, default=str)[:400],
-                      flush=True)
+                r = run_worker(args, model, variant, qdir, isa.strip(), ref)
+                print(isa, json.dumps({k: r.get(k) for k in ("model", "variant", "forward", "error")},
+                                      default=str)[:400], flush=True)
                 rows.append(r)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -367,7 +450,7 @@ def main(argv=None) -> None:
              f"`{meta['command']}`", "", f"Date {meta['date']}, commit {meta['git_commit']}, machine "
              f"{meta['machine'].get('cpu', '')}, {res['threads']} threads.", "",
              "Forward latency of the denoiser alone (median of repeats after 2 warm-up calls; ratios are FP32 eager "
-             "median / this median, and bf16-compiled median / this median). Each variant runs in its own process, with a fresh "
+             "median / this median, and float-compiled median / this median). Each variant runs in its own process, with a fresh "
              "inductor cache (first-call times of compiled rows are cold compiles). "
              "Sizes: FP rows = parameters in memory, int rows = the saved unet directory on disk.", ""]
     lines += table(rows, args.batches)

@@ -44,7 +44,8 @@ def _nonneg_int(s: str) -> int:
 
 
 METRICS = ("fid-digits", "fid", "sfid", "is", "clip")
-COMPILE_HELP = ("run the denoiser in bf16 under torch.compile (the fastest path of bench/speed.py): the first "
+COMPILE_HELP = ("run the denoiser under torch.compile, in bf16 where the hardware computes it natively (CUDA, "
+                "AVX512_BF16, AMX) and float32 elsewhere (the fastest path of bench/speed.py): the first "
                 "batch pays a one-time compile (~1 min small UNets, ~4 min Stable Diffusion on 2 cores); "
                 "worth it for long runs")
 

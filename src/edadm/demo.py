@@ -32,8 +32,13 @@ def parse_setting(s: str) -> tuple[int, int]:
 
 
 def machine_info() -> dict:
+    from .deploy.kernels import isa_info
+
+    isa = isa_info()
     info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
+            "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(), "isa": isa["isa"],
+            "machine_isa": isa["machine_isa"], "int8_accumulation": isa["int8_accumulation"],
+            "aten_capability": isa["aten_capability"], "cpu_flags": " ".join(isa["cpu_flags"])}
     try:  # a load well above 0 while measuring means another process shared the cores
         info["loadavg_1m"] = round(os.getloadavg()[0], 2)
     except OSError:
@@ -87,14 +92,16 @@ def run_demo(args) -> dict:
     from .config import CalibConfig, QuantConfig
     from .deploy import save_quantized
     from .eval.evaluate import add_paired_delta, evaluate_pipeline, format_table
-    from .pipeline import load_pipeline
+    from .deploy.intengine import describe_kernels
+    from .deploy.kernels import isa_summary
+    from .pipeline import get_denoiser, load_pipeline
 
     settings = [parse_setting(s) for s in args.settings.split(",") if s.strip()]
     out = Path(args.out)
     commit = git_commit()  # read at the start: the code this run executes
     t_all = time.time()
     timings: dict[str, float] = {}
-    rows, results = [], {}
+    rows, results, engines = [], {}, {}
     with atomic_dir(out) as tmp:
         t0 = time.time()
         fp = load_pipeline(args.model, device=args.device)
@@ -118,6 +125,7 @@ def run_demo(args) -> dict:
             del qpipe
             t0 = time.time()
             loaded = load_pipeline(qdir, device=args.device)  # evaluate what was saved: proves the round trip
+            engines[label] = describe_kernels(get_denoiser(loaded))
             res, imgs = evaluate_pipeline(loaded, args.num, args.seeds, args.steps, args.eta, args.batch_size,
                                           reference=fp_imgs, progress=args.progress)
             add_paired_delta(res, fp_res)
@@ -133,13 +141,16 @@ def run_demo(args) -> dict:
         meta = {"command": "edadm demo " + " ".join(_argv_of(args)), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                 "edadm_version": __version__, "git_commit": commit, "machine": machine_info(),
                 "model": args.model, "num": args.num, "seeds": args.seeds, "method": args.method,
-                "timings_s": {k: round(v, 1) for k, v in timings.items()}}
+                "timings_s": {k: round(v, 1) for k, v in timings.items()},
+                "engine": f"int (saved directories loaded with integer kernels) on {isa_summary()}",
+                "kernels": engines}
         report = {**meta, "results": results}
         (tmp / "report.json").write_text(json.dumps(report, indent=2))
         md = [f"# edadm demo: {args.model}", "",
               f"FP32 against quantized denoisers ({args.method} PTQ), {args.num} samples per seed, seeds {args.seeds}, "
               "every model sampled from the same initial noise. Mean ± std over seeds.", "",
               table, "", "![samples, same noise in each column](samples.png)", "",
+              f"Engine: {meta['engine']}.", "", *[f"- {k}: {v}" for k, v in engines.items()], "",
               "| step | seconds |", "|---|---|", *[f"| {k} | {v:.1f} |" for k, v in timings.items()], "",
               f"- command: `{meta['command']}`", f"- date: {meta['date']}", f"- git commit: {meta['git_commit']}",
               f"- machine: {meta['machine']}", ""]

@@ -88,9 +88,21 @@ def call_denoiser(model, x: torch.Tensor, t, **kw) -> torch.Tensor:
     return out.to(in_dtype)
 
 
-def compile_denoiser(pipe, dtype: torch.dtype = torch.bfloat16):
+def compile_dtype(device: torch.device | str) -> torch.dtype:
+    """The float dtype `compile_denoiser` picks: bf16 on CUDA and on CPUs that compute it
+    natively (AVX512_BF16, AMX); float32 elsewhere, where bf16 convolutions are emulated
+    (measured 11-25x slower than float32 on an AVX2-only AMD EPYC)."""
+    from .deploy.kernels import fast_float_dtype
+
+    if torch.device(device).type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return fast_float_dtype()
+
+
+def compile_denoiser(pipe, dtype: torch.dtype | None = None):
     """Run the pipeline's denoiser on the fastest path bench/speed.py found: weights and
-    activations in `dtype` (bf16), channels_last, torch.compile with inductor freezing (the
+    activations in `dtype` (default `compile_dtype`: bf16 where the hardware has it, else
+    float32), channels_last, torch.compile with inductor freezing (the
     weights become constants, prepacked once). Shapes are static: the first call for each
     input shape compiles (tens of seconds for small UNets, minutes for Stable Diffusion's),
     later calls reuse it. Works for FP, fake-quant and integer-engine denoisers; numerics
@@ -106,6 +118,10 @@ def compile_denoiser(pipe, dtype: torch.dtype = torch.bfloat16):
     if not hasattr(torch, "compile"):  # pragma: no cover - torch is pinned
         raise EdadmError("this PyTorch has no torch.compile")
     model = get_denoiser(pipe)
+    if dtype is None:
+        first = next(iter(model.parameters()), None)
+        dtype = compile_dtype(first.device if first is not None else next(model.buffers()).device)
+    log.info("compiling the denoiser in %s, channels_last", str(dtype).replace("torch.", ""))
     # freezing is a process-wide inductor switch; it only affects graphs compiled in inference mode
     inductor_config.freezing = True
     model.to(dtype=dtype, memory_format=torch.channels_last)
@@ -232,8 +248,8 @@ def load_pipeline(model: str | Path, device: str | torch.device | None = None, e
     """Load a zoo model, a diffusers pipeline directory, or an edadm quantized directory.
 
     engine (quantized directories only): "int" runs integer kernels (edadm.deploy.intengine),
-    "fake" the float simulation used during calibration. compile: bf16 + torch.compile
-    (compile_denoiser), for long sampling runs.
+    "fake" the float simulation used during calibration. compile: torch.compile in bf16
+    where the hardware computes it, else float32 (compile_denoiser), for long sampling runs.
     """
     pipe = _load_pipeline(model, device, engine)
     return compile_denoiser(pipe) if compile else pipe

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import EdadmError
+from . import kernels
 
 log = logging.getLogger("edadm")
 
@@ -40,11 +41,13 @@ _warned: set[str] = set()
 
 
 def onednn_available() -> bool:
-    """True when this PyTorch build has the oneDNN integer conv / linear ops used on CPU."""
+    """True on x86 when this PyTorch build has the oneDNN integer conv / linear ops used on CPU
+    (elsewhere, e.g. ARM, the layers run the float path with one warning line)."""
     ops = getattr(torch.ops, "onednn", None)
     try:
-        return all(hasattr(ops, n) for n in ("qconv_prepack", "qconv_pointwise", "qlinear_prepack",
-                                              "qlinear_pointwise")) and torch.backends.mkldnn.is_available()
+        return kernels.isa_info()["x86"] and all(
+            hasattr(ops, n) for n in ("qconv_prepack", "qconv_pointwise", "qlinear_prepack", "qlinear_pointwise")
+        ) and torch.backends.mkldnn.is_available()
     except Exception:  # pragma: no cover - exotic builds
         return False
 
@@ -148,7 +151,9 @@ class IntLayer(nn.Module):
 
     # -- backend selection -------------------------------------------------------------------
     def prepare(self) -> str:
-        """Choose the backend for the layer's current device and prepack weights once."""
+        """Choose the kernel of each part for the layer's current device and prepack weights
+        once. On x86 CPUs each part takes the first kernel of `kernels.candidates` (exact for
+        its code ranges on this ISA) that passes the exactness guard `kernels.verified`."""
         if self.released:
             return self.backend  # prepacked for the CPU, where it stays (see _apply)
         dev = self.weight_int(0).device
@@ -157,25 +162,55 @@ class IntLayer(nn.Module):
             return self.backend
         self._prepared = True
         self._zeros = torch.zeros(self.weight_int(0).shape[0], dtype=torch.long)
+        n = self.num_parts
         if any(a is None for a in self.acts):
-            self.backend = "float"  # the method keeps this input in float
+            chosen = [("float", "input kept in float by the method")] * n
         elif dev.type == "cpu" and onednn_available():
-            self._packed = [self._prepack(i) for i in range(self.num_parts)]
-            self.backend = "onednn"
+            chosen = [self._choose_cpu(i) for i in range(n)]
         elif dev.type == "cuda" and self.kind == "linear":
-            self.backend = "int_mm"
+            chosen = [("int_mm", "CUDA int8 GEMM, int32 accumulation")] * n
         else:
-            self.backend = "dequant"
-        if self.backend in ("float", "dequant"):
-            self._wf = [self._float_weight(i) for i in range(self.num_parts)]
+            chosen = [("dequant", f"no integer kernel for {self.kind} on {dev.type}")] * n
+        self.part_kernels = [k for k, _ in chosen]
+        self.kernel_reasons = [r for _, r in chosen]
+        self.backend = self.part_kernels[0] if len(set(self.part_kernels)) == 1 else "mixed"
+        self._packed = [kernels.prepack(k, self.kind, self.weight_int(i), self.weight_scale(i), self.acts[i].scale,
+                                        self.acts[i].zero_point, self.conv) if k.startswith("onednn") else None
+                        for i, k in enumerate(self.part_kernels)]
+        self._wf = [self._float_weight(i) if k in ("float", "dequant") else None
+                    for i, k in enumerate(self.part_kernels)]
         return self.backend
+
+    def _geometry(self, i: int) -> tuple:
+        w = self.weight_int(i)
+        if self.kind == "linear":
+            return (w.shape[1], w.shape[0])
+        c = self.conv
+        return (w.shape[1] * c["groups"], w.shape[0], w.shape[2], w.shape[3], tuple(c["stride"]), tuple(c["padding"]),
+                tuple(c["dilation"]), c["groups"])
+
+    def _choose_cpu(self, i: int) -> tuple[str, str]:
+        a, w = self.acts[i], self.weight_int(i)
+        w_absmax = int(w.to(torch.int16).abs().max()) if w.numel() else 0
+        geom = self._geometry(i)
+        for k, reason in kernels.candidates(a.qmax, w_absmax):
+            if kernels.verified(k, self.kind, geom, a.qmin, a.qmax, a.zero_point, w_absmax):
+                return k, reason
+        return "dequant", "no exact integer kernel"  # pragma: no cover - candidates end with dequant
+
+    @property
+    def kernel_list(self) -> list[str]:
+        """The kernel of each part (a backend set by hand applies to every part)."""
+        if self.backend != "mixed":
+            return [self.backend] * self.num_parts
+        return list(self.part_kernels)
 
     def release_int_weights(self) -> int:
         """Drop the plain int8 weights once oneDNN holds its prepacked copy (which is all the
         CPU kernels read), keeping their shapes on the meta device; returns the bytes freed.
         The layer then stays on the CPU: moving it elsewhere raises (reload the directory with
-        the device instead). Other backends keep their weights (they compute from them)."""
-        if self.backend != "onednn" or self.released:
+        the device instead). Other kernels keep their weights (they compute from them)."""
+        if self.released or not all(k.startswith("onednn") for k in self.kernel_list):
             return 0
         freed = 0
         for i in range(self.num_parts):
@@ -207,15 +242,6 @@ class IntLayer(nn.Module):
             self.prepare()  # device moved: reselect the backend, repack
         return out
 
-    def _prepack(self, i: int):
-        w = self.weight_int(i)
-        if self.kind == "linear":
-            return torch.ops.onednn.qlinear_prepack(w, None)
-        a = self.acts[i]
-        c = self.conv
-        return torch.ops.onednn.qconv_prepack(w, self.weight_scale(i), a.scale, a.zero_point, c["stride"],
-                                              c["padding"], c["dilation"], c["groups"], None)
-
     # -- arithmetic ----------------------------------------------------------------------------
     def _quant_u8(self, x: torch.Tensor, a: ActQuant) -> torch.Tensor:
         return _codes_(_scaled(x, a.inv_scale), a.zero_point, a.qmin, a.qmax).to(torch.uint8)
@@ -238,10 +264,10 @@ class IntLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = None
-        for i in range(self.num_parts):
+        for i, k in enumerate(self.kernel_list):
             xi = self._part_input(x, i)
             bias = self.bias.to(x.dtype) if (self.bias is not None and i == 0) else None
-            y = getattr(self, f"_run_{self.backend}")(xi, i, bias)
+            y = getattr(self, "_run_" + k.replace("-", "_"))(xi, i, bias)
             out = y if out is None else out + y
         return out
 
@@ -256,15 +282,12 @@ class IntLayer(nn.Module):
     def _run_onednn(self, x, i, bias):
         a = self.acts[i]
         q = self._quant_u8(x, a)
-        zeros = self._zeros
         if self.kind == "conv":
             q = q.contiguous(memory_format=torch.channels_last)
-            c = self.conv
-            return torch.ops.onednn.qconv_pointwise(q, a.scale, a.zero_point, self._packed[i], self.weight_scale(i),
-                                                    zeros, bias, c["stride"], c["padding"], c["dilation"],
-                                                    c["groups"], 1.0, 0, x.dtype, "none", [], "")
-        return torch.ops.onednn.qlinear_pointwise(q, a.scale, a.zero_point, self._packed[i], self.weight_scale(i),
-                                                  zeros, bias, 1.0, 0, x.dtype, "none", [], "")
+        return kernels.run_packed(self.kind, q, self._packed[i], self.weight_scale(i), a.scale, a.zero_point,
+                                  self._zeros, bias, self.conv, x.dtype)
+
+    _run_onednn_split = _run_onednn  # the two prepacked halves of kernels.prepack, added
 
     def _run_int_mm(self, x, i, bias):
         """int8 GEMM: y = s_x * s_w * (q_x' @ W^T - z' * rowsum(W)), q_x' = q_x - 128 (int8)."""
@@ -372,11 +395,35 @@ def int_layer_from_quant(name: str, mod) -> IntLayer | None:
     return layer
 
 
+def kernel_summary(model: nn.Module) -> dict[str, dict]:
+    """kernel -> {"layers": n, "reasons": {reason: n}} over the model's IntLayers (a split
+    layer counts once per kernel its parts use)."""
+    out: dict[str, dict] = {}
+    for mod in model.modules():
+        if isinstance(mod, IntLayer) and mod._prepared:
+            reasons = getattr(mod, "kernel_reasons", None) or [""] * mod.num_parts
+            for k, r in dict(zip(mod.kernel_list, reasons)).items():
+                e = out.setdefault(k, {"layers": 0, "reasons": {}})
+                e["layers"] += 1
+                e["reasons"][r] = e["reasons"].get(r, 0) + 1
+    return out
+
+
+def describe_kernels(model: nn.Module) -> str:
+    """One line: which kernel how many layers run, and why, on this ISA."""
+    parts = []
+    for k, e in sorted(kernel_summary(model).items(), key=lambda kv: -kv[1]["layers"]):
+        why = "; ".join(r for r in e["reasons"] if r)
+        parts.append(f"{e['layers']} {k}" + (f" ({why})" if why else ""))
+    return f"integer engine on {kernels.isa_summary()}: " + ", ".join(parts)
+
+
 def prepare_int(model: nn.Module, release: bool = False) -> dict[str, int]:
-    """(Re)select every IntLayer's backend for its device; returns backend -> layer count and
-    warns once when some quantized layers have no integer kernel here. `release`: each layer
-    drops its plain int8 weights right after prepacking (`IntLayer.release_int_weights`), so
-    the model never holds both copies of more than one layer."""
+    """(Re)select every IntLayer's kernels for its device; returns backend -> layer count, logs
+    one line naming how many layers run which kernel and why, and warns once when some
+    quantized layers have no integer kernel here at all. `release`: each layer drops its
+    plain int8 weights right after prepacking (`IntLayer.release_int_weights`), so the model
+    never holds both copies of more than one layer."""
     counts: dict[str, int] = {}
     slow = []
     for name, mod in model.named_modules():
@@ -385,8 +432,11 @@ def prepare_int(model: nn.Module, release: bool = False) -> dict[str, int]:
             if release:
                 mod.release_int_weights()
             counts[b] = counts.get(b, 0) + 1
-            if b == "dequant":
+            if any(r.startswith("no ") for r, k in zip(getattr(mod, "kernel_reasons", []), mod.kernel_list)
+                   if k == "dequant"):
                 slow.append(name)
+    if counts:
+        log.info(describe_kernels(model))
     if slow:
         dev = next(model.buffers()).device
         _warn_once(f"dequant-{dev.type}", f"integer engine: no integer kernel for {len(slow)} layer(s) on {dev.type} "

@@ -398,9 +398,8 @@ def load_int_unet(path: str | Path, device: torch.device | str = "cpu"):
     _load_state(unet, state, path)
     freeze_attention_quantizers(unet)
     unet.to(device)
-    counts = prepare_int(unet, release=True)
+    prepare_int(unet, release=True)
     release_free_memory()  # the per-layer temporaries of the load, back to the OS
-    log.info("integer engine: %s", ", ".join(f"{n} layers {b}" for b, n in sorted(counts.items())))
     return unet, config, meta
 
 

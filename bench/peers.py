@@ -1,0 +1,127 @@
+"""The int8 runtimes a user would pick instead of edadm, on the same FP denoiser.
+
+ONNX Runtime static int8 (QDQ, per-channel s8 weights, u8 activations, MinMax calibration)
+and OpenVINO int8 (NNCF post-training quantization, overflow fix on), each calibrated on the
+same inputs edadm's rows are calibrated on, timed on the same inputs, with the output error
+against the FP32 model beside the latency. Optional bench dependencies:
+``pip install onnx onnxruntime openvino nncf onnxscript``; absent, the rows say so.
+
+Both runtimes have the AVX2 saturation problem of edadm.deploy.kernels and ship a fix:
+ONNX Runtime's ``reduce_range`` (7-bit weights), applied here where the CPU has no int32 dot
+product, and NNCF's ``OverflowFix.ENABLE`` (7-bit weights in the layers that need it), always.
+Neither reads ``ONEDNN_MAX_CPU_ISA``: ONNX Runtime's MLAS dispatches on CPUID, so the rows
+measured under that cap run the machine's full ISA (the table says so).
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+RUNTIMES = ("ort-int8", "openvino-int8")
+
+
+class _Wrap(torch.nn.Module):
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample, timestep):
+        return self.unet(sample, timestep).sample
+
+
+def export_onnx(unet, path: Path, example: tuple) -> Path:
+    """The FP denoiser as ONNX (opset 17, dynamic batch), names as diffusers names them."""
+    # the TorchScript exporter: the dynamo one routes weights through shared-parameter ops that
+    # ONNX Runtime's static quantizer refuses ("shared mode is not supported for weight")
+    torch.onnx.export(_Wrap(unet).eval(), example, str(path), input_names=["sample", "timestep"],
+                      output_names=["out_sample"], opset_version=17, dynamo=False,
+                      dynamic_axes={"sample": {0: "batch"}, "timestep": {0: "batch"}, "out_sample": {0: "batch"}})
+    return path
+
+
+def _np(args):
+    x, t = args
+    return {"sample": x.numpy().astype(np.float32), "timestep": t.numpy().astype(np.int64)}
+
+
+def ort_int8(fp_onnx: Path, out: Path, calib: list, int32_dot: bool, threads: int):
+    """ONNX Runtime's static quantization and an inference session over it."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([_np(a) for a in calib])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    pre = out.with_suffix(".pre.onnx")
+    quant_pre_process(str(fp_onnx), str(pre), skip_symbolic_shape=True)
+    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=not int32_dot)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(out), so, providers=["CPUExecutionProvider"])
+    info = {"options": f"QDQ, per-channel QInt8 weights, QUInt8 activations, MinMax, reduce_range={not int32_dot}",
+            "version": ort.__version__}
+    return (lambda args: torch.from_numpy(sess.run(None, _np(args))[0])), info
+
+
+def openvino_int8(fp_onnx: Path, calib: list, threads: int):
+    """NNCF post-training int8 quantization of the same ONNX, compiled for the CPU."""
+    import nncf
+    import openvino as ov
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
+    core = ov.Core()
+    model = core.read_model(str(fp_onnx))
+    qmodel = nncf.quantize(model, nncf.Dataset([_np(a) for a in calib]), subset_size=len(calib),
+                           advanced_parameters=AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE))
+    compiled = core.compile_model(qmodel, "CPU", {"INFERENCE_NUM_THREADS": threads})
+    req = compiled.create_infer_request()
+    caps = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    prec = compiled.get_property("INFERENCE_PRECISION_HINT")
+    info = {"options": f"NNCF MinMax, OverflowFix.ENABLE, inference precision of non-int8 ops {prec}",
+            "version": ov.__version__, "cpu_capabilities": list(caps)}
+
+    def call(args):
+        res = req.infer(_np(args))
+        return torch.from_numpy(np.asarray(next(iter(res.values()))))
+    return call, info
+
+
+def build(runtime: str, unet, calib: list, example: tuple, int32_dot: bool, threads: int, workdir: Path):
+    """(call(args) -> output tensor, info) for one runtime, from the FP unet."""
+    t0 = time.perf_counter()
+    fp_onnx = export_onnx(unet, workdir / "fp.onnx", example)
+    if runtime == "ort-int8":
+        call, info = ort_int8(fp_onnx, workdir / "ort-int8.onnx", calib, int32_dot, threads)
+    elif runtime == "openvino-int8":
+        call, info = openvino_int8(fp_onnx, calib, threads)
+    else:
+        raise ValueError(runtime)
+    info["prepare_seconds"] = round(time.perf_counter() - t0, 1)
+    return call, info
+
+
+if __name__ == "__main__":  # quick check on the shipped digits model
+    from edadm.pipeline import load_pipeline
+
+    unet = load_pipeline("digits-ddpm", device="cpu").unet.eval()
+    g = torch.Generator().manual_seed(0)
+    calib = [(torch.randn(4, 1, 32, 32, generator=g), torch.randint(1, 1000, (4,), generator=g)) for _ in range(4)]
+    x = (torch.randn(16, 1, 32, 32, generator=g), torch.randint(1, 1000, (16,), generator=g))
+    with torch.no_grad():
+        ref = unet(*x).sample
+    for rt in RUNTIMES:
+        with tempfile.TemporaryDirectory() as d:
+            call, info = build(rt, unet, calib, calib[0], False, torch.get_num_threads(), Path(d))
+            y = call(x)
+            print(rt, info, float((y - ref).norm() / ref.norm()))
