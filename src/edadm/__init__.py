@@ -5,18 +5,21 @@ from .config import CalibConfig, QuantConfig  # noqa: E402
 from .errors import EdadmError  # noqa: E402
 
 
-def quantize(pipe, config: QuantConfig | None = None, progress: bool = True):
-    """Quantize `pipe.unet` in place; returns (pipe, report). See :func:`edadm.api.quantize`."""
+def quantize(pipe, config: QuantConfig | None = None, progress: bool = True, trajectories=None):
+    """Quantize `pipe.unet` in place; returns (pipe, report). See :func:`edadm.api.quantize`
+    (`trajectories`: from :func:`edadm.api.calibration_trajectories`, to share one FP
+    collection between settings)."""
     from .api import quantize as _q
 
-    return _q(pipe, config, progress=progress)
+    return _q(pipe, config, progress=progress, trajectories=trajectories)
 
 
 def load(path, device=None, engine: str = "int", compile: bool = False):
     """Load a zoo name, a diffusers directory or an edadm quantized directory as a pipeline.
 
     engine (quantized directories): "int" integer kernels, "fake" the float simulation;
-    compile: run the denoiser in bf16 under torch.compile (one compile per input shape)."""
+    compile: run the denoiser under torch.compile, in bf16 where the hardware has it, else
+    float32 (one compile per input shape)."""
     from .pipeline import load_pipeline
 
     return load_pipeline(path, device=device, engine=engine, compile=compile)

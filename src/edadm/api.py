@@ -62,11 +62,24 @@ def allocate(traj, config: QuantConfig, num_train_timesteps: int) -> tuple[torch
     raise EdadmError(f"unknown calibration strategy {c.strategy!r}")
 
 
-def _calibration_set(pipe, config: QuantConfig, steps: int, eta: float, progress: bool, seconds: dict,
-                     dist_info=None):
-    """FP trajectories -> per-step counts -> CalibrationSet (+ counts, details, timesteps)."""
+def _resolve_sampling(pipe, config: QuantConfig) -> tuple[int, float, float | None]:
+    """(steps, eta, guidance scale) the model is calibrated for: the config's, else the pipeline's."""
+    defaults = sampling_defaults(pipe)
+    steps = config.steps or defaults.steps
+    eta = defaults.eta if config.eta is None else config.eta
+    guidance = defaults.guidance_scale if config.guidance_scale is None else config.guidance_scale
+    return steps, eta, guidance
+
+
+def calibration_trajectories(pipe, config: QuantConfig, progress: bool = True, dist_info=None):
+    """The FP trajectories `quantize(pipe, config)` samples for its calibration set (same
+    seed, sampler, guidance, TDAC feature point). Settings that share these (for example W8A8
+    and W4A8 with one calibration config) can collect them once and pass them to `quantize`."""
+    config.validate()
+    if config.sampler is not None:
+        set_sampler(pipe, config.sampler)
+    steps, eta, _ = _resolve_sampling(pipe, config)
     c = config.calib
-    t0 = time.time()
     fmod = None
     if c.strategy == "tdac":
         try:
@@ -78,13 +91,31 @@ def _calibration_set(pipe, config: QuantConfig, steps: int, eta: float, progress
                                 guidance_scale=config.guidance_scale, dist_info=dist_info)
     if not torch.isfinite(traj.xs).all():
         raise EdadmError("full-precision trajectories contain NaN or Inf; check the model and sampler settings")
+    return traj
+
+
+def _calibration_set(pipe, config: QuantConfig, steps: int, eta: float, progress: bool, seconds: dict,
+                     dist_info=None, trajectories=None):
+    """FP trajectories -> per-step counts -> CalibrationSet (+ counts, details, timesteps)."""
+    c = config.calib
+    t0 = time.time()
+    if trajectories is None:
+        traj = calibration_trajectories(pipe, config, progress=progress, dist_info=dist_info)
+    else:
+        traj = trajectories
+        if traj.num_trajectories != c.num_trajectories or traj.num_steps != steps:
+            raise EdadmError(f"the given trajectories ({traj.num_trajectories} x {traj.num_steps} steps) do not match "
+                             f"this config ({c.num_trajectories} x {steps} steps)")
+        if c.strategy == "tdac" and traj.features is None:
+            raise EdadmError("the given trajectories have no TDAC features; collect them with a tdac config")
     seconds["trajectories"] = time.time() - t0
     counts, details = allocate(traj, config, pipe.scheduler.config.num_train_timesteps)
     calib = assemble(traj, counts, seed=config.seed)
     return calib, counts.tolist(), details, traj.ts.tolist()
 
 
-def quantize(pipe, config: QuantConfig | None = None, progress: bool = True, checkpoint=None, dist_info=None):
+def quantize(pipe, config: QuantConfig | None = None, progress: bool = True, checkpoint=None, dist_info=None,
+             trajectories=None):
     """Quantize the denoiser (`pipe.unet`, or `pipe.transformer` for DiT) in place (fake quantization) and return (pipe, QuantReport).
 
     FP trajectories of the evaluation sampler -> calibration set (uniform / PTQ4DM / TDAC)
@@ -96,6 +127,9 @@ def quantize(pipe, config: QuantConfig | None = None, progress: bool = True, che
 
     dist_info (edadm.dist.DistInfo, under torchrun): all processes share the FP trajectory
     collection; then rank 0 goes on alone and the others return (pipe unchanged, None).
+
+    trajectories: what `calibration_trajectories(pipe, config)` returned, to skip sampling
+    them again (they must match the config's count and steps).
     """
     config = config or QuantConfig()
     config.validate()
@@ -103,9 +137,7 @@ def quantize(pipe, config: QuantConfig | None = None, progress: bool = True, che
     if config.sampler is not None:
         set_sampler(pipe, config.sampler)
     defaults = sampling_defaults(pipe)
-    steps = config.steps or defaults.steps
-    eta = defaults.eta if config.eta is None else config.eta
-    guidance = defaults.guidance_scale if config.guidance_scale is None else config.guidance_scale
+    steps, eta, guidance = _resolve_sampling(pipe, config)
     # the model is calibrated for this sampler: it is also what it samples with by default
     pipe._edadm_sampling = {"steps": steps, "eta": eta, "guidance_scale": guidance, "prompts": defaults.prompts}
     c = config.calib
@@ -121,7 +153,7 @@ def quantize(pipe, config: QuantConfig | None = None, progress: bool = True, che
         seconds.update(saved["seconds"])
     else:
         calib, counts, details, timesteps = _calibration_set(pipe, config, steps, eta, progress, seconds,
-                                                             dist_info=dist_info)
+                                                             dist_info=dist_info, trajectories=trajectories)
         if dist_info is not None and not dist_info.is_main:
             return pipe, None
         if checkpoint is not None:

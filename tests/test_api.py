@@ -1,0 +1,30 @@
+"""edadm.api: trajectories collected once serve several quantizations."""
+import pytest
+import torch
+
+from edadm import CalibConfig, EdadmError, QuantConfig, load, quantize
+from edadm.api import calibration_trajectories
+
+
+def _cfg(w):
+    return QuantConfig(method="naive", weight_bits=w, act_bits=8,
+                       calib=CalibConfig(num_samples=8, num_trajectories=8, uniform_steps=4, batch_size=8))
+
+
+def test_given_trajectories_give_the_same_quantization(tiny_pipe_dir):
+    fp = load(tiny_pipe_dir, device="cpu")
+    traj = calibration_trajectories(fp, _cfg(8), progress=False)
+    a, ra = quantize(load(tiny_pipe_dir, device="cpu"), _cfg(4), progress=False)
+    b, rb = quantize(load(tiny_pipe_dir, device="cpu"), _cfg(4), progress=False, trajectories=traj)
+    assert ra.counts == rb.counts and ra.timesteps == rb.timesteps
+    sa, sb = a.unet.state_dict(), b.unet.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_trajectories_that_do_not_match_the_config_are_refused(tiny_pipe_dir):
+    fp = load(tiny_pipe_dir, device="cpu")
+    traj = calibration_trajectories(fp, _cfg(8), progress=False)
+    cfg = _cfg(4)
+    cfg.calib.num_samples = cfg.calib.num_trajectories = 16
+    with pytest.raises(EdadmError, match="do not match"):
+        quantize(load(tiny_pipe_dir, device="cpu"), cfg, progress=False, trajectories=traj)
