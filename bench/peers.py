@@ -9,8 +9,10 @@ against the FP32 model beside the latency. Optional bench dependencies:
 Both runtimes have the AVX2 saturation problem of edadm.deploy.kernels and ship a fix:
 ONNX Runtime's ``reduce_range`` (7-bit weights), applied here where the CPU has no int32 dot
 product, and NNCF's ``OverflowFix.ENABLE`` (7-bit weights in the layers that need it), always.
-Neither reads ``ONEDNN_MAX_CPU_ISA``: ONNX Runtime's MLAS dispatches on CPUID, so the rows
-measured under that cap run the machine's full ISA (the table says so).
+ONNX Runtime does not read ``ONEDNN_MAX_CPU_ISA`` (its MLAS kernels dispatch on CPUID), so
+its rows under that cap run the machine's full ISA with the AVX2 fix on: an upper bound for a
+real AVX2 CPU. OpenVINO's oneDNN fork does read it; its non-int8 ops are then held to f32
+(they would pick bf16 from CPUID and fail).
 """
 from __future__ import annotations
 
@@ -74,7 +76,7 @@ def ort_int8(fp_onnx: Path, out: Path, calib: list, int32_dot: bool, threads: in
     return (lambda args: torch.from_numpy(sess.run(None, _np(args))[0])), info
 
 
-def openvino_int8(fp_onnx: Path, calib: list, threads: int):
+def openvino_int8(fp_onnx: Path, calib: list, threads: int, native_bf16: bool = True):
     """NNCF post-training int8 quantization of the same ONNX, compiled for the CPU."""
     import nncf
     import openvino as ov
@@ -84,7 +86,13 @@ def openvino_int8(fp_onnx: Path, calib: list, threads: int):
     model = core.read_model(str(fp_onnx))
     qmodel = nncf.quantize(model, nncf.Dataset([_np(a) for a in calib]), subset_size=len(calib),
                            advanced_parameters=AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE))
-    compiled = core.compile_model(qmodel, "CPU", {"INFERENCE_NUM_THREADS": threads})
+    config = {"INFERENCE_NUM_THREADS": threads}
+    if not native_bf16:
+        # OpenVINO picks bf16 for its non-int8 ops from CPUID; under ONEDNN_MAX_CPU_ISA (which
+        # its oneDNN fork reads) that fails ("Supported primitive descriptors list is empty for
+        # node ... Softmax"), so without native bf16 it is told f32, as it picks on such a CPU
+        config["INFERENCE_PRECISION_HINT"] = "f32"
+    compiled = core.compile_model(qmodel, "CPU", config)
     req = compiled.create_infer_request()
     caps = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     prec = compiled.get_property("INFERENCE_PRECISION_HINT")
@@ -104,7 +112,9 @@ def build(runtime: str, unet, calib: list, example: tuple, int32_dot: bool, thre
     if runtime == "ort-int8":
         call, info = ort_int8(fp_onnx, workdir / "ort-int8.onnx", calib, int32_dot, threads)
     elif runtime == "openvino-int8":
-        call, info = openvino_int8(fp_onnx, calib, threads)
+        from edadm.deploy.kernels import isa_info
+
+        call, info = openvino_int8(fp_onnx, calib, threads, native_bf16=isa_info()["native_bf16"])
     else:
         raise ValueError(runtime)
     info["prepare_seconds"] = round(time.perf_counter() - t0, 1)

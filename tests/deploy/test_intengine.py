@@ -121,6 +121,18 @@ def test_int_mm_arithmetic_matches_dequant():
     assert float((got - ref).abs().max() / ref.abs().max()) < 1e-5
 
 
+def test_int_mm_small_batches_fall_back_to_the_same_numbers():
+    """torch._int_mm takes only m > 16 rows: smaller inputs run the dequant arithmetic, whose
+    float weights the int_mm kernel did not prepare (it used to fail on them)."""
+    layer = nn.Linear(32, 24)
+    x = torch.randn(40, 32, generator=torch.Generator().manual_seed(2)) + 0.5
+    il = int_layer_from_quant("l", _calibrated(layer, LayerSpec(8, 8, True), x))
+    ref = il(x[:4])
+    il.backend, il._wf = "int_mm", None
+    with torch.no_grad():
+        assert float((il(x[:4]) - ref).abs().max() / ref.abs().max()) < 1e-5
+
+
 def test_int_engine_loads_integer_weights_and_matches_fake(tiny_quant_dir):
     fake = load(tiny_quant_dir, device="cpu", engine="fake")
     intp = load(tiny_quant_dir, device="cpu", engine="int")

@@ -246,6 +246,15 @@ class IntLayer(nn.Module):
     def _quant_u8(self, x: torch.Tensor, a: ActQuant) -> torch.Tensor:
         return _codes_(_scaled(x, a.inv_scale), a.zero_point, a.qmin, a.qmax).to(torch.uint8)
 
+    def _weight_float(self, i: int) -> torch.Tensor:
+        """The float32 weight of part i, made on first use where the kernel did not prepare
+        it (int_mm's fallback for shapes torch._int_mm does not take)."""
+        if self._wf is None:
+            self._wf = [None] * self.num_parts
+        if self._wf[i] is None:
+            self._wf[i] = self._float_weight(i)
+        return self._wf[i]
+
     def _float_weight(self, i: int) -> torch.Tensor:
         w = self.weight_int(i)
         return w.float() * self.weight_scale(i).reshape(-1, *([1] * (w.dim() - 1)))
@@ -272,12 +281,12 @@ class IntLayer(nn.Module):
         return out
 
     def _run_float(self, x, i, bias):
-        return self._float_op(x, self._wf[i].to(x.dtype), bias)
+        return self._float_op(x, self._weight_float(i).to(x.dtype), bias)
 
     def _run_dequant(self, x, i, bias):
         a = self.acts[i]
         xq = ((self._quant_u8(x, a).float() - a.zero_point) * a.scale).to(x.dtype)
-        return self._float_op(xq, self._wf[i].to(x.dtype), bias)
+        return self._float_op(xq, self._weight_float(i).to(x.dtype), bias)
 
     def _run_onednn(self, x, i, bias):
         a = self.acts[i]
