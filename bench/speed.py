@@ -230,8 +230,7 @@ def worker(model: str, variant: str, batches: list[int], repeats: int, sample_st
                                  workdir)
         res["runtime"] = info
         qfile = workdir / "ort-int8.onnx"
-        if qfile.exists():
-            res["unet_bytes"] = qfile.stat().st_size
+        res["unet_bytes"] = qfile.stat().st_size if qfile.exists() else None  # OpenVINO's stays in memory
         sample_steps = 0
 
     def call(args, kwargs):
@@ -321,6 +320,12 @@ def fp_reference(model: str, batches: list[int], path: Path) -> Path:
     return path
 
 
+def _mb(r: dict) -> str:
+    if r.get("unet_bytes") is None or (r["variant"] == "openvino-int8"):
+        return "-"  # OpenVINO's int8 model is built in memory, not written
+    return f"{r['unet_bytes'] / 2**20:.2f}"
+
+
 def _label(r: dict) -> str:
     v = r["variant"]
     if v.endswith("compiled") and r.get("dtype"):
@@ -365,7 +370,7 @@ def table(rows: list[dict], batches: list[int]) -> list[str]:
             samp = r.get("sampling")
             samp_s = f"{samp['median'] / 1000:.2f} ({samp['steps']} steps x {samp['batch']})" if samp else "-"
             lines.append(f"| {_label(r)} | " + " | ".join(cells) + f" | {err} | {first} | {samp_s} | "
-                         f"{r['unet_bytes'] / 2**20:.2f} | {r['peak_rss_mb']:.0f} |")
+                         f"{_mb(r)} | {r['peak_rss_mb']:.0f} |")
         lines.append("")
         notes = [f"- {_label(r)}: " + r["kernels_line"].split(": ", 1)[-1] for r in mr if r.get("kernels_line")]
         notes += [f"- {r['variant']}: {r['runtime']['options']} (version {r['runtime']['version']})"
@@ -411,6 +416,7 @@ def main(argv=None) -> None:
     ap.add_argument("--isas", default="native",
                     help="comma list: 'native' and/or ONEDNN_MAX_CPU_ISA values (e.g. AVX2); each runs every variant")
     ap.add_argument("--int-kernel", default="", help="EDADM_INT_KERNEL for the integer rows (default: auto)")
+    ap.add_argument("--rebuild", action="store_true", help="rewrite results/NAME.md from results/NAME.json, measuring nothing")
     args = ap.parse_args(argv)
     if args.worker:
         import logging
@@ -419,6 +425,9 @@ def main(argv=None) -> None:
         res = worker(*args.worker, args.batches, args.repeats, args.sample_steps, args.sample_batch, args.qdir,
                      args.profile_batch, args.ref_file)
         args.worker_out.write_text(json.dumps(res))
+        return
+    if args.rebuild:
+        write_page(json.loads((RESULTS / f"{args.name}.json").read_text()), args.name)
         return
     meta = metadata(argv)
     rows = []
@@ -446,16 +455,23 @@ def main(argv=None) -> None:
     res = {**meta, "batches": args.batches, "repeats": args.repeats, "threads": torch.get_num_threads(),
            "rows": rows}
     write_json(RESULTS / f"{args.name}.json", res)
-    lines = [f"# Denoiser speed: FP vs integer engine ({args.name})", "",
+    write_page(res, args.name)
+
+
+def write_page(res: dict, name: str) -> None:
+    meta = res
+    lines = [f"# Denoiser speed: FP vs integer engine ({name})", "",
              f"`{meta['command']}`", "", f"Date {meta['date']}, commit {meta['git_commit']}, machine "
              f"{meta['machine'].get('cpu', '')}, {res['threads']} threads.", "",
              "Forward latency of the denoiser alone (median of repeats after 2 warm-up calls; ratios are FP32 eager "
-             "median / this median, and float-compiled median / this median). Each variant runs in its own process, with a fresh "
-             "inductor cache (first-call times of compiled rows are cold compiles). "
-             "Sizes: FP rows = parameters in memory, int rows = the saved unet directory on disk.", ""]
-    lines += table(rows, args.batches)
-    lines += profile_tables(rows)
-    write_text(RESULTS / f"{args.name}.md", "\n".join(lines) + "\n")
+             "median / this median, and float-compiled median / this median). Each variant runs in its own process, "
+             "with a fresh inductor cache (first-call times of compiled rows are cold compiles). Sizes: FP rows = "
+             "parameters in memory, int rows = the saved unet directory on disk, ort-int8 = its quantized ONNX file. "
+             "Error: relative L2 distance of the output from the FP32 model's on the timed inputs (random weights, "
+             "every int8 model calibrated on the same 16 random inputs).", ""]
+    lines += table(res["rows"], res["batches"])
+    lines += profile_tables(res["rows"])
+    write_text(RESULTS / f"{name}.md", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
