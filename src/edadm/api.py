@@ -62,9 +62,10 @@ def allocate(traj, config: QuantConfig, num_train_timesteps: int) -> tuple[torch
     raise EdadmError(f"unknown calibration strategy {c.strategy!r}")
 
 
-def _resolve_sampling(pipe, config: QuantConfig) -> tuple[int, float, float | None]:
-    """(steps, eta, guidance scale) the model is calibrated for: the config's, else the pipeline's."""
-    defaults = sampling_defaults(pipe)
+def _resolve_sampling(pipe, config: QuantConfig, defaults=None) -> tuple[int, float, float | None]:
+    """(steps, eta, guidance scale) the model is calibrated for: the config's, else the
+    pipeline's (`defaults`: its sampling_defaults, when the caller already has them)."""
+    defaults = defaults or sampling_defaults(pipe)
     steps = config.steps or defaults.steps
     eta = defaults.eta if config.eta is None else config.eta
     guidance = defaults.guidance_scale if config.guidance_scale is None else config.guidance_scale
@@ -137,7 +138,7 @@ def quantize(pipe, config: QuantConfig | None = None, progress: bool = True, che
     if config.sampler is not None:
         set_sampler(pipe, config.sampler)
     defaults = sampling_defaults(pipe)
-    steps, eta, guidance = _resolve_sampling(pipe, config)
+    steps, eta, guidance = _resolve_sampling(pipe, config, defaults)
     # the model is calibrated for this sampler: it is also what it samples with by default
     pipe._edadm_sampling = {"steps": steps, "eta": eta, "guidance_scale": guidance, "prompts": defaults.prompts}
     c = config.calib

@@ -113,6 +113,7 @@ def test_forcing_the_unsafe_kernel_warns_and_images_stay_right(tmp_path, monkeyp
     quantize(pipe, cfg, progress=False)
     save(pipe, tmp_path / "q")
     kernels._verdicts.clear()
+    kernels._warned.clear()
     monkeypatch.setenv(kernels.KERNEL_ENV, "onednn")
     with caplog.at_level(logging.INFO, logger="edadm"):
         intp = load(tmp_path / "q", device="cpu", engine="int")

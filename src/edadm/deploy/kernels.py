@@ -168,12 +168,10 @@ def candidates(act_qmax: int, w_absmax: int) -> list[tuple[str, str]]:
                    "dequant": "float32 from the integer codes (int16 pairs would saturate)"}
         out += [(k, reasons[k]) for k in SATURATING_FALLBACK]
     out.append(("dequant", "no exact integer kernel"))
-    seen, uniq = set(), []
+    first: dict[str, str] = {}
     for k, r in out:
-        if k not in seen:
-            seen.add(k)
-            uniq.append((k, r))
-    return uniq
+        first.setdefault(k, r)  # a kernel keeps its first (most specific) reason
+    return list(first.items())
 
 
 def split_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -184,6 +182,7 @@ def split_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 # ----------------------------------------------------------------------- the guard ----------
 _verdicts: dict[tuple, tuple[bool, float]] = {}
+_warned: set[str] = set()  # kernels whose failure was logged (one line per kernel)
 
 
 def _worst_case(shape_w: tuple, w_absmax: int, x_shape: tuple, act_qmin: int, act_qmax: int,
@@ -216,7 +215,8 @@ def verified(kernel: str, kind: str, geometry: tuple, act_qmin: int, act_qmax: i
             return False
         ok = err <= RTOL
         _verdicts[key] = (ok, err)
-        if not ok and not any(not v[0] and k[0] == kernel for k, v in _verdicts.items() if k != key):
+        if not ok and kernel not in _warned:
+            _warned.add(kernel)
             log.warning("integer engine: kernel %s is not exact on this CPU (%s): max relative error %.2g on "
                         "worst-case codes of %s %s; such layers use the next exact kernel", kernel, isa_summary(),
                         err, kind, geometry)
