@@ -62,7 +62,7 @@ def test_sampling_is_seeded_and_batch_independent(tiny_pipe_dir):
     (["quantize", "{tmp}/missing-dir/", "--out", "{tmp}/o"], "not found"),
     (["quantize", "{pipe}", "--weight-bits", "9", "--out", "{tmp}/o"], "2..8"),
     (["quantize", "{pipe}", "--act-bits", "1", "--out", "{tmp}/o"], "2..8"),
-    (["quantize", "{pipe}", "--method", "magic", "--out", "{tmp}/o"], "unknown method"),
+    (["quantize", "{pipe}", "--method", "magic", "--out", "{tmp}/o"], "invalid choice: 'magic'"),
     (["quantize", "{pipe}", "--preset", "mnist", "--out", "{tmp}/o"], "unknown preset 'mnist'"),
     (["quantize", "{pipe}", "--sampler", "euler", "--out", "{tmp}/o"], "unknown sampler 'euler'"),
     (["quantize", "{pipe}", "--num-samples", "0", "--out", "{tmp}/o"], "positive integer"),
@@ -120,12 +120,17 @@ def test_quantize_with_reconstruction_methods(method, tiny_pipe_dir, tmp_path, c
     q = tmp_path / "q"
     code, out, err = _run(capsys, "quantize", tiny_pipe_dir, "--method", method, "--weight-bits", 4, "--act-bits", 8,
                           "--out", q, "--num-samples", 8, "--num-trajectories", 8, "--iters", 2,
-                          "--recon-batch-size", 4, "--no-progress")
+                          "--act-iters", 3, "--recon-batch-size", 4, "--no-progress")
     assert code == 0, err
     meta = json.loads((q / "unet" / "edadm_quant.json").read_text())
     rep = meta["report"]
     assert sum(rep["counts"]) == 8 and len(rep["counts"]) == 4
-    assert rep["recon"] and all(u["iters"] == 2 for u in rep["recon"])
+    # joint (eda-dm): one pass of 2 iterations per unit; two-stage (ptq4dm): 2 per unit for the
+    # rounding, then 3 for the step sizes (0 where a unit has no activation quantizer)
+    stages = {u.get("stage", "joint") for u in rep["recon"]}
+    assert stages == ({"joint"} if method == "eda-dm" else {"weights", "acts"})
+    assert rep["recon"] and all(u["iters"] == {"joint": 2, "weights": 2}.get(u.get("stage", "joint"), 3)
+                                or (u.get("stage") == "acts" and u["iters"] == 0) for u in rep["recon"])
     assert (q / "calibration" / "allocation.png").stat().st_size > 0
     counts = json.loads((q / "calibration" / "counts.json").read_text())
     assert counts["strategy"] == ("tdac" if method == "eda-dm" else "ptq4dm")
@@ -138,8 +143,9 @@ def test_quantize_with_reconstruction_methods(method, tiny_pipe_dir, tmp_path, c
 
 
 def test_preset_sets_sampler_and_settings_and_flags_override_it(tiny_pipe_dir, tmp_path, capsys):
-    """--preset coco: PLMS sampler, 50 steps, lambda 5, N 256, 1000 iterations, lr 0.5 at W4;
-    flags override it; the saved model samples with the sampler and steps it was calibrated on."""
+    """--preset coco: PLMS sampler, 50 steps for every method; for EDA-DM recipes also lambda 5,
+    N 256, 1000 reference iterations, lr 3e-2 at W4; flags override it; the saved model samples
+    with the sampler and steps it was calibrated on."""
     from edadm.pipeline import load_pipeline, sampling_defaults
 
     q = tmp_path / "q"
@@ -149,12 +155,21 @@ def test_preset_sets_sampler_and_settings_and_flags_override_it(tiny_pipe_dir, t
     assert code == 0, err
     cfg = json.loads((q / "unet" / "edadm_quant.json").read_text())["config"]
     assert (cfg["preset"], cfg["sampler"], cfg["steps"], cfg["guidance_scale"]) == ("coco", "plms", 4, 7.5)
-    assert (cfg["calib"]["num_samples"], cfg["calib"]["tdac_lambda"]) == (8, 5.0)
-    assert (cfg["recon"]["iters"], cfg["recon"]["lr_weight"]) == (1000, 0.03)  # reference --lr_w, SD W4
-    assert cfg["recon"]["add_loss"] == 0.0  # naive has no FBR: the preset's add_loss does not apply
+    assert (cfg["calib"]["num_samples"], cfg["calib"]["tdac_lambda"]) == (8, 1.2)  # naive: not an EDA-DM recipe
     pipe = load_pipeline(q, engine="fake")
     assert type(pipe.scheduler).__name__ == "PNDMScheduler" and pipe.scheduler.config.skip_prk_steps
     assert sampling_defaults(pipe).steps == 4
+
+    q2 = tmp_path / "q2"
+    code, out, err = _run(capsys, "quantize", tiny_pipe_dir, "--preset", "coco", "--method", "eda-dm", "--no-recon",
+                          "--weight-bits", 4, "--steps", 4, "--num-samples", 8, "--num-trajectories", 8,
+                          "--out", q2, "--no-progress", "--no-report")
+    assert code == 0, err
+    cfg = json.loads((q2 / "unet" / "edadm_quant.json").read_text())["config"]
+    assert (cfg["calib"]["num_samples"], cfg["calib"]["tdac_lambda"]) == (8, 5.0)
+    assert (cfg["recon"]["reference_iters"], cfg["recon"]["lr_weight"]) == (1000, 0.03)  # reference --lr_w, SD W4
+    assert cfg["recon"]["iters"] == round(1000 * cfg["recon"]["iters_scale"])
+    assert cfg["recon"]["add_loss"] == 0.8
 
 
 def test_sample_labels_draw_the_asked_digit_and_bad_labels_fail_cleanly(tmp_path, capsys):

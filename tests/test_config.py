@@ -1,6 +1,7 @@
 import pytest
 
-from edadm.config import DATASET_PRESETS, METHOD_PRESETS, QuantConfig, preset_config
+from edadm import recipes
+from edadm.config import DATASET_PRESETS, DEFAULT_ITERS_SCALE, METHODS, QuantConfig, preset_config
 from edadm.errors import EdadmError
 
 
@@ -23,7 +24,43 @@ def test_explicit_values_override_the_preset_and_round_trip():
                                  "recon": {"add_loss": 1.0, "iters": 7}})
     assert cfg.calib.strategy == "uniform" and cfg.recon.add_loss == 1.0 and cfg.recon.iters == 7
     assert QuantConfig.from_dict(cfg.to_dict()) == cfg
-    assert set(METHOD_PRESETS) == {"naive", "ptq4dm", "qdiffusion", "eda-dm", "eda-dm-tdac-only", "eda-dm-fbr-only"}
+    assert {"naive", "ptq4dm", "qdiffusion", "eda-dm", "eda-dm-tdac-only", "eda-dm-fbr-only"} <= set(METHODS)
+    assert set(METHODS) == {p.stem for p in (recipes._DIR).glob("*.toml")}  # one file per method
+
+
+@pytest.mark.parametrize("wbits", [4, 8])
+def test_qdiffusion_recipe_is_its_cifar10_script(wbits):
+    """Q-Diffusion's README CIFAR-10 command (METHOD.md, two reference recipes)."""
+    cfg = QuantConfig(method="qdiffusion", weight_bits=wbits)
+    c, r = cfg.calib, cfg.recon
+    assert (c.strategy, c.num_samples, c.num_trajectories, c.uniform_steps) == ("uniform", 5120, 256, 20)
+    assert (cfg.act_range_kind, cfg.split_shortcut) == ("symmetric", True)
+    assert (r.stages, r.reference_iters, r.reference_act_iters) == ("two-stage", 20000, 5000)
+    assert (r.lr_weight, r.lr_weight_schedule, r.round_weight, r.b_start, r.b_end, r.warmup) == (
+        1e-3, "constant", 0.01, 20.0, 2.0, 0.2)
+    assert (r.lr_act, r.lr_act_relative, r.act_loss_p, r.add_loss, r.input_mix_prob, r.act_drop_prob) == (
+        4e-4, False, 2.4, 0.0, 0.0, 0.0)
+    assert (r.iters, r.act_iters) == (round(20000 * DEFAULT_ITERS_SCALE), round(5000 * DEFAULT_ITERS_SCALE))
+    assert r.batch_size == 32
+
+
+@pytest.mark.parametrize("wbits,lr_w,lr_a", [(4, 5e-1, 5e-4), (8, 5e-2, 1e-3)])
+def test_eda_dm_recipe_is_its_cifar10_script(wbits, lr_w, lr_a):
+    cfg = QuantConfig(method="eda-dm", weight_bits=wbits)
+    c, r = cfg.calib, cfg.recon
+    assert (c.strategy, c.num_samples, c.num_trajectories, c.tdac_lambda) == ("tdac", 1024, 1024, 1.2)
+    assert (cfg.act_range_kind, cfg.split_shortcut) == ("symmetric", True)
+    assert (r.stages, r.reference_iters, r.lr_weight, r.lr_weight_schedule, r.round_weight) == (
+        "joint", 5000, lr_w, "cosine", 0.0)
+    assert (r.lr_act, r.lr_act_relative, r.add_loss, r.input_mix_prob, r.act_drop_prob) == (lr_a, False, 0.8, 0.5, 0.5)
+
+
+def test_iters_scale_and_seed_reach_the_reconstruction():
+    cfg = QuantConfig(method="qdiffusion", seed=3, recon={"iters_scale": 1.0})
+    assert (cfg.recon.iters, cfg.recon.act_iters, cfg.recon.seed) == (20000, 5000, 3)
+    assert QuantConfig(method="eda-dm", recon={"iters": 7}).recon.iters == 7
+    assert recipes.per_bits({"w4": 1, "w8": 2}, 3) == 1 and recipes.per_bits({"w4": 1, "w8": 2}, 6) == 1
+    assert recipes.per_bits({"w4": 1, "w8": 2}, 8) == 2
 
 
 @pytest.mark.parametrize("bad,needle", [
@@ -42,14 +79,20 @@ def test_bad_configs_are_user_errors(bad, needle):
 @pytest.mark.parametrize("name", sorted(DATASET_PRESETS))
 def test_dataset_presets_are_valid_configs_with_the_papers_values(name):
     ref = DATASET_PRESETS[name]
-    for method in METHOD_PRESETS:
+    for method in METHODS:
+        recipe = recipes.get(method)
         for wbits, lr in ((4, ref["lr_weight"][4]), (8, ref["lr_weight"][8])):
             cfg = QuantConfig.from_dict({**preset_config(name, method, wbits), "method": method, "weight_bits": wbits})
+            plain = QuantConfig(method=method, weight_bits=wbits)
             assert (cfg.steps, cfg.eta, cfg.sampler, cfg.preset) == (ref["steps"], ref["eta"], ref["sampler"], name)
-            assert cfg.calib.tdac_lambda == ref["tdac_lambda"] and cfg.recon.iters == ref["iters"]
-            assert cfg.recon.lr_weight == lr and cfg.calib.num_trajectories >= cfg.calib.num_samples
-            fbr = METHOD_PRESETS[method]["add_loss"] > 0
-            assert cfg.recon.add_loss == (ref["fbr_add_loss"] if fbr else 0.0)
+            if recipe.per_dataset:  # the EDA-DM scripts' per-dataset values
+                assert cfg.calib.tdac_lambda == ref["tdac_lambda"] and cfg.recon.reference_iters == ref["iters"]
+                assert cfg.recon.iters == max(1, round(ref["iters"] * DEFAULT_ITERS_SCALE))
+                assert cfg.recon.lr_weight == lr and cfg.calib.num_trajectories >= cfg.calib.num_samples
+                fbr = (recipe.recon.get("add_loss") or 0) > 0
+                assert cfg.recon.add_loss == (ref["fbr_add_loss"] if fbr else 0.0)
+            else:  # other recipes keep their own calibration and reconstruction
+                assert (cfg.calib, cfg.recon) == (plain.calib, plain.recon)
 
 
 def test_paper_reference_values():

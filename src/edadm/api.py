@@ -115,6 +115,11 @@ def _calibration_set(pipe, config: QuantConfig, steps: int, eta: float, progress
     return calib, counts.tolist(), details, traj.ts.tolist()
 
 
+def _init_act_ranges(unet, calib, config: QuantConfig, progress: bool) -> None:
+    init_act_ranges(unet, calib, batch_size=config.calib.batch_size, method=config.act_range, p=config.lp,
+                    seed=config.seed, progress=progress, kind=config.act_range_kind)
+
+
 def quantize(pipe, config: QuantConfig | None = None, progress: bool = True, checkpoint=None, dist_info=None,
              trajectories=None):
     """Quantize the denoiser (`pipe.unet`, or `pipe.transformer` for DiT) in place (fake quantization) and return (pipe, QuantReport).
@@ -163,23 +168,38 @@ def quantize(pipe, config: QuantConfig | None = None, progress: bool = True, che
     t0 = time.time()
     unet = get_denoiser(pipe)
     plan = wrap_model(unet, config)
+    r = config.recon
+    two_stage = r.enabled and r.stages == "two-stage"
     if checkpoint is None or not checkpoint.load_ranges(unet):
         init_weight_ranges(unet, method=config.weight_range, p=config.lp)
-        init_act_ranges(unet, calib, batch_size=c.batch_size, method=config.act_range, p=config.lp,
-                        seed=config.seed, progress=progress)
+        if not two_stage:  # two-stage: activation ranges come after the weight stage, on its weights
+            _init_act_ranges(unet, calib, config, progress)
         seconds["scales"] = time.time() - t0
         if checkpoint is not None:
             checkpoint.save_ranges(unet)
     fpw = fp_weights(unet)  # before reconstruction rounds them: per-layer errors for the report
     recon_logs = []
-    if config.recon.enabled:
-        from .recon.engine import reconstruct
+    if r.enabled:
+        from .recon.engine import full_precision_copy, reconstruct
 
         t0 = time.time()
         done = checkpoint.finished_units() if checkpoint is not None else []
         on_unit = (lambda i, name, ulog: checkpoint.save_unit(i, name, unet, ulog)) if checkpoint else None
-        recon_logs = [asdict(u) for u in reconstruct(unet, calib, config.recon, calib_batch=c.batch_size,
-                                                     progress=progress, done=done, on_unit=on_unit)]
+        kw = dict(calib_batch=c.batch_size, progress=progress, on_unit=on_unit)
+        if not two_stage:
+            recon_logs = [asdict(u) for u in reconstruct(unet, calib, r, done=done, **kw)]
+        else:
+            fp_model = full_precision_copy(unet)
+            w_logs = reconstruct(unet, calib, r, done=done, stage="weights", fp_model=fp_model, **kw)
+            seconds["reconstruction_weights"] = time.time() - t0
+            t1 = time.time()
+            _init_act_ranges(unet, calib, config, progress)  # on the weight-reconstructed model
+            seconds["scales"] = seconds.get("scales", 0.0) + time.time() - t1
+            a_logs = reconstruct(unet, calib, r, done=done[len(w_logs):], stage="acts", index_offset=len(w_logs),
+                                 fp_model=fp_model, **kw)
+            recon_logs = [{**asdict(u), "stage": stage} for stage, us in (("weights", w_logs), ("acts", a_logs))
+                          for u in us]
+            del fp_model
         seconds["reconstruction"] = time.time() - t0
     args, kwargs = next(iter(calib.model_inputs(c.batch_size, next(unet.parameters()).device)))
     errors = layer_errors(unet, fpw, args, kwargs)

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from .config import ACT_RANGE_KINDS, DEFAULT_ITERS_SCALE, DEFAULT_METHOD, METHODS
 from .errors import EdadmError
 
 log = logging.getLogger("edadm")
@@ -147,8 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, type=Path, help="output directory")
     q.add_argument("--resume", action="store_true",
                    help="continue an interrupted run from its checkpoint (.OUT.ckpt beside --out)")
-    q.add_argument("--method", default=None, help="eda-dm (default), eda-dm-tdac-only, eda-dm-fbr-only, qdiffusion, "
-                   "ptq4dm, naive")
+    q.add_argument("--method", default=None, choices=METHODS, metavar="METHOD",
+                   help=f"recipe (edadm/recipes, docs/recipes.md): {', '.join(METHODS)}; default {DEFAULT_METHOD}")
     q.add_argument("--weight-bits", type=_bits, default=None)
     q.add_argument("--act-bits", type=_bits, default=None)
     q.add_argument("--preset", default=None, help="the paper's settings for a dataset: cifar10, lsun-bedroom, "
@@ -172,7 +173,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TDAC density radius: 'auto' (0.2 quantile of step distances) or a number")
     q.add_argument("--recon", action=argparse.BooleanOptionalAction, default=None,
                    help="block reconstruction (default: the method's)")
-    q.add_argument("--iters", type=_positive_int, default=None, help="reconstruction iterations per unit")
+    q.add_argument("--iters", type=_positive_int, default=None,
+                   help="reconstruction iterations per unit (two-stage: of the weight stage); default: the "
+                        "recipe's reference count x --iters-scale")
+    q.add_argument("--act-iters", type=_positive_int, default=None,
+                   help="two-stage recipes: iterations per unit of the activation stage")
+    q.add_argument("--iters-scale", type=float, default=None,
+                   help=f"one factor on every recipe's reference iterations (default {DEFAULT_ITERS_SCALE}, "
+                        "for CPU; 1: the reference codes' counts)")
+    q.add_argument("--act-range-kind", choices=ACT_RANGE_KINDS, default=None,
+                   help="activation range search: free (2-D) or symmetric (the references'); default: the recipe's")
     q.add_argument("--recon-batch-size", type=_positive_int, default=None)
     q.add_argument("--lr-weight", type=float, default=None, help="AdaRound learning rate")
     q.add_argument("--lr-act", type=float, default=None, help="activation step-size learning rate")
@@ -274,6 +284,7 @@ _CONFIG_FLAGS = {
     "num_trajectories": ("calib", "num_trajectories"), "uniform_steps": ("calib", "uniform_steps"),
     "batch_size": ("calib", "batch_size"), "tdac_lambda": ("calib", "tdac_lambda"),
     "tdac_radius": ("calib", "tdac_radius"), "recon": ("recon", "enabled"), "iters": ("recon", "iters"),
+    "act_iters": ("recon", "act_iters"), "iters_scale": ("recon", "iters_scale"), "act_range_kind": (None, "act_range_kind"),
     "recon_batch_size": ("recon", "batch_size"), "lr_weight": ("recon", "lr_weight"), "lr_act": ("recon", "lr_act"),
     "add_loss": ("recon", "add_loss"), "round_weight": ("recon", "round_weight"),
     "qdrop": ("recon", "input_mix_prob"), "step_balance": ("recon", "step_balance"),
@@ -323,11 +334,16 @@ def _quant_config(args):
     if not isinstance(cfg, dict):
         raise EdadmError(f"config file {args.config} must hold a JSON object")
     if args.method is not None and cfg.get("method") not in (None, args.method):
-        # a different method: drop the file's preset-derived choices so the new method's apply
-        cfg.get("calib", {}).pop("strategy", None)
-        cfg.get("recon", {}).pop("enabled", None)
-        cfg.get("recon", {}).pop("add_loss", None)
-        cfg.pop("split_shortcut", None)
+        # a different method: drop what the file's recipe decided so the new recipe's apply
+        from . import recipes
+
+        old = recipes.get(cfg["method"]) if cfg["method"] in recipes.names() else None
+        for section in ("quant", "calib", "recon") if old else ():
+            target = cfg if section == "quant" else cfg.get(section, {})
+            for key in getattr(old, section):
+                target.pop(key, None)
+        cfg.get("recon", {}).pop("iters", None)
+        cfg.get("recon", {}).pop("act_iters", None)
     if args.preset is not None:
         method = args.method or cfg.get("method") or QuantConfig.method
         wbits = args.weight_bits or cfg.get("weight_bits") or QuantConfig.weight_bits
@@ -341,9 +357,11 @@ def _quant_config(args):
         else:
             cfg.setdefault(section, {})[key] = v
     cfg = QuantConfig.from_dict(cfg)
-    if cfg.calib.num_trajectories < cfg.calib.num_samples:
-        log.warning("fewer trajectories (%d) than calibration samples (%d): trajectories are reused",
-                    cfg.calib.num_trajectories, cfg.calib.num_samples)
+    c = cfg.calib
+    per_step = -(-c.num_samples // c.uniform_steps) if c.strategy == "uniform" else c.num_samples
+    if c.num_trajectories < per_step:
+        log.warning("fewer trajectories (%d) than calibration samples per step (%d): trajectories are reused "
+                    "within a step", c.num_trajectories, per_step)
     return cfg
 
 

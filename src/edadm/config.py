@@ -5,6 +5,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from . import recipes
 from .errors import EdadmError
 
 CONFIG_VERSION = 1
@@ -18,17 +19,18 @@ RANGE_METHODS = ("mse", "minmax")
 DEFAULT_KEEP_8BIT = ("time_embedding.linear_1", "conv_out", "pos_embed.proj", "proj_out_2")
 DEFAULT_NO_ACT_QUANT = ("conv_out", "proj_out_2")
 
-# Each method is a choice of calibration strategy, reconstruction and FBR weight; every
-# value can still be overridden. add_loss 0 is BRECQ's block loss; 0.8 the EDA-DM reference.
-METHOD_PRESETS: dict[str, dict] = {
-    "naive": {"strategy": "uniform", "recon": False, "add_loss": 0.0, "split_shortcut": False},
-    "ptq4dm": {"strategy": "ptq4dm", "recon": True, "add_loss": 0.0, "split_shortcut": False},
-    "qdiffusion": {"strategy": "uniform", "recon": True, "add_loss": 0.0, "split_shortcut": True},
-    "eda-dm": {"strategy": "tdac", "recon": True, "add_loss": 0.8, "split_shortcut": True},
-    "eda-dm-tdac-only": {"strategy": "tdac", "recon": True, "add_loss": 0.0, "split_shortcut": True},
-    "eda-dm-fbr-only": {"strategy": "uniform", "recon": True, "add_loss": 0.8, "split_shortcut": True},
-}
-METHODS = tuple(METHOD_PRESETS)
+# Methods are recipes: one data file each under edadm/recipes (the reference's calibration
+# set, range kind, reconstruction stages and optimiser); a config field left at None takes
+# the recipe's value, and a field the recipe does not name takes the fallback below.
+METHODS = recipes.names()
+DEFAULT_METHOD = "eda-dm"
+ACT_RANGE_KINDS = ("free", "symmetric")
+RECON_STAGES = ("joint", "two-stage")
+LR_SCHEDULES = ("cosine", "constant")
+# Reconstruction iterations per unit are the reference's (recipe reference_iters) times this
+# one factor, the same for every recipe, so CPU runs scale all methods alike; 1.0 is the
+# reference's own count (Q-Diffusion 20000 + 5000, EDA-DM 5000 per unit).
+DEFAULT_ITERS_SCALE = 0.04
 
 # Samplers a preset (or --sampler) can put in place of the pipeline's own scheduler; the
 # scheduler is rebuilt from the pipeline's scheduler config (same betas), so only the update
@@ -41,12 +43,11 @@ SAMPLERS = ("ddim", "ddpm", "plms")
 # - tdac_radius stays "auto": the reference radii (3.0 pixel CIFAR-10 / ImageNet LDM, 0.3
 #   LSUN / SD) depend on each model's feature scale; pass --tdac-radius to use them.
 # - DDIM "quadratic skip" has no diffusers equivalent; diffusers' spacing is used.
-# - lr_act stays edadm's (relative to each initial step size, not the reference's absolute).
-# fbr_add_loss applies only to methods with FBR (their preset add_loss > 0), so a preset
-# never turns Q-Diffusion's BRECQ loss into FBR; lr_weight follows the weight bits
-# (reference CIFAR-10: 5e-1 at W4, 5e-2 at W8).
-# lr_weight: the AdaRound learning rate per weight bit width, as the reference scripts pass it
-# (scripts/for_*.sh of the EDA-DM code: --lr_w differs per dataset and per W4 / W8)
+# The sampler settings apply to every method (they are the evaluation's). The calibration
+# and reconstruction values are the EDA-DM scripts' per dataset (scripts/for_*.sh: --lr_w per
+# dataset and per W4 / W8, iterations, N, lambda, add_loss), so they apply only to recipes
+# that declare `per_dataset = true` (eda-dm and its ablations); Q-Diffusion's recipe keeps
+# its own. fbr_add_loss applies only where the recipe has FBR (add_loss > 0).
 DATASET_PRESETS: dict[str, dict] = {
     "cifar10": {"about": "DDIM CIFAR-10 32x32, pixel space (google/ddpm-cifar10-32)", "sampler": "ddim",
                 "steps": 100, "eta": 0.0, "guidance_scale": 1.0, "num_samples": 1024, "tdac_lambda": 1.2,
@@ -73,18 +74,19 @@ def preset_config(name: str, method: str = "eda-dm", weight_bits: int = 8) -> di
     weight bit width; merge a config file and flags over it."""
     if name not in DATASET_PRESETS:
         raise EdadmError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
-    if method not in METHOD_PRESETS:
-        raise EdadmError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    recipe = recipes.get(method)
     p = DATASET_PRESETS[name]
-    lrs = p["lr_weight"]
-    recon = {"iters": p["iters"], "lr_weight": lrs[4] if weight_bits <= 4 else lrs[8]}
-    if METHOD_PRESETS[method]["add_loss"] > 0:
-        recon["add_loss"] = p["fbr_add_loss"]
-    return {"preset": name, "sampler": p["sampler"], "steps": p["steps"], "eta": p["eta"],
-            "guidance_scale": p["guidance_scale"],
-            "calib": {"num_samples": p["num_samples"], "num_trajectories": p["num_samples"],
-                      "tdac_lambda": p["tdac_lambda"]},
-            "recon": recon}
+    out = {"preset": name, "sampler": p["sampler"], "steps": p["steps"], "eta": p["eta"],
+           "guidance_scale": p["guidance_scale"]}
+    if recipe.per_dataset:
+        lrs = p["lr_weight"]
+        out["calib"] = {"num_samples": p["num_samples"], "num_trajectories": p["num_samples"],
+                        "tdac_lambda": p["tdac_lambda"]}
+        recon = {"reference_iters": p["iters"], "lr_weight": lrs[4] if weight_bits <= 4 else lrs[8]}
+        if (recipe.recon.get("add_loss") or 0) > 0:
+            recon["add_loss"] = p["fbr_add_loss"]
+        out["recon"] = recon
+    return out
 
 
 def _check_positive_int(owner: str, name: str, v) -> None:
@@ -101,23 +103,37 @@ def _check_number(name: str, v, lo: float | None = None, hi: float | None = None
 
 @dataclass
 class CalibConfig:
-    strategy: str | None = None   # None: the method's
-    num_samples: int = 256        # N: calibration samples
-    num_trajectories: int = 256   # B: FP trajectories collected (>= N: every sample from its own trajectory)
-    uniform_steps: int = 16       # uniform: number of evenly spaced steps used
+    """Calibration set. Fields at None take the recipe's value (edadm/recipes), else _FALLBACK."""
+
+    strategy: str | None = None          # uniform / tdac / ptq4dm / random
+    num_samples: int | None = None       # N: calibration samples
+    num_trajectories: int | None = None  # B: FP trajectories collected (>= N: every sample from its own trajectory)
+    uniform_steps: int | None = None     # uniform: number of evenly spaced steps used
     batch_size: int = 64          # batch for trajectory collection and calibration passes
-    tdac_lambda: float = 1.2      # weight of variety against density (reference: 1.2 CIFAR-10 / ImageNet)
+    tdac_lambda: float | None = None  # weight of variety against density (reference: 1.2 CIFAR-10 / ImageNet)
     tdac_radius: float | str = "auto"   # number, or "auto": a quantile of pairwise step distances
     tdac_radius_quantile: float = 0.2
     ptq4dm_mean: float = 0.4      # PTQ4DM: timesteps ~ N(mean*T, std*T)
     ptq4dm_std: float = 0.4
 
+    _FALLBACK = {"strategy": "uniform", "num_samples": 256, "num_trajectories": 256, "uniform_steps": 16,
+                 "tdac_lambda": 1.2}
+
+    def fill_defaults(self) -> "CalibConfig":
+        """Fields still at None (no recipe named them) take _FALLBACK; returns self."""
+        for k, v in self._FALLBACK.items():
+            if getattr(self, k) is None:
+                setattr(self, k, v)
+        return self
+
     def validate(self) -> None:
         if self.strategy is not None and self.strategy not in CALIB_STRATEGIES:
             raise EdadmError(f"unknown calibration strategy {self.strategy!r}; choose from {', '.join(CALIB_STRATEGIES)}")
         for name in ("num_samples", "num_trajectories", "uniform_steps", "batch_size"):
-            _check_positive_int("calibration ", name, getattr(self, name))
-        _check_number("tdac_lambda", self.tdac_lambda, 0.0)
+            if getattr(self, name) is not None:
+                _check_positive_int("calibration ", name, getattr(self, name))
+        if self.tdac_lambda is not None:
+            _check_number("tdac_lambda", self.tdac_lambda, 0.0)
         if self.tdac_radius != "auto":
             _check_number("tdac_radius", self.tdac_radius, 0.0)
         _check_number("tdac_radius_quantile", self.tdac_radius_quantile, 0.0, 1.0)
@@ -130,40 +146,79 @@ STEP_BALANCE = ("none", "relative")
 
 @dataclass
 class ReconConfig:
-    """Block reconstruction (BRECQ) with the FBR loss; AdaRound + LSQ activation steps + QDrop."""
+    """Block reconstruction (BRECQ, + FBR inner-layer terms): AdaRound rounding and LSQ
+    activation step sizes, jointly (EDA-DM) or in two stages (Q-Diffusion: rounding with
+    activations in float, then activation step sizes alone). Fields at None take the recipe's
+    value (edadm/recipes), else _FALLBACK."""
 
-    enabled: bool | None = None   # None: the method's
-    iters: int = 1000             # per unit (reference: 5000 CIFAR-10 / LSUN, 1000 ImageNet / SD)
+    enabled: bool | None = None
+    stages: str | None = None          # "joint" or "two-stage"
+    # iterations per unit: `iters` (stage 1 / joint) and `act_iters` (stage 2) when given,
+    # else the recipe's reference count x iters_scale (one factor for every recipe)
+    iters: int | None = None
+    act_iters: int | None = None
+    iters_scale: float = DEFAULT_ITERS_SCALE
+    reference_iters: int | None = None
+    reference_act_iters: int | None = None
     batch_size: int = 32
-    # AdaRound rounding variables (Adam). 0.1, not BRECQ's 1e-3 over 20k iterations: at
-    # 1000 iterations a smaller lr leaves most variables soft when rounding is made hard
-    # (W4A8 digits-ddpm block: output error after/before 0.49 at 1e-2, 0.29 at 0.1,
-    # bench/results/recon_lr.md).
-    lr_weight: float = 0.1
-    lr_act: float = 1e-3          # activation step sizes (Adam), relative to each initial step size
+    lr_weight: float | None = None     # AdaRound rounding variables (Adam)
+    lr_weight_schedule: str | None = None  # "cosine" (decay to 0) or "constant"
+    lr_act: float | None = None        # activation step sizes (Adam, cosine decay)
+    lr_act_relative: bool | None = None  # lr_act times each quantizer's initial step size (edadm) or absolute
+    act_loss_p: float | None = None    # two-stage, stage 2: Lp loss exponent (2: MSE)
     learn_act_scale: bool = True
-    add_loss: float | None = None  # FBR inner-layer weight; None: the method's (0 BRECQ, 0.8 EDA-DM)
-    round_weight: float = 0.01    # AdaRound regulariser weight (0: off)
+    add_loss: float | None = None      # FBR inner-layer weight (0: BRECQ block loss)
+    round_weight: float | None = None  # AdaRound regulariser weight (0: off)
     b_start: float = 20.0
     b_end: float = 2.0
-    warmup: float = 0.2           # fraction of iterations without the rounding regulariser
-    input_mix_prob: float = 0.5   # QDrop: probability of the FP input, element-wise
-    act_drop_prob: float = 0.5    # QDrop: probability of keeping an activation in float
+    warmup: float = 0.2                # fraction of iterations without the rounding regulariser
+    input_mix_prob: float | None = None  # QDrop: probability of the FP input, element-wise
+    act_drop_prob: float | None = None   # QDrop: probability of keeping an activation in float
     # "none": one pooled MSE over the calibration samples (BRECQ, Q-Diffusion, EDA-DM);
     # "relative": each sample's error weighted by 1 / its timestep's error before
     # reconstruction (every timestep counts equally; recon.engine.step_balance_weights)
     step_balance: str = "none"
-    seed: int = 0
+    seed: int | None = None            # None: QuantConfig.seed (one seed for the whole quantization)
+
+    _FALLBACK = {"enabled": False, "stages": "joint", "reference_iters": 1000, "reference_act_iters": 1000,
+                 "lr_weight": 0.1, "lr_weight_schedule": "cosine", "lr_act": 1e-3, "lr_act_relative": True,
+                 "act_loss_p": 2.0, "add_loss": 0.0, "round_weight": 0.01, "input_mix_prob": 0.5,
+                 "act_drop_prob": 0.5}
+
+    def fill_defaults(self, seed: int = 0) -> "ReconConfig":
+        """Fields still at None (no recipe named them) take _FALLBACK, the seed `seed`, and the
+        iterations the reference counts x iters_scale; returns self (a ReconConfig used on
+        its own, without a QuantConfig and its recipe, is filled the same way)."""
+        for k, v in self._FALLBACK.items():
+            if getattr(self, k) is None:
+                setattr(self, k, v)
+        if self.seed is None:
+            self.seed = seed
+        if self.iters is None:
+            self.iters = max(1, round(self.reference_iters * self.iters_scale))
+        if self.act_iters is None:
+            self.act_iters = max(1, round(self.reference_act_iters * self.iters_scale))
+        return self
 
     def validate(self) -> None:
-        _check_positive_int("reconstruction ", "iters", self.iters)
-        _check_positive_int("reconstruction ", "batch_size", self.batch_size)
-        for name in ("lr_weight", "lr_act", "round_weight", "b_start", "b_end"):
-            _check_number(name, getattr(self, name), 0.0)
-        if self.add_loss is not None:
-            _check_number("add_loss", self.add_loss, 0.0)
+        """Checks the values that are set (None: still to come from the recipe)."""
+        for name in ("iters", "act_iters", "reference_iters", "reference_act_iters", "batch_size"):
+            if getattr(self, name) is not None:
+                _check_positive_int("reconstruction ", name, getattr(self, name))
+        _check_number("iters_scale", self.iters_scale, 1e-6, 100.0)
+        for name in ("lr_weight", "lr_act", "round_weight", "b_start", "b_end", "add_loss"):
+            if getattr(self, name) is not None:
+                _check_number(name, getattr(self, name), 0.0)
+        if self.act_loss_p is not None:
+            _check_number("act_loss_p", self.act_loss_p, 1.0, 10.0)
         for name in ("warmup", "input_mix_prob", "act_drop_prob"):
-            _check_number(name, getattr(self, name), 0.0, 1.0)
+            if getattr(self, name) is not None:
+                _check_number(name, getattr(self, name), 0.0, 1.0)
+        if self.stages is not None and self.stages not in RECON_STAGES:
+            raise EdadmError(f"stages must be one of {', '.join(RECON_STAGES)}, got {self.stages!r}")
+        if self.lr_weight_schedule is not None and self.lr_weight_schedule not in LR_SCHEDULES:
+            raise EdadmError(f"lr_weight_schedule must be one of {', '.join(LR_SCHEDULES)}, "
+                             f"got {self.lr_weight_schedule!r}")
         if self.step_balance not in STEP_BALANCE:
             raise EdadmError(f"step_balance must be one of {', '.join(STEP_BALANCE)}, got {self.step_balance!r}")
 
@@ -172,14 +227,18 @@ class ReconConfig:
 class QuantConfig:
     """Everything that decides how a denoiser is quantized.
 
-    Fields left at None take the method's preset (METHOD_PRESETS) when the config is made.
+    Fields left at None take the method's recipe (edadm/recipes/METHOD.toml) when the config
+    is made; what the recipe does not name takes the section's _FALLBACK.
     """
 
-    method: str = "eda-dm"
+    method: str = DEFAULT_METHOD
     weight_bits: int = 8
     act_bits: int = 8
     weight_symmetric: bool | None = None  # None: symmetric at 8 bits (int8 kernels), asymmetric below
-    act_symmetric: bool = False
+    act_symmetric: bool = False   # signed codes with zero point 0 (the int engine needs unsigned: False)
+    # activation range search: "free" (lower and upper bound shrunk independently, 2-D) or
+    # "symmetric" (the references': [-a, a], or [0, a] for non-negative inputs, 1-D); None: the recipe's
+    act_range_kind: str | None = None
     weight_range: str = "mse"
     act_range: str = "mse"
     lp: float = 2.4
@@ -203,17 +262,24 @@ class QuantConfig:
             self.calib = CalibConfig(**self.calib)
         if isinstance(self.recon, dict):
             self.recon = ReconConfig(**self.recon)
-        if self.method not in METHOD_PRESETS:
-            raise EdadmError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
-        preset = METHOD_PRESETS[self.method]
-        if self.calib.strategy is None:
-            self.calib.strategy = preset["strategy"]
-        if self.recon.enabled is None:
-            self.recon.enabled = preset["recon"]
-        if self.recon.add_loss is None:
-            self.recon.add_loss = preset["add_loss"]
-        if self.split_shortcut is None:
-            self.split_shortcut = preset["split_shortcut"]
+        recipe = recipes.get(self.method)  # one-line error for an unknown method
+        self.calib.validate()  # what the user set, before the recipe fills the rest
+        self.recon.validate()
+        bits = self.weight_bits if isinstance(self.weight_bits, int) else 8
+        quant = recipe.section("quant", bits)
+        for key, fallback in (("split_shortcut", False), ("act_range_kind", "free")):
+            if getattr(self, key) is None:
+                setattr(self, key, quant.get(key, fallback))
+        for sub, section in ((self.calib, "calib"), (self.recon, "recon")):
+            values = recipe.section(section, bits)
+            unknown = set(values) - {f.name for f in fields(sub)}
+            if unknown:
+                raise EdadmError(f"recipe {self.method}: unknown {section} keys {', '.join(sorted(unknown))}")
+            for f in fields(sub):
+                if getattr(sub, f.name) is None and f.name in values:
+                    setattr(sub, f.name, values[f.name])
+        self.calib.fill_defaults()
+        self.recon.fill_defaults(seed=self.seed)
         self.validate()
 
     def validate(self) -> None:
@@ -223,6 +289,8 @@ class QuantConfig:
                 raise EdadmError(f"{name.replace('_', '-')} must be an integer in 2..8, got {v!r}")
         if self.method not in METHODS:
             raise EdadmError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+        if self.act_range_kind not in ACT_RANGE_KINDS:
+            raise EdadmError(f"act-range-kind must be one of {', '.join(ACT_RANGE_KINDS)}, got {self.act_range_kind!r}")
         for name in ("weight_range", "act_range"):
             if getattr(self, name) not in RANGE_METHODS:
                 raise EdadmError(f"{name.replace('_', '-')} must be one of {', '.join(RANGE_METHODS)}")

@@ -59,3 +59,16 @@ def test_assemble_rejects_wrong_length():
 
     with pytest.raises(EdadmError):
         assemble(_traj(), torch.ones(3, dtype=torch.long))
+
+
+def test_assemble_with_fewer_trajectories_keeps_each_step_distinct():
+    """Q-Diffusion's set: every one of 16 trajectories at each of 5 steps (80 samples)."""
+    traj = _traj(steps=10, b=16)
+    counts = uniform_counts(10, 80, num_used=5)
+    cs = assemble(traj, counts, seed=0)
+    assert len(cs) == 80 and torch.bincount(cs.step, minlength=10).tolist() == counts.tolist()
+    for s in cs.step.unique():
+        trajs = cs.trajectory[cs.step == s].tolist()
+        assert sorted(trajs) == list(range(16))  # all trajectories, none twice
+    for k in range(80):
+        assert torch.equal(cs.x[k], traj.xs[int(cs.step[k]), int(cs.trajectory[k])])

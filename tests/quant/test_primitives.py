@@ -128,3 +128,20 @@ def test_fused_inference_path_matches_reference_arithmetic(per_channel, bits, sy
     with torch.enable_grad():
         ref = q(x.clone().requires_grad_(True)).detach()
     assert torch.equal(fused, ref)
+
+
+def test_symmetric_act_range_kind_is_the_references():
+    """kind "symmetric": [-a, a] for a signed input, [0, a] for a non-negative one, a searched
+    in 1-D; the codes stay unsigned (zero point mid-range or 0)."""
+    g = torch.Generator().manual_seed(0)
+    signed = torch.cat([torch.randn(20000, generator=g) * 0.5 + 0.3, torch.tensor([-1.0, 4.0])])
+    lo, hi = search_act_range(signed, float(signed.min()), float(signed.max()), 8, False, kind="symmetric")
+    assert lo == pytest.approx(-hi) and 0 < hi <= 4.0
+    assert search_act_range(signed, -1.0, 4.0, 8, False, method="minmax", kind="symmetric") == (-4.0, 4.0)
+    pos = signed.abs()
+    lo, hi = search_act_range(pos, float(pos.min()), float(pos.max()), 8, False, kind="symmetric")
+    assert lo == 0.0 and 0 < hi <= 4.0
+    free = search_act_range(signed, float(signed.min()), float(signed.max()), 8, False, kind="free")
+    assert free[0] != pytest.approx(-free[1])  # the free search does not tie the bounds
+    with pytest.raises(ValueError, match="range kind"):
+        search_act_range(signed, -1.0, 4.0, 8, False, kind="odd")

@@ -188,3 +188,46 @@ def test_targets_stay_full_precision_after_earlier_units_are_rounded(make_tiny_u
     assert torch.equal(fp_w, reference.get_submodule(f"{name}.conv1").weight)  # ... the FP copy does not
     with torch.no_grad():
         assert torch.allclose(fp(x, t).sample, want, atol=1e-5)
+
+
+def test_two_stage_weight_stage_learns_rounding_with_activations_in_float(make_tiny_unet):
+    """Q-Diffusion's stage 1: activations in float, only the rounding moves."""
+    from edadm.quant.wrap import set_quant_state
+    from edadm.recon.engine import reconstruct
+
+    unet, calib = _quantized_tiny(make_tiny_unet)
+    scales = {n: p.detach().clone() for n, p in unet.named_parameters() if n.endswith("act_quantizer.scale")}
+    w0 = {n: p.detach().clone() for n, p in unet.named_parameters() if n.endswith(".weight")}
+    seen = []
+    h = unet.get_submodule("down_blocks.0.resnets.0.conv1").act_quantizer.register_forward_pre_hook(
+        lambda m, a: seen.append(m.enabled))
+    cfg = ReconConfig(enabled=True, stages="two-stage", iters=5, act_iters=5, batch_size=8, lr_weight=1e-3,
+                      lr_weight_schedule="constant", input_mix_prob=0.0, act_drop_prob=0.0)
+    logs = reconstruct(unet, calib, cfg, calib_batch=16, progress=False, stage="weights")
+    h.remove()
+    assert seen and not any(seen)  # the activation quantizer stayed off throughout
+    assert all(torch.equal(p, scales[n]) for n, p in unet.named_parameters() if n in scales)
+    assert any(not torch.equal(p, w0[n]) for n, p in unet.named_parameters() if n in w0)  # rounded
+    assert len(logs) == len(list(reconstruction_units(unet, lambda m: isinstance(m, QuantMixin))))
+    set_quant_state(unet, weight=True, act=True)
+
+
+def test_two_stage_activation_stage_moves_only_step_sizes(make_tiny_unet):
+    from edadm.recon.engine import reconstruct
+
+    unet, calib = _quantized_tiny(make_tiny_unet)
+    cfg = ReconConfig(enabled=True, stages="two-stage", iters=3, act_iters=10, batch_size=8, lr_act=4e-4,
+                      lr_act_relative=False, act_loss_p=2.4, input_mix_prob=0.0, act_drop_prob=0.0)
+    reconstruct(unet, calib, cfg, calib_batch=16, progress=False, stage="weights")
+    w1 = {n: p.detach().clone() for n, p in unet.named_parameters() if n.endswith(".weight")}
+    s1 = {n: p.detach().clone() for n, p in unet.named_parameters() if "act_quantizer" in n and n.endswith("scale")}
+    logs = reconstruct(unet, calib, cfg, calib_batch=16, progress=False, stage="acts")
+    assert all(torch.equal(p, w1[n]) for n, p in unet.named_parameters() if n in w1)  # weights fixed
+    moved = [n for n, p in unet.named_parameters() if n in s1 and not torch.equal(p, s1[n])]
+    assert moved  # step sizes learned
+    assert all(u.iters in (10, 0) for u in logs)
+
+
+def test_channel_mse_with_p():
+    x = torch.full((2, 3, 4, 4), 2.0)
+    assert channel_mse(x, torch.zeros_like(x), p=2.4) == pytest.approx(3 * 2.0 ** 2.4)

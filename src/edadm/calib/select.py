@@ -104,7 +104,10 @@ def assemble(traj: "Trajectories", counts: torch.Tensor, seed: int = 0) -> Calib
     """Repeat each step index count times, shuffle, and take sample k from trajectory k.
 
     With at least as many trajectories as samples, every sample comes from a different
-    trajectory; with fewer, trajectories are reused round-robin (a warning-worthy setup).
+    trajectory. With fewer (Q-Diffusion's recipe: 256 trajectories at each of 20 steps),
+    trajectories are reused, but within one step each trajectory appears at most once as long
+    as the step's count does not exceed the trajectories: step by step, a cursor walks
+    round-robin over the trajectories, and the samples are shuffled afterwards.
     """
     counts = counts.long()
     if counts.numel() != traj.num_steps:
@@ -112,8 +115,13 @@ def assemble(traj: "Trajectories", counts: torch.Tensor, seed: int = 0) -> Calib
     n = int(counts.sum())
     g = torch.Generator().manual_seed(seed)
     steps = torch.repeat_interleave(torch.arange(traj.num_steps), counts)
-    steps = steps[torch.randperm(n, generator=g)]
-    trajs = torch.arange(n) % traj.num_trajectories
+    if n <= traj.num_trajectories:
+        steps = steps[torch.randperm(n, generator=g)]
+        trajs = torch.arange(n)
+    else:
+        trajs = torch.arange(n) % traj.num_trajectories  # consecutive within each step (steps sorted)
+        perm = torch.randperm(n, generator=g)
+        steps, trajs = steps[perm], trajs[perm]
     return CalibrationSet(x=traj.xs[steps, trajs].clone(), t=traj.ts[steps].clone(), step=steps, trajectory=trajs,
                           counts=counts, cond={k: v[trajs].clone() for k, v in traj.cond.items()},
                           uncond={k: v[trajs].clone() for k, v in traj.uncond.items()},

@@ -24,11 +24,12 @@ def init_weight_ranges(model: nn.Module, method: str = "mse", p: float = 2.4) ->
 
 @torch.no_grad()
 def init_act_ranges(model: nn.Module, calib: CalibrationSet, batch_size: int, method: str = "mse",
-                    p: float = 2.4, seed: int = 0, progress: bool = True) -> None:
+                    p: float = 2.4, seed: int = 0, progress: bool = True, kind: str = "free") -> None:
     """Per-tensor ranges of every activation quantizer, from one pass over the calibration set.
 
     The pass runs with weights quantized and activations in float, so each quantizer sees
     what the weight-quantized model produces. Observers keep bounded samples per quantizer.
+    kind: "free" or "symmetric" range search (primitives.search_act_range).
     """
     dev = next(model.parameters()).device
     aqs = list(act_quantizers(model))
@@ -42,7 +43,7 @@ def init_act_ranges(model: nn.Module, calib: CalibrationSet, batch_size: int, me
         for name, q in aqs:
             if q.observer.count == 0:
                 raise RuntimeError(f"activation quantizer {name} saw no data during calibration")
-            lo, hi = q.observer.range(q.bits, q.symmetric, method=method, p=p)
+            lo, hi = q.observer.range(q.bits, q.symmetric, method=method, p=p, kind=kind)
             q.set_range(lo, hi)
     finally:
         for _, q in aqs:

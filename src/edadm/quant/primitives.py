@@ -107,23 +107,35 @@ def search_weight_range(w: torch.Tensor, bits: int, symmetric: bool, per_channel
 
 def search_act_range(sample: torch.Tensor, xmin: float, xmax: float, bits: int, symmetric: bool,
                      method: str = "mse", p: float = 2.4, grid: int = 20,
-                     min_ratio: float = 0.1) -> tuple[float, float]:
+                     min_ratio: float = 0.1, kind: str = "free") -> tuple[float, float]:
     """Per-tensor activation range from a sample of values and the exact global extremes.
 
-    "mse" searches a grid over independent shrink ratios of the lower and upper bound
-    (activations after SiLU or GELU are far from symmetric) and keeps the lowest Lp error.
+    kind "free": "mse" searches a grid over independent shrink ratios of the lower and upper
+    bound (activations after SiLU or GELU are far from symmetric) and keeps the lowest Lp error.
+    kind "symmetric" (the reference codes' activation ranges, BRECQ's quantizer with a symmetric
+    range): [-a, a] with a = max(|xmin|, xmax), or [0, xmax] for a non-negative input, and a 1-D
+    search over a in 80 ratios 1.00, 0.99, ..., 0.21 (the references' grid).
     """
+    if kind == "symmetric" and not symmetric:
+        a = max(-float(xmin), float(xmax))
+        xmin, xmax = (-a if xmin < 0 else 0.0), a
     if method == "minmax" or sample.numel() == 0:
         return float(xmin), float(xmax)
     if method != "mse":
         raise ValueError(f"unknown range method {method!r}")
     qmin, qmax = qrange(bits, symmetric)
     x = sample.detach().float().reshape(1, -1)
-    ratios = torch.linspace(1.0, min_ratio, grid)
-    lo = (xmin * ratios).repeat_interleave(grid)
-    hi = (xmax * ratios).repeat(grid)
-    if symmetric:  # only the larger magnitude matters; a 1-D grid suffices
+    if kind == "symmetric":
+        ratios = 1.0 - torch.arange(80, dtype=torch.float32) * 0.01
         lo, hi = xmin * ratios, xmax * ratios
+    elif kind == "free":
+        ratios = torch.linspace(1.0, min_ratio, grid)
+        lo = (xmin * ratios).repeat_interleave(grid)
+        hi = (xmax * ratios).repeat(grid)
+        if symmetric:  # only the larger magnitude matters; a 1-D grid suffices
+            lo, hi = xmin * ratios, xmax * ratios
+    else:
+        raise ValueError(f"unknown activation range kind {kind!r}")
     s, z = choose_qparams(lo, hi, bits, symmetric)
     errs = []
     for i in range(0, lo.numel(), 50):  # chunk candidates: bounded memory

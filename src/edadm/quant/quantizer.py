@@ -107,6 +107,7 @@ class ActObserver:
             s = torch.cat(self.samples)[::2].contiguous()
             self.samples, self.count = [s], s.numel()
 
-    def range(self, bits: int, symmetric: bool, method: str = "mse", p: float = 2.4) -> tuple[float, float]:
+    def range(self, bits: int, symmetric: bool, method: str = "mse", p: float = 2.4,
+              kind: str = "free") -> tuple[float, float]:
         sample = torch.cat(self.samples) if self.samples else torch.empty(0)
-        return search_act_range(sample, self.min, self.max, bits, symmetric, method=method, p=p)
+        return search_act_range(sample, self.min, self.max, bits, symmetric, method=method, p=p, kind=kind)

@@ -8,18 +8,25 @@ layer outside blocks):
 2. cache the FP unit's output on the FP inputs, and (FBR) the outputs of its inner layers;
    the FP model is a separate copy taken before reconstruction starts, because step 4
    writes the rounded weights into the quantized model's weight tensors;
-3. learn AdaRound rounding of its weights jointly with its activation step sizes (LSQ),
-   with QDrop (inputs mixed element-wise between FP and quantized, activations kept in
-   float element-wise with probability act_drop_prob), Adam with cosine decay;
+3. learn what the stage learns (ReconConfig.stages):
+   - "joint" (EDA-DM): AdaRound rounding of its weights together with its activation step
+     sizes (LSQ), with QDrop (inputs mixed element-wise between FP and quantized,
+     activations kept in float element-wise with probability act_drop_prob);
+   - "two-stage" (Q-Diffusion): first every unit's rounding alone with activations in float
+     (stage "weights"); then, after activation ranges are initialised on the
+     weight-reconstructed model (api.quantize), every unit's activation step sizes alone
+     (stage "acts", Lp loss with act_loss_p);
+   Adam; rounding lr constant or cosine-decayed (lr_weight_schedule), step sizes cosine;
 4. fix the rounding (hard) into the weights.
 
-Loss: MSE(block_q(x), block_fp(x)) + add_loss * sum_j MSE(layer_j,q, layer_j,fp) over the
+Loss: Lp(block_q(x), block_fp(x)) + add_loss * sum_j MSE(layer_j,q, layer_j,fp) over the
 unit's quantized layers except the last (add_loss = 0: plain BRECQ), + the AdaRound
-rounding regulariser.
+rounding regulariser while rounding is learned.
 """
 from __future__ import annotations
 
 import copy
+import math
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -63,12 +70,14 @@ def per_sample_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return d.sum(ch).reshape(d.shape[0], -1).mean(1)
 
 
-def channel_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Squared error summed over channels, averaged over everything else (the reference lp_loss).
-    weight [N]: per-sample weights of a batch-first tensor (mean over samples of weight * error)."""
+def channel_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
+                p: float = 2.0) -> torch.Tensor:
+    """|error|^p (p = 2: squared error) summed over channels, averaged over everything else (the
+    reference lp_loss). weight [N]: per-sample weights of a batch-first tensor (mean over samples
+    of weight * error; p = 2 only)."""
     if weight is not None:
         return (per_sample_mse(pred, target) * weight).mean()
-    d = (pred - target).pow(2)
+    d = (pred - target).pow(2) if p == 2 else (pred - target).abs().pow(p)
     if d.dim() <= 1:
         return d.mean()
     ch = 1 if d.dim() == 4 else d.dim() - 1
@@ -77,10 +86,10 @@ def channel_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor |
 
 def fbr_loss(out: torch.Tensor, target: torch.Tensor, inner_out: list[torch.Tensor],
              inner_target: list[torch.Tensor], add_loss: float,
-             weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(total, block term, inner term): block MSE + add_loss * sum of inner-layer MSEs,
-    each optionally weighted per sample (`weight`, see step_balance_weights)."""
-    block = channel_mse(out, target, weight)
+             weight: torch.Tensor | None = None, p: float = 2.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total, block term, inner term): block Lp error (p = 2: MSE) + add_loss * sum of
+    inner-layer MSEs, each optionally weighted per sample (`weight`, see step_balance_weights)."""
+    block = channel_mse(out, target, weight, p=p)
     inner = sum((channel_mse(o, t, weight) for o, t in zip(inner_out, inner_target)),
                 torch.zeros((), device=out.device))
     return block + add_loss * inner if add_loss else block, block, inner
@@ -118,6 +127,16 @@ def _to(obj, device):
     return obj
 
 
+def _contiguous(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.contiguous()
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_contiguous(o) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _contiguous(v) for k, v in obj.items()}
+    return obj
+
+
 def _select(obj, idx):
     """Rows idx of every batched tensor in a nested (args, kwargs) structure."""
     if isinstance(obj, torch.Tensor):
@@ -138,7 +157,10 @@ def capture_inputs(model: nn.Module, unit: nn.Module, calib: CalibrationSet,
     chunks: list[tuple[tuple, dict]] = []
 
     def hook(mod, args, kwargs):
-        chunks.append((_to(args, "cpu"), _to(kwargs, "cpu")))
+        # contiguous: an attention block hands on a channels-last view, and the float conv
+        # backward of torch 2.13 on CPU crashes (segfault) on such inputs once activations are
+        # not fake-quantized before the conv (the two-stage recipe's weight stage)
+        chunks.append((_contiguous(_to(args, "cpu")), _contiguous(_to(kwargs, "cpu"))))
         raise _Stop
 
     h = unit.register_forward_pre_hook(hook, with_kwargs=True)
@@ -181,10 +203,21 @@ def _run(unit, args, kwargs, inner: list[nn.Module]) -> tuple[torch.Tensor, list
     return y, outs
 
 
+STAGES = ("joint", "weights", "acts")
+
+
 def reconstruct_unit(model: nn.Module, fp_model: nn.Module, name: str, kind: str, calib: CalibrationSet, cfg,
-                     calib_batch: int, progress: bool = False) -> UnitLog:
-    """Reconstruct unit `name` of `model` (quantizers on) against the same unit of
-    `fp_model` (full_precision_copy, quantizers off)."""
+                     calib_batch: int, progress: bool = False, stage: str = "joint") -> UnitLog:
+    """Reconstruct unit `name` of `model` against the same unit of `fp_model`
+    (full_precision_copy, quantizers off). `model` runs in the stage's quant state: weights
+    and activations quantized ("joint", "acts"), or weights only ("weights").
+
+    stage "joint" learns rounding and step sizes; "weights" the rounding alone; "acts" the
+    activation step sizes alone (weights already hard-rounded)."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown reconstruction stage {stage!r}")
+    cfg.fill_defaults()
+    learn_round, learn_act = stage in ("joint", "weights"), stage in ("joint", "acts") and cfg.learn_act_scale
     unit, fp_unit = model.get_submodule(name), fp_model.get_submodule(name)
     dev = next(model.parameters()).device
     t0 = time.time()
@@ -193,7 +226,9 @@ def reconstruct_unit(model: nn.Module, fp_model: nn.Module, name: str, kind: str
     inner = _inner_layers(unit) if cfg.add_loss > 0 and kind == "block" else []
     fp_inner = _inner_layers(fp_unit) if inner else []
     qlayers = [m for m in unit.modules() if isinstance(m, QuantMixin)]
-    act_qs = [m for m in unit.modules() if isinstance(m, UniformQuantizer) and m.role == "act" and bool(m.initialized)]
+    act_qs = [m for m in unit.modules() if isinstance(m, UniformQuantizer) and m.role == "act" and bool(m.initialized)
+              and m.enabled] if stage != "weights" else []
+    loss_p = cfg.act_loss_p if stage == "acts" else 2.0
 
     # FP targets (unit output and inner-layer outputs) on FP inputs, computed once per chunk
     targets = []
@@ -211,7 +246,8 @@ def reconstruct_unit(model: nn.Module, fp_model: nn.Module, name: str, kind: str
                 errs.append(per_sample_mse(out, y.to(dev)).cpu())
         return torch.cat(errs) if errs else torch.zeros(0)
 
-    ulog = UnitLog(name=name, kind=kind, iters=cfg.iters, seconds=0.0)
+    iters = cfg.act_iters if stage == "acts" else cfg.iters
+    ulog = UnitLog(name=name, kind=kind, iters=iters, seconds=0.0)
     err0 = eval_error()
     ulog.before = float(err0.mean())
     weights = None  # per chunk, per sample
@@ -221,28 +257,46 @@ def reconstruct_unit(model: nn.Module, fp_model: nn.Module, name: str, kind: str
         weights = list(w.split([y.shape[0] for y, _ in targets]))
 
     # learnable parameters: AdaRound per weight part, activation step sizes
-    for m in qlayers:
-        m.rounding = [AdaRoundQuantizer(wq, m.weight[:, sl] if m.split else m.weight).to(dev)
-                      for wq, sl in m.weight_quantizers()]
-    alphas = [r.alpha for m in qlayers for r in m.rounding]
+    if learn_round:
+        for m in qlayers:
+            m.rounding = [AdaRoundQuantizer(wq, m.weight[:, sl] if m.split else m.weight).to(dev)
+                          for wq, sl in m.weight_quantizers()]
+    alphas = [r.alpha for m in qlayers for r in (m.rounding or [])]
     saved_scales = [q.scale.detach().clone() for q in act_qs]
     for q in act_qs:
-        q.scale.requires_grad_(cfg.learn_act_scale)
+        q.scale.requires_grad_(learn_act)
         q.drop_prob = cfg.act_drop_prob
-    groups = [{"params": alphas, "lr": cfg.lr_weight}]
-    if cfg.learn_act_scale:
+    groups, shapes = [], []
+    if alphas:
+        groups.append({"params": alphas, "lr": cfg.lr_weight})
+        shapes.append(cfg.lr_weight_schedule)
+    if learn_act:
         # Adam moves a parameter by about lr per step whatever its gradient's size, so an
-        # absolute lr means 5 % of a 0.02 step size but 0.1 % of a 1.0 one. lr_act is
-        # therefore relative to each quantizer's initial step size: scale-free across layers
-        # and models (the reference code uses one absolute lr per dataset).
-        groups += [{"params": [q.scale], "lr": cfg.lr_act * float(q.scale.detach().abs().max())} for q in act_qs]
+        # absolute lr means 5 % of a 0.02 step size but 0.1 % of a 1.0 one. With
+        # lr_act_relative the lr is relative to each quantizer's initial step size (edadm's
+        # own, scale-free across layers and models); the reference codes use one absolute lr.
+        for q in act_qs:
+            rel = float(q.scale.detach().abs().max()) if cfg.lr_act_relative else 1.0
+            groups.append({"params": [q.scale], "lr": cfg.lr_act * rel})
+            shapes.append("cosine")
+    if not groups:  # nothing to learn here (no quantized weights in this stage, no step sizes)
+        ulog.after = ulog.before
+        ulog.iters = 0
+        ulog.seconds = time.time() - t0
+        for q in act_qs:
+            q.drop_prob = 0.0
+        return ulog
     opt = torch.optim.Adam(groups)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.iters), eta_min=0.0)
-    gen = torch.Generator().manual_seed(cfg.seed + sum(map(ord, name)))
-    log_every = max(1, cfg.iters // 20)
-    warm = int(cfg.warmup * cfg.iters)
+    T = max(1, iters)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, [
+        (lambda it: 0.5 * (1 + math.cos(math.pi * min(it, T) / T))) if shape == "cosine" else (lambda it: 1.0)
+        for shape in shapes])
+    gen = torch.Generator().manual_seed(cfg.seed + sum(map(ord, name)) + (7919 if stage == "acts" else 0))
+    log_every = max(1, iters // 20)
+    warm = int(cfg.warmup * iters)
     failed = None
-    bar = tqdm(range(cfg.iters), desc=f"recon {name}", leave=False, disable=not progress)
+    bar = tqdm(range(iters), desc=f"recon {name}" + ("" if stage == "joint" else f" ({stage})"), leave=False,
+               disable=not progress)
     try:
         for it in bar:
             c = int(torch.randint(0, len(q_in), (1,), generator=gen))
@@ -258,11 +312,12 @@ def reconstruct_unit(model: nn.Module, fp_model: nn.Module, name: str, kind: str
             out, inner_out = _run(unit, args, kwargs, inner)
             rec_loss, block_loss, inner_loss = fbr_loss(out, y_t, inner_out, [t[idx].to(dev) for t in targets[c][1]],
                                                         cfg.add_loss,
-                                                        None if weights is None else weights[c][idx].to(dev))
-            if it < warm or cfg.round_weight == 0:
+                                                        None if weights is None else weights[c][idx].to(dev),
+                                                        p=loss_p)
+            if not learn_round or it < warm or cfg.round_weight == 0:
                 round_loss, beta = torch.zeros((), device=dev), None
             else:
-                frac = (it - warm) / max(1, cfg.iters - warm)
+                frac = (it - warm) / max(1, iters - warm)
                 beta = cfg.b_end + (cfg.b_start - cfg.b_end) * max(0.0, 1 - frac)
                 round_loss = cfg.round_weight * sum(r.round_loss(beta) for m in qlayers for r in m.rounding)
             loss = rec_loss + round_loss
@@ -275,7 +330,7 @@ def reconstruct_unit(model: nn.Module, fp_model: nn.Module, name: str, kind: str
             sched.step()
             for q in act_qs:  # a step size must stay positive
                 q.scale.data.clamp_(min=1e-8)
-            if it % log_every == 0 or it == cfg.iters - 1:
+            if it % log_every == 0 or it == iters - 1:
                 rec = {"iter": it, "block": block_loss.item(), "inner": inner_loss.item(),
                        "round": round_loss.item(), "total": loss.item()}
                 ulog.history.append(rec)
@@ -286,7 +341,7 @@ def reconstruct_unit(model: nn.Module, fp_model: nn.Module, name: str, kind: str
             q.drop_prob = 0.0
     with torch.no_grad():
         if failed is None:
-            for m in qlayers:  # bake the hard rounding into the weights
+            for m in (qlayers if learn_round else []):  # bake the hard rounding into the weights
                 for r, (wq, sl) in zip(m.rounding, m.weight_quantizers()):
                     r.hard = True
                     w = m.weight.data[:, sl] if m.split else m.weight.data
@@ -304,8 +359,15 @@ def reconstruct_unit(model: nn.Module, fp_model: nn.Module, name: str, kind: str
 
 
 def reconstruct(model: nn.Module, calib: CalibrationSet, cfg, calib_batch: int = 64,
-                progress: bool = True, done: list[dict] | None = None, on_unit=None) -> list[UnitLog]:
-    """Reconstruct every unit of a wrapped, scale-initialised model, in forward order.
+                progress: bool = True, done: list[dict] | None = None, on_unit=None, stage: str = "joint",
+                index_offset: int = 0, fp_model: nn.Module | None = None) -> list[UnitLog]:
+    """Reconstruct every unit of a wrapped, scale-initialised model, in forward order, for one
+    stage (reconstruct_unit). The model runs in the stage's quant state throughout and ends
+    with every quantizer on.
+
+    Checkpoint indices of this stage's units start at index_offset (two-stage runs number
+    the second stage after the first); fp_model: the full-precision targets, when a first
+    stage already made them (full_precision_copy).
 
     done: units already reconstructed by an interrupted run (edadm.checkpoint), applied
     instead of recomputed; on_unit(index, name, log_dict) is called after each new unit.
@@ -315,27 +377,32 @@ def reconstruct(model: nn.Module, calib: CalibrationSet, cfg, calib_batch: int =
     from ..checkpoint import Checkpoint
     from ..errors import EdadmError
 
+    cfg.fill_defaults()
     units = dict(reconstruction_units(model, lambda m: isinstance(m, QuantMixin)))
+    if fp_model is None:
+        fp_model = full_precision_copy(model)  # before any unit's weights are rounded
+    set_quant_state(model, weight=True, act=stage != "weights")
     args, kwargs = next(iter(calib.model_inputs(1, next(model.parameters()).device)))
     order = forward_order(model, list(units), args, kwargs)
-    fp_model = full_precision_copy(model)  # before any unit's weights are rounded
     logs = []
-    for i, saved in enumerate(done or []):
-        if i >= len(order) or saved["name"] != order[i]:
+    for i, saved in enumerate((done or [])[:len(order)]):  # a later stage's units follow in `done`
+        if saved["name"] != order[i]:
             raise EdadmError(f"checkpoint unit {i} ({saved['name']}) does not match this model's reconstruction order")
         Checkpoint.apply_unit(model, saved)
         logs.append(UnitLog(**saved["log"]))
     if logs:
         log.info("resuming reconstruction after %d of %d units", len(logs), len(order))
-    bar = tqdm(order, desc="reconstruction", disable=not progress, initial=len(logs))
+    bar = tqdm(order, desc="reconstruction" + ("" if stage == "joint" else f" ({stage})"), disable=not progress,
+               initial=len(logs))
     for i, name in enumerate(order[len(logs):], start=len(logs)):
         bar.set_postfix(unit=name)
-        torch.manual_seed(cfg.seed * 100_003 + i)
-        ulog = reconstruct_unit(model, fp_model, name, units[name], calib, cfg, calib_batch, progress=progress)
+        torch.manual_seed(cfg.seed * 100_003 + index_offset + i)
+        ulog = reconstruct_unit(model, fp_model, name, units[name], calib, cfg, calib_batch, progress=progress,
+                                stage=stage)
         log.debug("%s %s: output MSE %.4g -> %.4g (%.1fs)", units[name], name, ulog.before, ulog.after, ulog.seconds)
         logs.append(ulog)
         if on_unit is not None:
-            on_unit(i, name, asdict(ulog))
+            on_unit(index_offset + i, name, asdict(ulog))
         bar.update(1)
     bar.close()
     set_quant_state(model, weight=True, act=True)

@@ -1,0 +1,240 @@
+"""Methods ranked over quantization seeds: the faithful recipes side by side (issue 20).
+
+For each (setting, quantization seed, method): quantize in a fresh subprocess (`edadm quantize
+--seed Q`: the calibration trajectories, the calibration set, the range observers and every
+reconstruction draw follow Q), sample `--num` images with the integer engine from the same
+initial noise as FP (sampling seed `--sample-seed`), and measure FID-digits, IS-digits and
+PSNR vs FP. The FP model is sampled at `--fp-seeds` (its spread over sampling seeds is the
+noise floor beside the spread over quantization seeds).
+
+Resumable: each finished entry is one file under bench/results/recipes/MODEL/runs/; a rerun
+skips finished entries. Two jobs may run side by side (for example one per setting): the FP
+reference is computed once under a file lock. Each run rebuilds the table of MODEL from all
+finished entries: bench/results/recipes/MODEL/table.{json,md}.
+
+    python bench/recipes.py --model digits-ddpm --settings w8a8
+    python bench/recipes.py --model digits-ldm --settings w4a8 --methods ptq4dm --qseeds 0
+    python bench/recipes.py --model digits-ddpm --tables-only
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import logging
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import fmt, metadata, write_json, write_text  # noqa: E402
+
+from edadm.config import DEFAULT_ITERS_SCALE  # noqa: E402
+from edadm.eval.evaluate import evaluate_pipeline  # noqa: E402
+from edadm.eval.metrics import mean_std  # noqa: E402
+from edadm.pipeline import load_pipeline  # noqa: E402
+from edadm.utils import atomic_file  # noqa: E402
+
+log = logging.getLogger("bench.recipes")
+RESULTS = Path(__file__).parent / "results" / "recipes"
+MAIN_METHODS = ["naive", "qdiffusion", "eda-dm"]
+ONE_SEED_METHODS = ["ptq4dm", "eda-dm-tdac-only", "eda-dm-fbr-only"]
+
+
+def model_dir(model: str) -> Path:
+    return RESULTS / model
+
+
+def fp_reference(model: str, num: int, seeds: list[int], cache: Path, batch_size: int) -> tuple[dict, dict]:
+    """FP metrics per sampling seed (committed) and images (local cache), computed once."""
+    res_f = model_dir(model) / f"fp-{num}.json"
+    img_f = cache / f"fp-{model}-{num}-{'_'.join(map(str, seeds))}.pt"
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / f"fp-{model}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a second job waits here for the first one's FP run
+        if res_f.is_file() and img_f.is_file() and json.loads(res_f.read_text())["seeds"] == seeds:
+            return json.loads(res_f.read_text()), torch.load(img_f)
+        pipe = load_pipeline(model)
+        t0 = time.time()
+        res, imgs = evaluate_pipeline(pipe, num, seeds, batch_size=batch_size, progress=True)
+        res.update(metadata(), num=num, seeds=seeds, eval_seconds=round(time.time() - t0, 1))
+        with atomic_file(img_f) as tmp:
+            torch.save(imgs, tmp)
+        write_json(res_f, res)
+        return res, imgs
+
+
+def quantize(model: str, method: str, w: int, a: int, qseed: int, out: Path, extra: list[str]) -> dict:
+    cmd = [sys.executable, "-m", "edadm", "quantize", model, "--method", method, "--weight-bits", str(w),
+           "--act-bits", str(a), "--seed", str(qseed), "--out", str(out), "--no-progress", "--no-report", *extra]
+    resumed = (out.parent / f".{out.name}.ckpt").is_dir()  # an interrupted run continues from its checkpoint
+    if resumed:
+        cmd.append("--resume")
+    t0 = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.time() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    rep = json.loads((out / "unet" / "edadm_quant.json").read_text())["report"]
+    return {"command": "edadm " + " ".join(cmd[3:]), "wall_seconds": round(wall, 1), "resumed": resumed,
+            "seconds": rep["seconds"], "peak_memory_mb": rep["peak_memory_mb"], "counts": rep["counts"],
+            "config": rep["config"],
+            "recon": [{k: u.get(k) for k in ("name", "stage", "iters", "before", "after", "fallback")}
+                      for u in rep.get("recon") or []]}
+
+
+def run_entry(args, setting: str, method: str, qseed: int, fp_res: dict, fp_imgs: dict) -> dict:
+    w, a = (int(v) for v in setting.lstrip("w").split("a"))
+    qdir = args.cache / f"q-{args.model}-{setting}-{method}-q{qseed}"
+    started = metadata()
+    q = quantize(args.model, method, w, a, qseed, qdir, args.quantize_args.split())
+    pipe = load_pipeline(qdir, engine=args.engine)
+    t0 = time.time()
+    res, _ = evaluate_pipeline(pipe, args.num, [args.sample_seed], batch_size=args.batch_size,
+                               reference={args.sample_seed: fp_imgs[args.sample_seed]}, progress=True)
+    m = res["per_seed"][0]
+    fp_m = next(s for s in fp_res["per_seed"] if s["seed"] == args.sample_seed)
+    shutil.rmtree(qdir, ignore_errors=True)
+    return {**started, "finished": metadata()["date"], "model": args.model, "method": method, "setting": setting,
+            "qseed": qseed, "sample_seed": args.sample_seed, "num": args.num, "engine": args.engine,
+            "metrics": m, "delta_fid": m["fid_digits"] - fp_m["fid_digits"],
+            "eval_seconds": round(time.time() - t0, 1), "quantize": q}
+
+
+def entries(model: str) -> list[dict]:
+    return [json.loads(f.read_text()) for f in sorted((model_dir(model) / "runs").glob("*/*.json"))]
+
+
+def _stat(values: list[float]) -> dict | None:
+    return mean_std(values) if values else None
+
+
+def build_table(model: str) -> None:
+    es = entries(model)
+    fp_f = model_dir(model) / f"fp-{es[0]['num'] if es else 1000}.json"
+    if not fp_f.is_file():
+        return
+    fp = json.loads(fp_f.read_text())
+    settings = sorted({e["setting"] for e in es}, key=lambda s: (s != "w8a8", s))
+    methods = [m for m in MAIN_METHODS + ONE_SEED_METHODS if any(e["method"] == m for e in es)]
+    methods += sorted({e["method"] for e in es} - set(methods))
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for e in es:
+        groups.setdefault((e["setting"], e["method"]), []).append(e)
+    fp_fids = [s["fid_digits"] for s in fp["per_seed"]]
+    fp_std = statistics.stdev(fp_fids) if len(fp_fids) > 1 else 0.0
+    fp_mean = statistics.mean(fp_fids)
+    meta = metadata()
+    commits = sorted({e["git_commit"] for e in es})
+    cpus = sorted({f"{e['machine'].get('cpu')} ({e['machine'].get('isa', '?')})" for e in es})
+    lines = [f"# Recipes ranked over quantization seeds: {model}", "",
+             f"- rebuilt by: `{meta['command']}` at {meta['date']}",
+             f"- entries measured with commits {', '.join(commits)} on {', '.join(cpus)}; each entry's command, "
+             "date, machine, wall time and peak memory are in table.json",
+             f"- every quantized model: {es[0]['num'] if es else '?'} samples, integer engine, sampling seed "
+             f"{es[0]['sample_seed'] if es else '?'} (the same initial noise as FP); quantization seeds as listed",
+             f"- iterations: every recipe's reference count x {DEFAULT_ITERS_SCALE} (one factor for all; see "
+             "docs/recipes.md), unless the entry's command says otherwise",
+             f"- FP32: FID-digits {fp_mean:.2f}, std over sampling seeds {fp['seeds']}: {fp_std:.2f} (the sampling "
+             "noise floor); ΔFID = FID - FP's FID at the same sampling seed (paired, same noise)", "",
+             "## FID-digits, ΔFID vs FP and PSNR vs FP: mean ± std over quantization seeds", "",
+             "| method | " + " | ".join(f"{s.upper()} FID | ΔFID | PSNR dB | seeds" for s in settings) + " |",
+             "|---|" + "---|---|---|---|" * len(settings)]
+    for m in methods:
+        cells = []
+        for s in settings:
+            g = groups.get((s, m), [])
+            cells += [fmt(_stat([e["metrics"]["fid_digits"] for e in g]), 2) if g else "not run",
+                      fmt(_stat([e["delta_fid"] for e in g]), 2) if g else "-",
+                      fmt(_stat([e["metrics"]["psnr_vs_ref"] for e in g]), 2) if g else "-",
+                      ",".join(str(e["qseed"]) for e in sorted(g, key=lambda e: e["qseed"])) or "-"]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += ["", "## Ranking and whether the spread allows it", "",
+              "Methods by mean ΔFID. A gap to the next method counts only if every quantization-seed std involved is at "
+              "most a third of it (issue 20's target); each std is also compared with 5 % of FP's FID-digits "
+              f"({0.05 * fp_mean:.2f}).", ""]
+    for s in settings:
+        ranked = sorted(((statistics.mean(e["delta_fid"] for e in g), m, g) for (ss, m), g in groups.items() if ss == s),
+                        key=lambda r: r[0])
+        lines.append(f"**{s.upper()}**: " + " < ".join(f"{m} ({d:+.2f})" for d, m, _ in ranked))
+        lines.append("")
+        lines.append("| method | ΔFID | std over qseeds | <= 5 % FP | gap to next | gap > 3 x std |")
+        lines.append("|---|---|---|---|---|---|")
+        for i, (d, m, g) in enumerate(ranked):
+            sd = statistics.stdev([e["delta_fid"] for e in g]) if len(g) > 1 else None
+            nxt = ranked[i + 1] if i + 1 < len(ranked) else None
+            gap = nxt[0] - d if nxt else None
+            sd_next = (statistics.stdev([e["delta_fid"] for e in nxt[2]]) if nxt and len(nxt[2]) > 1 else None)
+            ok = (None if gap is None or sd is None or sd_next is None else gap > 3 * max(sd, sd_next))
+            lines.append(f"| {m} | {d:+.2f} | {'-' if sd is None else f'{sd:.2f}'} | "
+                         f"{'-' if sd is None else ('yes' if sd <= 0.05 * fp_mean else 'no')} | "
+                         f"{'-' if gap is None else f'{gap:.2f} to {nxt[1]}'} | "
+                         f"{'-' if ok is None else ('yes' if ok else 'no')} |")
+        lines.append("")
+    lines += ["## Quantization cost on this machine (wall seconds of `edadm quantize`, peak RSS MB; mean over seeds)", "",
+              "| method | " + " | ".join(s.upper() for s in settings) + " |", "|---|" + "---|" * len(settings)]
+    for m in methods:
+        cells = []
+        for s in settings:
+            g = [e for e in groups.get((s, m), []) if not e["quantize"]["resumed"]]
+            cells.append(f"{statistics.mean(e['quantize']['wall_seconds'] for e in g):.0f} s, "
+                         f"{max(e['quantize']['peak_memory_mb'] for e in g):.0f} MB" if g else "-")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    loads = sorted({e["machine"].get("loadavg_1m") for e in es if e["machine"].get("loadavg_1m") is not None})
+    lines += ["", f"1-minute load averages at the entries' starts: {loads} (2 cores; two bench jobs side by side "
+              "make about 2: their wall times hold, a third process would not).", ""]
+    write_text(model_dir(model) / "table.md", "\n".join(lines))
+    write_json(model_dir(model) / "table.json", {**meta, "model": model, "fp": fp, "entries": es})
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="digits-ddpm")
+    ap.add_argument("--methods", default=",".join(MAIN_METHODS))
+    ap.add_argument("--settings", default="w8a8,w4a8")
+    ap.add_argument("--qseeds", default="0,1,2", help="quantization seeds (edadm quantize --seed)")
+    ap.add_argument("--num", type=int, default=1000)
+    ap.add_argument("--sample-seed", type=int, default=0)
+    ap.add_argument("--fp-seeds", default="0,1,2")
+    ap.add_argument("--batch-size", type=int, default=250)
+    ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "edadm-bench-cache")
+    ap.add_argument("--quantize-args", default="", help="extra flags for edadm quantize (same for every method)")
+    ap.add_argument("--engine", choices=["int", "fake"], default="int")
+    ap.add_argument("--tables-only", action="store_true")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="results root (a scratch directory for trials)")
+    args = ap.parse_args(argv)
+    globals()["RESULTS"] = args.results
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.tables_only:
+        build_table(args.model)
+        return 0
+    fp_seeds = [int(s) for s in args.fp_seeds.split(",")]
+    if args.sample_seed not in fp_seeds:
+        ap.error("--sample-seed must be one of --fp-seeds (the quantized models are paired with FP)")
+    fp_res, fp_imgs = fp_reference(args.model, args.num, fp_seeds, args.cache, args.batch_size)
+    for setting in args.settings.split(","):
+        for qseed in (int(s) for s in args.qseeds.split(",")):  # seed-major: all methods of seed 0 first
+            for method in args.methods.split(","):
+                f = model_dir(args.model) / "runs" / setting / f"{method}-q{qseed}.json"
+                if f.is_file():
+                    log.info("skip %s %s q%d (done)", setting, method, qseed)
+                    continue
+                log.info("== %s %s qseed %d", setting, method, qseed)
+                entry = run_entry(args, setting, method, qseed, fp_res, fp_imgs)
+                write_json(f, entry)
+                log.info("%s %s q%d: FID-digits %.2f (ΔFID %+.2f), PSNR %.2f dB, quantize %.0f s", setting, method,
+                         qseed, entry["metrics"]["fid_digits"], entry["delta_fid"], entry["metrics"]["psnr_vs_ref"],
+                         entry["quantize"]["wall_seconds"])
+                build_table(args.model)
+    build_table(args.model)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

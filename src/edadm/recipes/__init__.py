@@ -1,0 +1,89 @@
+"""Quantization recipes as data: one TOML file per method in this directory.
+
+A recipe is a whole procedure (calibration set, activation range kind, reconstruction stages,
+optimiser, loss), stated with the reference code's values. A file `NAME.toml` registers the
+method NAME; nothing else needs editing to add one. Sections map onto QuantConfig:
+
+- ``per_dataset = true``: the EDA-DM scripts' per-dataset values (config.DATASET_PRESETS:
+  calibration size, lambda, add_loss, iterations, rounding lr) apply under ``--preset``;
+- ``[quant]``: top-level QuantConfig fields (split_shortcut, act_range_kind);
+- ``[calib]``: CalibConfig fields;
+- ``[recon]``: ReconConfig fields, plus ``reference_iters`` / ``reference_act_iters`` (the
+  reference's iterations per unit, scaled by ReconConfig.iters_scale unless iters is set).
+
+A value that depends on the weight bit width is a table ``{ w4 = ..., w8 = ... }``: the entry
+for the largest key not above the config's weight bits (w4 serves 2..7 bits, w8 serves 8).
+"""
+from __future__ import annotations
+
+import functools
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import EdadmError
+
+_DIR = Path(__file__).parent
+_SECTIONS = ("quant", "calib", "recon")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    about: str
+    reference: str
+    per_dataset: bool = False  # the EDA-DM scripts' per-dataset values (config.DATASET_PRESETS) apply
+    quant: dict = field(default_factory=dict)
+    calib: dict = field(default_factory=dict)
+    recon: dict = field(default_factory=dict)
+
+    def section(self, name: str, weight_bits: int) -> dict:
+        """The values of one section with per-bit-width tables resolved for `weight_bits`."""
+        return {k: per_bits(v, weight_bits) for k, v in getattr(self, name).items()}
+
+    @property
+    def reconstructs(self) -> bool:
+        return bool(self.recon.get("enabled", False))
+
+
+def per_bits(value, weight_bits: int):
+    """`value`, or from a {"w4": a, "w8": b} table the entry for the largest key <= weight_bits
+    (the smallest key when every key is above it)."""
+    if not isinstance(value, dict):
+        return value
+    keys = sorted((int(k.lstrip("w")), k) for k in value)
+    chosen = keys[0][1]
+    for bits, k in keys:
+        if bits <= weight_bits:
+            chosen = k
+    return value[chosen]
+
+
+def _read(path: Path) -> Recipe:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise EdadmError(f"cannot read recipe {path.name}: {exc}") from exc
+    unknown = set(data) - {"about", "reference", "per_dataset", *_SECTIONS}
+    if unknown:
+        raise EdadmError(f"recipe {path.name}: unknown keys {', '.join(sorted(unknown))}")
+    return Recipe(name=path.stem, about=data.get("about", ""), reference=data.get("reference", ""),
+                  per_dataset=bool(data.get("per_dataset", False)),
+                  **{s: dict(data.get(s, {})) for s in _SECTIONS})
+
+
+@functools.cache
+def registry() -> dict[str, Recipe]:
+    """Every recipe file of this directory, by name (sorted)."""
+    return {p.stem: _read(p) for p in sorted(_DIR.glob("*.toml"))}
+
+
+def names() -> tuple[str, ...]:
+    return tuple(registry())
+
+
+def get(name: str) -> Recipe:
+    recipes = registry()
+    if name not in recipes:
+        raise EdadmError(f"unknown method {name!r}; choose from {', '.join(recipes)}")
+    return recipes[name]
