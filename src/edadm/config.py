@@ -287,8 +287,7 @@ class QuantConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or not 2 <= v <= 8:
                 raise EdadmError(f"{name.replace('_', '-')} must be an integer in 2..8, got {v!r}")
-        if self.method not in METHODS:
-            raise EdadmError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+        recipes.get(self.method)  # one-line error for an unknown method
         if self.act_range_kind not in ACT_RANGE_KINDS:
             raise EdadmError(f"act-range-kind must be one of {', '.join(ACT_RANGE_KINDS)}, got {self.act_range_kind!r}")
         for name in ("weight_range", "act_range"):
