@@ -17,8 +17,8 @@ def quantize(pipe, config: QuantConfig | None = None, progress: bool = True, tra
 def load(path, device=None, engine: str = "int", compile: bool = False):
     """Load a zoo name, a diffusers directory or an edadm quantized directory as a pipeline.
 
-    engine (quantized directories): "int" integer kernels, "fake" the float simulation;
-    compile: run the denoiser under torch.compile, in bf16 where the hardware has it, else
+    engine (quantized directories): "int" integer kernels, "fake" the float simulation,
+    "onnxruntime" / "openvino" the ONNX export on that runtime (docs/deployment.md); compile: run the denoiser under torch.compile, in bf16 where the hardware has it, else
     float32 (one compile per input shape)."""
     from .pipeline import load_pipeline
 
@@ -32,4 +32,12 @@ def save(pipe, out, **kwargs):
     return save_quantized(pipe, out, **kwargs)
 
 
-__all__ = ["CalibConfig", "EdadmError", "QuantConfig", "__version__", "load", "quantize", "save"]
+def export_onnx(source, out, **kwargs):
+    """Write a quantized directory's (or quantized pipeline's) denoiser as ONNX with QDQ nodes
+    and integer weights; returns what was written. See :func:`edadm.deploy.onnx_export.export_onnx`."""
+    from .deploy.onnx_export import export_onnx as _export
+
+    return _export(source, out, **kwargs)
+
+
+__all__ = ["CalibConfig", "EdadmError", "QuantConfig", "__version__", "export_onnx", "load", "quantize", "save"]

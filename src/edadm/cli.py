@@ -16,6 +16,10 @@ from pathlib import Path
 from .config import ACT_RANGE_KINDS, DEFAULT_ITERS_SCALE, DEFAULT_METHOD, METHODS
 from .errors import EdadmError
 
+# int: edadm's integer kernels; fake: the float simulation; onnxruntime / openvino: the ONNX
+# export on that runtime (edadm[onnx], edadm[openvino]; docs/deployment.md)
+ENGINE_CHOICES = ("int", "fake", "onnxruntime", "openvino")
+
 log = logging.getLogger("edadm")
 
 
@@ -206,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the source recorded at quantization)")
     r.add_argument("--num", type=_nonneg_int, default=32, help="samples per model (0: none)")
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--engine", choices=["int", "fake"], default="int")
+    r.add_argument("--engine", choices=ENGINE_CHOICES, default="int")
     r.add_argument("--device", default="auto")
     r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
 
@@ -217,8 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", type=Path, default=None, help="grid PNG (default grid.png)")
     s.add_argument("--out-dir", type=Path, default=None, help="one PNG per image")
-    s.add_argument("--engine", choices=["int", "fake"], default="int",
-                   help="quantized models: integer kernels (int) or float simulation (fake)")
+    s.add_argument("--engine", choices=ENGINE_CHOICES, default="int",
+                   help="quantized models: integer kernels (int), float simulation (fake), or the ONNX export on "
+                        "onnxruntime / openvino (docs/deployment.md)")
     s.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     s.add_argument("--labels", type=_labels, default=None,
                    help="class-conditional models: comma-separated digits/classes, cycled over the images "
@@ -231,8 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seeds", type=_seeds, default=[0, 1, 2])
     e.add_argument("--compare", default=None, help="another model: PSNR / MSE against its images from the same noise")
     e.add_argument("--json", type=Path, default=None, help="write results as JSON")
-    e.add_argument("--engine", choices=["int", "fake"], default="int",
-                   help="quantized models: integer kernels (int) or float simulation (fake)")
+    e.add_argument("--engine", choices=ENGINE_CHOICES, default="int",
+                   help="quantized models: integer kernels (int), float simulation (fake), or the ONNX export on "
+                        "onnxruntime / openvino (docs/deployment.md)")
     e.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     e.add_argument("--metrics", type=_metric_list, default=["fid-digits"],
                    help="comma-separated: fid-digits (digits models), fid, sfid, is, clip (the last four need "
@@ -261,6 +267,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--method", default="naive")
     d.add_argument("--num-samples", type=_positive_int, default=None, help="calibration samples N")
     _common(d)
+
+    x = sub.add_parser("export", help="write a quantized directory's denoiser as ONNX with its quantization "
+                       "(QDQ nodes, integer weights) for ONNX Runtime, OpenVINO, TensorRT")
+    x.add_argument("model", help="quantized directory (edadm quantize --out)")
+    x.add_argument("--format", choices=["onnx"], default="onnx")
+    x.add_argument("--out", required=True, type=Path, help="output file, e.g. denoiser.onnx")
+    x.add_argument("--opset", type=_positive_int, default=17, help="ONNX opset (>= 13: per-axis DequantizeLinear)")
 
     z = sub.add_parser("zoo", help="list or train the shipped demo models")
     zsub = z.add_subparsers(dest="zoo_command", required=True, parser_class=_Parser)
@@ -482,7 +495,9 @@ def cmd_evaluate(args) -> int:
     elif args.clip_model is None:
         clip_reason = "clip skipped: needs --clip-model (a local transformers CLIPModel directory)"
     metrics, skipped = _runnable_metrics(args.metrics, clip_reason)
-    dev = next(get_denoiser(pipe).parameters()).device
+    from .pipeline import _device_of
+
+    dev = _device_of(get_denoiser(pipe))
     standard, conventions = _standard_metrics(metrics, args.reference, args.inception_weights, dev)
     if "clip" in metrics:
         standard, conventions = _with_clip(standard, conventions, prompts_of(pipe), args.clip_model, dev)
@@ -615,6 +630,31 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .deploy.onnx_export import export_onnx
+    from .pipeline import is_quantized_dir, resolve_model_path
+
+    path = resolve_model_path(args.model)
+    if not is_quantized_dir(path):
+        raise EdadmError(f"{args.model} is not an edadm quantized directory (write one with edadm quantize --out)")
+    if args.opset < 13:
+        raise EdadmError(f"--opset {args.opset}: per-axis DequantizeLinear needs opset 13 or later")
+    if args.out.suffix != ".onnx":
+        raise EdadmError(f"--out {args.out} should end in .onnx")
+    _check_writable(args.out)
+    import importlib.util
+
+    if importlib.util.find_spec("onnx") is None:
+        raise EdadmError("export needs the onnx package: pip install 'edadm[onnx]'")
+    t0 = time.time()
+    info = export_onnx(path, args.out, opset=args.opset)
+    q, dq = info["ops"].get("QuantizeLinear", 0), info["ops"].get("DequantizeLinear", 0)
+    print(f"wrote {args.out} ({args.out.stat().st_size / 2**20:.1f} MiB{', weights in ' + args.out.name + '.data' if info['external_data'] else ''}): "
+          f"inputs {', '.join(info['inputs'])}; {info['folded_weights']} integer weights, {q} QuantizeLinear, "
+          f"{dq} DequantizeLinear, opset {info['opset']} ({time.time() - t0:.1f}s)")
+    return 0
+
+
 def cmd_zoo(args) -> int:
     from . import zoo
 
@@ -633,7 +673,7 @@ def cmd_zoo(args) -> int:
 
 
 COMMANDS = {"quantize": cmd_quantize, "sample": cmd_sample, "evaluate": cmd_evaluate, "score": cmd_score,
-            "report": cmd_report,
+            "report": cmd_report, "export": cmd_export,
             "demo": cmd_demo, "zoo": cmd_zoo}
 
 

@@ -248,9 +248,12 @@ def load_pipeline(model: str | Path, device: str | torch.device | None = None, e
     """Load a zoo model, a diffusers pipeline directory, or an edadm quantized directory.
 
     engine (quantized directories only): "int" runs integer kernels (edadm.deploy.intengine),
-    "fake" the float simulation used during calibration. compile: torch.compile in bf16
+    "fake" the float simulation used during calibration, "onnxruntime" / "openvino" the
+    denoiser exported to ONNX on that runtime (edadm.deploy.runtimes). compile: torch.compile in bf16
     where the hardware computes it, else float32 (compile_denoiser), for long sampling runs.
     """
+    if compile and engine in ("onnxruntime", "openvino"):
+        raise EdadmError(f"--compile applies to edadm's own engines; {engine} compiles the ONNX graph itself")
     pipe = _load_pipeline(model, device, engine)
     return compile_denoiser(pipe) if compile else pipe
 
@@ -259,8 +262,11 @@ def _load_pipeline(model, device, engine):
     dev = resolve_device(device)
     path = resolve_model_path(model)
     if is_quantized_dir(path):
+        from .deploy.runtimes import RUNTIME_ENGINES, load_runtime
         from .deploy.serialize import load_quantized
 
+        if engine in RUNTIME_ENGINES:
+            return load_runtime(path, engine, dev)
         return load_quantized(path, device=dev, engine=engine)
     if not (path / "model_index.json").is_file():
         raise EdadmError(f"{path} is not a diffusers pipeline directory (no model_index.json)")
@@ -371,7 +377,10 @@ def _sample_shape(unet) -> tuple[int, int, int]:
 
 
 def _device_of(module: torch.nn.Module) -> torch.device:
-    return next(module.parameters()).device
+    p = next(module.parameters(), None)
+    if p is None:  # a runtime-backed denoiser (deploy.runtimes) has no parameters of its own
+        p = next(module.buffers(), None)
+    return p.device if p is not None else torch.device("cpu")
 
 
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]

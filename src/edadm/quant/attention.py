@@ -60,7 +60,7 @@ class QuantAttnProcessor:
         key = attn.head_to_batch_dim(attn.k_quantizer(key))
         value = attn.head_to_batch_dim(attn.v_quantizer(value))
 
-        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        if torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
             probs = attn.probs_quantizer(attn.get_attention_scores(query, key, attention_mask))
         else:
             probs = _quantize_probs_inplace(attn, _attention_probs_inplace(attn, query, key, attention_mask))

@@ -1,0 +1,267 @@
+"""Export a quantized denoiser to ONNX with edadm's own quantization as QDQ nodes.
+
+The graph carries the calibrated numbers, not a recalibration:
+
+- every quantized Conv / Linear: its weight as integer codes (int8 initializer; 4-bit codes
+  stored losslessly in int8 / uint8) with a per-output-channel DequantizeLinear, and its
+  input through a per-tensor QuantizeLinear / DequantizeLinear pair (static scale and zero
+  point; codes narrower than 8 bits are first clipped to their range in float);
+- split-shortcut layers (skip concatenations) as two quantized convolutions summed;
+- attention q, k, v and probabilities as QDQ pairs;
+- every layer the method keeps in float left float.
+
+How: the simulation model (engine "fake") is traced by PyTorch's TorchScript ONNX exporter
+with every quantizer frozen to constants (`torch.fake_quantize_per_*_affine`, which the
+exporter writes as QuantizeLinear / DequantizeLinear), then each QuantizeLinear over a
+constant weight is folded into an integer initializer. Written by hand because no exporter
+takes a model's own fake-quant parameters to integer ONNX initializers (torch.ao's flow
+recalibrates, ModelOpt / NNCF calibrate their own scales).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import EdadmError
+from ..quant.modules import QConv2d, QLinear, QuantMixin
+from ..quant.quantizer import UniformQuantizer
+
+log = logging.getLogger("edadm")
+OPSET = 17
+EXTERNAL_DATA_BYTES = 1 << 30  # above this the weights go to FILE.onnx.data (protobuf's 2 GiB limit)
+
+
+def _act_qdq(q: UniformQuantizer | None):
+    """x -> QDQ(x) with q's frozen scale and zero point (identity when q is None or off)."""
+    if q is None or not q.enabled or not bool(q.initialized):
+        return lambda x: x
+    scale, zp = float(q.scale.detach().reshape(-1)[0]), int(round(float(q.zero_point.reshape(-1)[0])))
+    # ONNX QuantizeLinear has 8-bit codes: the container range, and narrower codes clipped in float first
+    cmin, cmax = (-128, 127) if q.qmin < 0 else (0, 255)
+    lo, hi = (q.qmin - zp) * scale, (q.qmax - zp) * scale
+    narrow = (q.qmin, q.qmax) != (cmin, cmax)
+
+    def f(x):
+        if narrow:
+            x = torch.clamp(x, lo, hi)
+        return torch.fake_quantize_per_tensor_affine(x, scale, zp, cmin, cmax)
+    return f
+
+
+def _weight_params(wq: UniformQuantizer) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+    """(scale, int32 zero point, container min, max) of a per-channel weight quantizer, made
+    before tracing so that the exporter sees constants. The container is the 8-bit range; a
+    narrower quantizer's codes lie inside it (the weight is already on its grid)."""
+    cmin, cmax = (-128, 127) if wq.qmin < 0 else (0, 255)
+    return (wq.scale.detach().float().reshape(-1).clone(), wq.zero_point.detach().round().to(torch.int32).reshape(-1),
+            cmin, cmax)
+
+
+def _export_forward(mod: QuantMixin, x: torch.Tensor) -> torch.Tensor:
+    parts = mod.weight_quantizers()
+    aqs = [mod.act_quantizer, getattr(mod, "act_quantizer2", None)] if mod.split else [mod.act_quantizer]
+    outs = []
+    for i, (wq, sl) in enumerate(parts):
+        xi = x[:, sl] if mod.split else x
+        wi = mod.weight[:, sl] if mod.split else mod.weight
+        if mod._export_w[i] is not None:
+            s, z, cmin, cmax = mod._export_w[i]
+            wi = torch.fake_quantize_per_channel_affine(wi, s, z, 0, cmin, cmax)
+        xi = _act_qdq(aqs[i])(xi)
+        bias = mod.bias if i == 0 else None  # one bias for the sum of the parts
+        outs.append(mod._conv_forward(xi, wi, bias) if isinstance(mod, QConv2d) else F.linear(xi, wi, bias))
+    return outs[0] if len(outs) == 1 else outs[0] + outs[1]
+
+
+@contextlib.contextmanager
+def export_mode(model: nn.Module):
+    """Layers and attention quantizers of `model` as constant QDQ while tracing."""
+    patched = []
+    for m in model.modules():
+        if isinstance(m, (QConv2d, QLinear)):
+            m._export_w = [_weight_params(wq) if wq.enabled and bool(wq.initialized) else None
+                           for wq, _ in m.weight_quantizers()]
+            # trace the simulation's own quantized weight (on its grid, clamped to its range), so
+            # that re-quantizing it in the 8-bit container gives exactly the simulation's codes
+            m._export_saved = m.weight.data
+            with torch.no_grad():
+                m.weight.data = m.quant_weight().detach().clone()
+            m.forward = _export_forward.__get__(m)
+            patched.append(m)
+        elif isinstance(m, UniformQuantizer) and m.role == "act":
+            # attention quantizers (q, k, v, probs) are called directly
+            m.forward = (lambda q: (lambda x: _act_qdq(q)(x)))(m)
+            patched.append(m)
+    try:
+        yield model
+    finally:
+        for m in patched:
+            del m.forward
+            if hasattr(m, "_export_w"):
+                m.weight.data = m._export_saved
+                del m._export_w, m._export_saved
+
+
+class _Signature(nn.Module):
+    """The denoiser called with positional ONNX inputs, returning the sample tensor."""
+
+    def __init__(self, model: nn.Module, names: list[str]):
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, sample, timestep, *extra):
+        kw = dict(zip(self.names[2:], extra))
+        return self.model(sample, timestep, **kw).sample
+
+
+def example_inputs(model: nn.Module, batch: int = 2) -> tuple[list[str], tuple]:
+    """ONNX input names (diffusers' argument names) and example tensors for a denoiser."""
+    from ..pipeline import is_transformer
+
+    cfg = model.config
+    if is_transformer(model):
+        raise EdadmError(f"ONNX export does not cover {type(model).__name__} (DiT) yet; UNet2DModel and "
+                         "UNet2DConditionModel denoisers are covered")
+    size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
+    g = torch.Generator().manual_seed(0)
+    sample = torch.randn(batch, cfg.in_channels, size, size, generator=g)
+    timestep = torch.tensor([999, 10][:batch] + [500] * max(0, batch - 2), dtype=torch.long)
+    names, args = ["sample", "timestep"], [sample, timestep]
+    if getattr(cfg, "cross_attention_dim", None) and type(model).__name__ == "UNet2DConditionModel":
+        names.append("encoder_hidden_states")
+        args.append(torch.randn(batch, 77 if size >= 32 else 8, cfg.cross_attention_dim, generator=g))
+    if getattr(cfg, "num_class_embeds", None):
+        names.append("class_labels")
+        args.append(torch.arange(batch, dtype=torch.long) % cfg.num_class_embeds)
+    return names, tuple(args)
+
+
+def _fold_weight_quantizers(model_proto) -> int:
+    """Each QuantizeLinear over a constant (initializer) becomes that initializer's integer codes
+    feeding the DequantizeLinear directly; returns how many were folded."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    g = model_proto.graph
+    inits = {i.name: i for i in g.initializer}
+    consumers: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    producers = {o: n for n in g.node for o in n.output}
+
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    def const(name):
+        """The value of a constant tensor (initializer, Constant, or a Cast of one), else None."""
+        if name in inits:
+            return numpy_helper.to_array(inits[name])
+        p = producers.get(name)
+        if p is not None and p.op_type == "Constant":
+            return numpy_helper.to_array(p.attribute[0].t)
+        if p is not None and p.op_type == "Cast":
+            v = const(p.input[0])
+            to = next(a.i for a in p.attribute if a.name == "to")
+            return None if v is None else v.astype(tensor_dtype_to_np_dtype(to))
+        return None
+
+    folded, drop = 0, []
+    for n in list(g.node):
+        if n.op_type != "QuantizeLinear" or n.input[0] not in inits:
+            continue
+        w = numpy_helper.to_array(inits[n.input[0]]).astype(np.float32)
+        scale, zp = const(n.input[1]), const(n.input[2])
+        if scale is None or zp is None:
+            continue
+        axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
+        shape = [1] * w.ndim
+        if scale.ndim == 1 and scale.size > 1:
+            shape[axis] = -1
+        info = np.iinfo(zp.dtype)
+        # PyTorch's fake-quant arithmetic exactly: float32 x * (1 / scale), round half to even
+        inv = (np.float32(1.0) / scale.astype(np.float32)).reshape(shape)
+        codes = np.clip(np.rint(w * inv).astype(np.int64) + zp.astype(np.int64).reshape(shape),
+                        info.min, info.max).astype(zp.dtype)
+        name = n.input[0] + "_codes"
+        g.initializer.append(numpy_helper.from_array(codes, name))
+        for c in consumers.get(n.output[0], []):
+            for k, inp in enumerate(c.input):
+                if inp == n.output[0]:
+                    c.input[k] = name
+        drop.append(n)
+        folded += 1
+    for n in drop:
+        g.node.remove(n)
+    # drop what only fed the folded nodes (the float weights, their zero-point casts)
+    while True:
+        used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+        dead = [n for n in g.node if n.op_type in ("Cast", "Constant") and not set(n.output) & used]
+        if not dead:
+            break
+        for n in dead:
+            g.node.remove(n)
+    used = {i for n in g.node for i in n.input}
+    keep = [i for i in g.initializer if i.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    return folded
+
+
+def export_onnx(source, out: str | Path, batch: int = 2, opset: int = OPSET) -> dict:
+    """Write the quantized denoiser of `source` (a quantized directory, or a pipeline quantized
+    in this process / loaded with engine "fake") to `out` (.onnx; weights over 1 GiB go to
+    out + ".data"). Returns what was written (inputs, node counts, folded weights)."""
+    import onnx
+
+    from ..pipeline import get_denoiser, load_pipeline
+    from ..utils import atomic_file
+
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:
+        raise EdadmError(f"cannot write {out}: {exc.strerror or exc}") from exc
+    raw = tmp_dir / "raw.onnx"
+    try:
+        pipe = load_pipeline(source, engine="fake") if isinstance(source, (str, Path)) else source
+        model = get_denoiser(pipe).eval()
+        if not any(isinstance(m, QuantMixin) for m in model.modules()):
+            raise EdadmError("the denoiser has no quantized layers: export a directory written by edadm quantize")
+        names, args = example_inputs(model, batch)
+        dynamic = {n: {0: "batch"} for n in names} | {"out_sample": {0: "batch"}}
+        if "encoder_hidden_states" in dynamic:  # prompt length: the text encoder's
+            dynamic["encoder_hidden_states"][1] = "sequence"
+        with torch.no_grad(), export_mode(model):
+            torch.onnx.export(_Signature(model, names), args, str(raw), input_names=names,
+                              output_names=["out_sample"], opset_version=opset, dynamo=False,
+                              dynamic_axes=dynamic, do_constant_folding=True)
+        proto = onnx.load(str(raw))
+        folded = _fold_weight_quantizers(proto)
+        size = sum(len(i.raw_data) for i in proto.graph.initializer)
+        external = size > EXTERNAL_DATA_BYTES
+        with atomic_file(out) as tmp:
+            if external:
+                # the tensors land beside it as OUT.data (the temporary file is in the same folder)
+                onnx.save(proto, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+                          location=out.name + ".data")
+            else:
+                onnx.save(proto, str(tmp))
+        onnx.checker.check_model(str(out))
+    except OSError as exc:
+        raise EdadmError(f"cannot write {out}: {exc.strerror or exc}") from exc
+    finally:
+        for f in tmp_dir.glob("*"):
+            f.unlink()
+        tmp_dir.rmdir()
+    ops: dict[str, int] = {}
+    for n in proto.graph.node:
+        ops[n.op_type] = ops.get(n.op_type, 0) + 1
+    return {"path": str(out), "inputs": names, "opset": opset, "folded_weights": folded, "external_data": external,
+            "ops": dict(sorted(ops.items(), key=lambda kv: -kv[1]))}
