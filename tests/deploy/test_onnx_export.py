@@ -6,8 +6,8 @@ the integer weight codes, per-channel scales and split parts are edadm's. With a
 QDQ on, the runtimes' QuantizeLinear divides by the scale where PyTorch multiplies by its
 inverse, and their norms / attention differ in the last bits; an activation that lands that
 close to a rounding boundary takes the neighbouring code, and the few flipped codes move the
-output by a few tenths of a percent (measured 0.4-1.5 % relative L2 on one call of the
-zoo models, the same for ONNX Runtime and OpenVINO): the bound below is 3 %.
+output by a few tenths of a percent (measured 0.1-1.1 % relative L2 on one call of the
+zoo models, bench/results/export/agreement.md): the bound below is 3 %.
 """
 import numpy as np
 import pytest
