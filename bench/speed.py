@@ -14,6 +14,8 @@ Variants:
   quantized directory, eager in fp32;
 - int-w8a8-compiled / int-w4a8-compiled: the integer engine inside a channels_last model in
   the same dtype under torch.compile with freezing;
+- export-ort-* / export-openvino-*: edadm's own quantized directory exported to ONNX
+  (edadm export, docs/deployment.md) and run by ONNX Runtime / OpenVINO
 - ort-int8 / openvino-int8: ONNX Runtime static int8 and OpenVINO (NNCF) int8 of the same FP
   model, calibrated on the same inputs (bench/peers.py; optional bench dependencies).
 
@@ -58,7 +60,8 @@ from common import metadata, write_json, write_text  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 VARIANTS = ["fp32-eager", "bf16-autocast", "float-compiled", "int-w8a8", "int-w4a8", "int-w8a8-compiled",
-            "int-w4a8-compiled", "ort-int8", "openvino-int8"]
+            "int-w4a8-compiled", "ort-int8", "openvino-int8",
+            "export-ort-w8a8", "export-openvino-w8a8", "export-ort-w4a8", "export-openvino-w4a8"]
 DEFAULT_MODELS = ["digits-ddpm", "ddpm-cifar10"]
 
 
@@ -206,11 +209,17 @@ def worker(model: str, variant: str, batches: list[int], repeats: int, sample_st
         res["unet_bytes"] = _dir_bytes(qdir / "unet")
         res["kernels"] = kernel_summary(pipe.unet)
         res["kernels_line"] = describe_kernels(pipe.unet)
+    elif variant.startswith("export-"):  # edadm's own ONNX export on a runtime (deploy.runtimes)
+        engine = "onnxruntime" if variant.startswith("export-ort") else "openvino"
+        pipe = load_pipeline(qdir, device="cpu", engine=engine)
+        res["unet_bytes"] = pipe.unet.path.stat().st_size
+        res["runtime"] = {"options": f"edadm export, {engine} CPU, f32 for the float layers",
+                          "version": pipe.unet.runtime_info}
     else:
         pipe = build_fp_pipeline(model)
     res["load_seconds"] = round(time.perf_counter() - t0, 3)
     unet = pipe.unet.eval()
-    if not variant.startswith("int"):
+    if not variant.startswith(("int", "export-")):
         res["unet_bytes"] = _param_bytes(unet)
     compiled = variant.endswith("compiled")
     dtype = compile_dtype("cpu") if compiled else torch.float32
@@ -438,7 +447,7 @@ def main(argv=None) -> None:
             ref = fp_reference(model, args.batches, tmp / f"{model}-ref.pt")
             for isa, variant in itertools.product(args.isas.split(","), args.variants.split(",")):
                 qdir = None
-                if variant.startswith("int"):
+                if variant.startswith(("int", "export-")):
                     w = 4 if "w4" in variant else 8
                     if w not in qdirs:
                         qdirs[w] = tmp / f"{model}-w{w}a8"
