@@ -142,3 +142,53 @@ def test_export_bad_input_is_one_line_exit_2(argv, needle, tmp_path, capsys):
     code = main([a.format(tmp=tmp_path, q=q) for a in argv])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and needle in err[0], err
+
+
+_AVX2_CHILD = """
+import numpy as np, torch
+from edadm.api import quantize
+from edadm.config import QuantConfig
+from edadm.deploy.kernels import isa_info
+from edadm.deploy.onnx_export import example_inputs, export_onnx
+from edadm.deploy.runtimes import runtime_session
+from edadm.pipeline import get_denoiser, load_pipeline
+assert not isa_info()["int32_dot"], isa_info()
+pipe = load_pipeline("digits-ddpm")
+quantize(pipe, QuantConfig(method="naive", weight_bits=8, steps=4,
+                           calib={"num_samples": 16, "num_trajectories": 16, "uniform_steps": 4}), progress=False)
+den = get_denoiser(pipe).eval()
+names, args = example_inputs(den, 3)
+with torch.no_grad():
+    ref = den(*args[:2]).sample.numpy()
+feeds = {n: a.numpy() for n, a in zip(names, args)}
+for fix in (False, True):
+    info = export_onnx(pipe, f"{OUT}/d{int(fix)}.onnx", overflow_fix=fix)
+    run, rt = runtime_session(f"{OUT}/d{int(fix)}.onnx", "openvino")
+    err = float(np.linalg.norm(run(feeds) - ref) / np.linalg.norm(ref))
+    print("RESULT", fix, info["folded_weights"], err, rt["kernels"].get("Convolution u8", 0))
+"""
+
+
+def test_overflow_fix_keeps_openvino_exact_without_int32_dot_products(tmp_path):
+    """Held to AVX2 (ONEDNN_MAX_CPU_ISA, which OpenVINO's oneDNN reads), OpenVINO's u8 x s8
+    convolutions sum products in int16 pairs: full-range 8-bit weights saturate (measured
+    4.8 % error on this call). The overflow-fix export (two half-range weights) keeps its
+    integer kernels and the agreement of the VNNI machine."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("openvino")
+    from edadm.deploy.kernels import isa_info
+
+    if "avx2" not in isa_info()["cpu_flags"]:
+        pytest.skip("needs an x86 CPU with AVX2 (the cap to hold OpenVINO's kernels to)")
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", f"OUT = {str(tmp_path)!r}\n" + _AVX2_CHILD], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {ln.split()[1]: ln.split()[2:] for ln in proc.stdout.splitlines() if ln.startswith("RESULT")}
+    folded_plain, folded_fix = int(rows["False"][0]), int(rows["True"][0])
+    err_fix, u8_fix = float(rows["True"][1]), int(rows["True"][2])
+    assert folded_fix > folded_plain  # the saturating weights were split in two
+    assert u8_fix > 0 and err_fix < 0.03, rows

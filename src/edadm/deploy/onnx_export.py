@@ -70,18 +70,44 @@ def _export_forward(mod: QuantMixin, x: torch.Tensor) -> torch.Tensor:
     for i, (wq, sl) in enumerate(parts):
         xi = x[:, sl] if mod.split else x
         wi = mod.weight[:, sl] if mod.split else mod.weight
+        xi = _act_qdq(aqs[i])(xi)
+        bias = mod.bias if i == 0 else None  # one bias for the sum of the parts
+        op = (lambda a, w, b: mod._conv_forward(a, w, b)) if isinstance(mod, QConv2d) else F.linear
+        if mod._export_halves[i]:  # overflow fix: two half-range weights, two integer ops, summed
+            s, z, cmin, cmax = mod._export_w[i]
+            w_lo, w_hi = (torch.fake_quantize_per_channel_affine(getattr(mod, f"_export_half{i}{k}"), s, z, 0, cmin, cmax)
+                          for k in "ab")
+            outs.append(op(xi, w_lo, bias) + op(xi, w_hi, None))
+            continue
         if mod._export_w[i] is not None:
             s, z, cmin, cmax = mod._export_w[i]
             wi = torch.fake_quantize_per_channel_affine(wi, s, z, 0, cmin, cmax)
-        xi = _act_qdq(aqs[i])(xi)
-        bias = mod.bias if i == 0 else None  # one bias for the sum of the parts
-        outs.append(mod._conv_forward(xi, wi, bias) if isinstance(mod, QConv2d) else F.linear(xi, wi, bias))
+        outs.append(op(xi, wi, bias))
     return outs[0] if len(outs) == 1 else outs[0] + outs[1]
 
 
+def _halves(mod: QuantMixin, i: int, wq: UniformQuantizer, act: UniformQuantizer | None):
+    """For the overflow fix: the part's on-grid weight as floor(c / 2) and ceil(c / 2) codes
+    (both within [-64, 64]), when its codes could saturate int16 pairs of u8 x s8 products
+    (kernels.can_saturate); else None."""
+    from .kernels import can_saturate
+
+    if act is None or not act.enabled or not bool(act.initialized) or wq.qmin >= 0 or not wq.enabled:
+        return None
+    w = mod.weight[:, mod.weight_quantizers()[i][1]] if mod.split else mod.weight
+    scale = wq._view(wq.scale.detach(), w)
+    codes = torch.round(w.detach() * (1.0 / scale))
+    if not can_saturate(act.qmax - act.qmin, int(codes.abs().max())):
+        return None
+    lo = torch.floor(codes / 2)
+    return (lo * scale).contiguous(), ((codes - lo) * scale).contiguous()
+
+
 @contextlib.contextmanager
-def export_mode(model: nn.Module):
-    """Layers and attention quantizers of `model` as constant QDQ while tracing."""
+def export_mode(model: nn.Module, overflow_fix: bool = False):
+    """Layers and attention quantizers of `model` as constant QDQ while tracing. overflow_fix:
+    weights whose 8-bit codes could saturate a CPU's int16 pair sums (no VNNI / AMX) are
+    written as two half-range weights, as the integer engine's onednn-split kernel does."""
     patched = []
     for m in model.modules():
         if isinstance(m, (QConv2d, QLinear)):
@@ -92,6 +118,13 @@ def export_mode(model: nn.Module):
             m._export_saved = m.weight.data
             with torch.no_grad():
                 m.weight.data = m.quant_weight().detach().clone()
+                aqs = [m.act_quantizer, getattr(m, "act_quantizer2", None)] if m.split else [m.act_quantizer]
+                m._export_halves = []
+                for i, (wq, _) in enumerate(m.weight_quantizers()):
+                    h = _halves(m, i, wq, aqs[i]) if overflow_fix and m._export_w[i] is not None else None
+                    m._export_halves.append(h is not None)
+                    for k, t in zip("ab", h or ()):  # buffers: ONNX initializers the exporter does not fold away
+                        m.register_buffer(f"_export_half{i}{k}", t)
             m.forward = _export_forward.__get__(m)
             patched.append(m)
         elif isinstance(m, UniformQuantizer) and m.role == "act":
@@ -105,7 +138,9 @@ def export_mode(model: nn.Module):
             del m.forward
             if hasattr(m, "_export_w"):
                 m.weight.data = m._export_saved
-                del m._export_w, m._export_saved
+                for name in [b for b in m._buffers if b.startswith("_export_half")]:
+                    del m._buffers[name]
+                del m._export_w, m._export_saved, m._export_halves
 
 
 class _Signature(nn.Module):
@@ -173,9 +208,12 @@ def _fold_weight_quantizers(model_proto) -> int:
 
     folded, drop = 0, []
     for n in list(g.node):
-        if n.op_type != "QuantizeLinear" or n.input[0] not in inits:
+        if n.op_type != "QuantizeLinear":
             continue
-        w = numpy_helper.to_array(inits[n.input[0]]).astype(np.float32)
+        w = const(n.input[0])
+        if w is None or w.ndim < 2 or w.dtype.kind != "f":  # a weight: a constant matrix / kernel
+            continue
+        w = w.astype(np.float32)
         scale, zp = const(n.input[1]), const(n.input[2])
         if scale is None or zp is None:
             continue
@@ -188,7 +226,7 @@ def _fold_weight_quantizers(model_proto) -> int:
         inv = (np.float32(1.0) / scale.astype(np.float32)).reshape(shape)
         codes = np.clip(np.rint(w * inv).astype(np.int64) + zp.astype(np.int64).reshape(shape),
                         info.min, info.max).astype(zp.dtype)
-        name = n.input[0] + "_codes"
+        name = (n.input[0] + "_codes").replace("::", "_")
         g.initializer.append(numpy_helper.from_array(codes, name))
         for c in consumers.get(n.output[0], []):
             for k, inp in enumerate(c.input):
@@ -213,10 +251,13 @@ def _fold_weight_quantizers(model_proto) -> int:
     return folded
 
 
-def export_onnx(source, out: str | Path, batch: int = 2, opset: int = OPSET) -> dict:
+def export_onnx(source, out: str | Path, batch: int = 2, opset: int = OPSET, overflow_fix: bool = False) -> dict:
     """Write the quantized denoiser of `source` (a quantized directory, or a pipeline quantized
     in this process / loaded with engine "fake") to `out` (.onnx; weights over 1 GiB go to
-    out + ".data"). Returns what was written (inputs, node counts, folded weights)."""
+    out + ".data"). Returns what was written (inputs, node counts, folded weights).
+
+    overflow_fix: for CPUs whose int8 kernels sum u8 x s8 products in int16 pairs (AVX2,
+    AVX-512 without VNNI): full-range 8-bit weights as two half-range weights (export_mode)."""
     import onnx
 
     from ..pipeline import get_denoiser, load_pipeline
@@ -238,7 +279,7 @@ def export_onnx(source, out: str | Path, batch: int = 2, opset: int = OPSET) -> 
         dynamic = {n: {0: "batch"} for n in names} | {"out_sample": {0: "batch"}}
         if "encoder_hidden_states" in dynamic:  # prompt length: the text encoder's
             dynamic["encoder_hidden_states"][1] = "sequence"
-        with torch.no_grad(), export_mode(model):
+        with torch.no_grad(), export_mode(model, overflow_fix=overflow_fix):
             torch.onnx.export(_Signature(model, names), args, str(raw), input_names=names,
                               output_names=["out_sample"], opset_version=opset, dynamo=False,
                               dynamic_axes=dynamic, do_constant_folding=True)
@@ -264,4 +305,5 @@ def export_onnx(source, out: str | Path, batch: int = 2, opset: int = OPSET) -> 
     for n in proto.graph.node:
         ops[n.op_type] = ops.get(n.op_type, 0) + 1
     return {"path": str(out), "inputs": names, "opset": opset, "folded_weights": folded, "external_data": external,
+            "overflow_fix": overflow_fix,
             "ops": dict(sorted(ops.items(), key=lambda kv: -kv[1]))}
