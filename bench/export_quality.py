@@ -42,6 +42,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--engines", default=",".join(ENGINES))
     args = ap.parse_args(argv)
+    meta = metadata()  # at the start: the commit the run imported
     qdir = Path(tempfile.mkdtemp()) / "q"
     subprocess.run([sys.executable, "-m", "edadm", "quantize", args.model, "--method", args.method, "--weight-bits",
                     str(args.weight_bits), "--out", str(qdir), "--no-progress", "--no-report"], check=True)
@@ -56,7 +57,6 @@ def main(argv=None) -> int:
     base = images.get("int")
     for r in rows:
         r["psnr_vs_int"] = psnr(images[r["engine"]], base) if base is not None else None
-    meta = metadata()
     lines = [f"# One quantized directory on every engine: {args.model} {args.method} W{args.weight_bits}A8", "",
              f"- command: `{meta['command']}`", f"- date {meta['date']}, commit {meta['git_commit']}, "
              f"{meta['machine'].get('cpu')} (oneDNN ISA {meta['machine']['isa']}), load {meta['machine'].get('loadavg_1m')}",
