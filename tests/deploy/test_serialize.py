@@ -80,3 +80,24 @@ def test_quantized_state_requires_calibration(make_tiny_unet):
     wrap_model(unet, QuantConfig())
     with pytest.raises(EdadmError, match="no calibrated"):
         quantized_state(unet)
+
+
+@pytest.mark.parametrize("engine", ["fake", "int"])
+def test_save_of_a_loaded_directory_round_trips(tiny_quant_dir, tmp_path, engine):
+    """edadm.save(edadm.load(d)) writes the same codes and the same quantization JSON (it used
+    to fail: the loader's report is a dict, and the int engine has no fake-quant layers)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    import edadm
+    from edadm.pipeline import QUANT_FILE, quant_subdir
+
+    out = tmp_path / "again"
+    edadm.save(edadm.load(tiny_quant_dir, engine=engine), out)
+    sub = quant_subdir(tiny_quant_dir)
+    a = load_file(str(next((tiny_quant_dir / sub).glob("*.safetensors"))))
+    b = load_file(str(next((out / sub).glob("*.safetensors"))))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ja, jb = (json.loads((d / sub / QUANT_FILE).read_text()) for d in (tiny_quant_dir, out))
+    assert ja == jb

@@ -127,9 +127,17 @@ def save_quantized(pipe, out: str | Path, config: QuantConfig | None = None, rep
         if not hasattr(pipe, "_edadm_quant"):
             raise EdadmError("pipeline is not quantized; run edadm.quantize first")
         config, rep = pipe._edadm_quant
-        report = report or rep.to_dict()
+        # quantize() records a QuantReport, the loader the report dict it read
+        report = report or (rep.to_dict() if hasattr(rep, "to_dict") else rep)
     dname = denoiser_name(pipe)
     unet = getattr(pipe, dname)
+    if not any(True for _ in quant_modules(unet)):
+        source = getattr(pipe, "_edadm_source", None)
+        if source is None:
+            raise EdadmError("the denoiser has no fake-quantized layers to save (quantize it, or load the "
+                             "directory with engine='fake')")
+        # an integer-engine or runtime pipeline: its codes are the source directory's; re-read them
+        unet = load_quantized_unet(source, "cpu")[0]
     tensors, layers = quantized_state(unet)
     defaults = sampling_defaults(pipe)
     out = Path(out)
@@ -433,4 +441,5 @@ def load_quantized(path: str | Path, device: torch.device | str = "cpu", engine:
     restore_scheduler(pipe, path)
     pipe._edadm_sampling = recorded_sampling(pipe, path)
     pipe._edadm_quant = (config, meta.get("report"))
+    pipe._edadm_source = path  # save() of an int-engine pipeline re-reads the codes from here
     return pipe.to(device)
