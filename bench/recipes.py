@@ -115,7 +115,14 @@ def _stat(values: list[float]) -> dict | None:
     return mean_std(values) if values else None
 
 
-def build_table(model: str) -> None:
+def _cell(values: list[float]) -> str:
+    """mean ± std over quantization seeds; a single seed has no spread (shown as such)."""
+    if not values:
+        return "-"
+    return f"{values[0]:.2f} (1 seed)" if len(values) == 1 else fmt(_stat(values), 2)
+
+
+def build_table(model: str, notes: list[str] | None = None) -> None:
     es = entries(model)
     fp_f = model_dir(model) / f"fp-{es[0]['num'] if es else 1000}.json"
     if not fp_f.is_file():
@@ -150,9 +157,9 @@ def build_table(model: str) -> None:
         cells = []
         for s in settings:
             g = groups.get((s, m), [])
-            cells += [fmt(_stat([e["metrics"]["fid_digits"] for e in g]), 2) if g else "not run",
-                      fmt(_stat([e["delta_fid"] for e in g]), 2) if g else "-",
-                      fmt(_stat([e["metrics"]["psnr_vs_ref"] for e in g]), 2) if g else "-",
+            cells += [_cell([e["metrics"]["fid_digits"] for e in g]) if g else "not run",
+                      _cell([e["delta_fid"] for e in g]),
+                      _cell([e["metrics"]["psnr_vs_ref"] for e in g]),
                       ",".join(str(e["qseed"]) for e in sorted(g, key=lambda e: e["qseed"])) or "-"]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines += ["", "## Ranking and whether the spread allows it", "",
@@ -189,6 +196,12 @@ def build_table(model: str) -> None:
     loads = sorted({e["machine"].get("loadavg_1m") for e in es if e["machine"].get("loadavg_1m") is not None})
     lines += ["", f"1-minute load averages at the entries' starts: {loads} (2 cores; two bench jobs side by side "
               "make about 2: their wall times hold, a third process would not).", ""]
+    notes_f = model_dir(model) / "notes.json"  # what the entries' JSON cannot say (pauses, shared cores)
+    kept = json.loads(notes_f.read_text()) if notes_f.is_file() else []
+    kept += [n for n in notes or [] if n not in kept]
+    if kept:
+        write_json(notes_f, kept)
+        lines += ["## Notes on these measurements", ""] + [f"- {n}" for n in kept] + [""]
     write_text(model_dir(model) / "table.md", "\n".join(lines))
     write_json(model_dir(model) / "table.json", {**meta, "model": model, "fp": fp, "entries": es})
 
@@ -208,11 +221,12 @@ def main(argv=None) -> int:
     ap.add_argument("--engine", choices=["int", "fake"], default="int")
     ap.add_argument("--tables-only", action="store_true")
     ap.add_argument("--results", type=Path, default=RESULTS, help="results root (a scratch directory for trials)")
+    ap.add_argument("--note", action="append", default=[], help="a note kept with MODEL's table (notes.json)")
     args = ap.parse_args(argv)
     globals()["RESULTS"] = args.results
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.tables_only:
-        build_table(args.model)
+        build_table(args.model, args.note)
         return 0
     fp_seeds = [int(s) for s in args.fp_seeds.split(",")]
     if args.sample_seed not in fp_seeds:
