@@ -24,7 +24,6 @@ import json
 import logging
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import fmt, metadata, write_json, write_text  # noqa: E402
+from quality import quantize_subprocess  # noqa: E402
 
 from edadm.config import DEFAULT_ITERS_SCALE  # noqa: E402
 from edadm.eval.evaluate import evaluate_pipeline  # noqa: E402
@@ -71,20 +71,12 @@ def fp_reference(model: str, num: int, seeds: list[int], cache: Path, batch_size
 
 
 def quantize(model: str, method: str, w: int, a: int, qseed: int, out: Path, extra: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "edadm", "quantize", model, "--method", method, "--weight-bits", str(w),
-           "--act-bits", str(a), "--seed", str(qseed), "--out", str(out), "--no-progress", "--no-report", *extra]
-    resumed = (out.parent / f".{out.name}.ckpt").is_dir()  # an interrupted run continues from its checkpoint
-    if resumed:
-        cmd.append("--resume")
-    t0 = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.time() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    rep = json.loads((out / "unet" / "edadm_quant.json").read_text())["report"]
-    return {"command": "edadm " + " ".join(cmd[3:]), "wall_seconds": round(wall, 1), "resumed": resumed,
-            "seconds": rep["seconds"], "peak_memory_mb": rep["peak_memory_mb"], "counts": rep["counts"],
-            "config": rep["config"],
+    """quality.quantize_subprocess (fresh process, resumes its checkpoint) with --seed, summarised."""
+    q = quantize_subprocess(model, method, w, a, out, ["--seed", str(qseed), *extra])
+    rep = q["report"]
+    return {"command": "edadm " + q["command"].split(" ", 2)[2], "wall_seconds": q["wall_seconds"],
+            "resumed": q["resumed"], "seconds": rep["seconds"], "peak_memory_mb": rep["peak_memory_mb"],
+            "counts": rep["counts"], "config": rep["config"],
             "recon": [{k: u.get(k) for k in ("name", "stage", "iters", "before", "after", "fallback")}
                       for u in rep.get("recon") or []]}
 
