@@ -4,12 +4,12 @@ import torch
 from torch import nn
 
 from edadm import load
-from edadm.errors import EdadmError
 from edadm.deploy import kernels
 from edadm.deploy.intengine import IntLayer, convert_to_int, int_layer_from_quant, onednn_available
-from edadm.pipeline import generate
-from edadm.quant.modules import QConv2d, QLinear, LayerSpec
+from edadm.errors import EdadmError
+from edadm.quant.modules import LayerSpec, QConv2d, QLinear
 from edadm.quant.wrap import quant_modules
+from edadm.sampling import generate
 
 needs_onednn = pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN int8 ops")
 # tests marked `isa` run again in a subprocess per oneDNN ISA the machine reaches (test_isa.py)

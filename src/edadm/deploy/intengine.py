@@ -36,7 +36,6 @@ from . import kernels
 
 log = logging.getLogger("edadm")
 
-ENGINES = ("fake", "int")
 _warned: set[str] = set()
 
 

@@ -24,19 +24,19 @@ import torch
 from .. import __version__
 from ..config import QuantConfig
 from ..errors import EdadmError
-from ..utils import release_free_memory
-from ..pipeline import (QUANT_FILE, SAMPLING_FILE, check_component_libraries, denoiser_name, quant_subdir, quiet_diffusers, recorded_sampling, restore_scheduler,
-                        sampling_defaults)
+from ..model.families import denoiser_name
 from ..quant.attention import has_attention_quantizers
 from ..quant.modules import QuantMixin
 from ..quant.wrap import quant_modules, spec_from_dict, wrap_model
-from ..utils import atomic_dir
+from ..state import Pipeline, QuantReport, as_pipeline, diffusers_pipeline
+from ..utils import atomic_dir, release_free_memory
+from .layout import (QUANT_FILE, SAMPLING_FILE, TENSOR_FILE, check_component_libraries, quant_subdir, quiet_diffusers,
+                     recorded_sampling, restore_scheduler)
 from .packing import pack_codes, unpack_codes
 
 log = logging.getLogger("edadm")
 
 FORMAT_VERSION = 1
-TENSOR_FILE = "edadm_quant.safetensors"
 
 
 NONPERSISTENT = "_nonpersistent_buffer."
@@ -107,7 +107,8 @@ def model_card(config: QuantConfig, report: dict | None, unet_class: str, engine
         f"({r.get('steps', '?')} steps, eta {r.get('eta', '?')}).",
         f"- Weights: {config.weight_bits}-bit per output channel; activations: {config.act_bits}-bit per tensor, "
         "static scales shared by all timesteps. Layers kept at 8 bit: "
-        + ", ".join(f"`{p}`" for p in config.keep_8bit) + ".",
+        + (", ".join(f"`{p}`" for p in config.keep_8bit) if config.keep_8bit is not None
+           else "the denoiser family's (first time-embedding layer, output layer)") + ".",
         f"- Storage: integer weight codes in `unet/{TENSOR_FILE}` (`transformer/` for DiT; packed two per byte at <= 4 bits).",
         f"- Execution: {engine_note}",
         f"- Calibration time (s): {r.get('seconds', {})}; machine peak RSS {r.get('peak_memory_mb')} MB.",
@@ -123,27 +124,25 @@ def save_quantized(pipe, out: str | Path, config: QuantConfig | None = None, rep
     """Write a quantized pipeline directory atomically (never half-written)."""
     from safetensors.torch import save_file
 
+    p = as_pipeline(pipe)
     if config is None:
-        if not hasattr(pipe, "_edadm_quant"):
-            raise EdadmError("pipeline is not quantized; run edadm.quantize first")
-        config, rep = pipe._edadm_quant
-        # quantize() records a QuantReport, the loader the report dict it read
-        report = report or (rep.to_dict() if hasattr(rep, "to_dict") else rep)
-    dname = denoiser_name(pipe)
-    unet = getattr(pipe, dname)
+        if not p.quantized:
+            raise EdadmError("pipeline is not quantized; run edadm.quantize first (it returns the pipeline to save)")
+        config, report = p.config, report or (p.report.to_dict() if p.report is not None else None)
+    dname = denoiser_name(p)
+    unet = getattr(p, dname)
     if not any(True for _ in quant_modules(unet)):
-        source = getattr(pipe, "_edadm_source", None)
+        source = p.source
         if source is None:
             raise EdadmError("the denoiser has no fake-quantized layers to save (quantize it, or load the "
                              "directory with engine='fake')")
         # an integer-engine or runtime pipeline: its codes are the source directory's; re-read them
         unet = load_quantized_unet(source, "cpu")[0]
     tensors, layers = quantized_state(unet)
-    defaults = sampling_defaults(pipe)
     out = Path(out)
     with atomic_dir(out) as tmp:
-        index = {"_class_name": type(pipe).__name__, "_diffusers_version": _diffusers_version()}
-        for cname, comp in pipe.components.items():
+        index = {"_class_name": type(diffusers_pipeline(p)).__name__, "_diffusers_version": _diffusers_version()}
+        for cname, comp in p.components.items():
             if comp is None:
                 index[cname] = [None, None]
                 continue
@@ -152,14 +151,12 @@ def save_quantized(pipe, out: str | Path, config: QuantConfig | None = None, rep
             if cname != dname:
                 comp.save_pretrained(tmp / cname)
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
-        sampling = {"steps": defaults.steps, "eta": defaults.eta, "guidance_scale": defaults.guidance_scale}
-        if defaults.prompts:
-            sampling["prompts"] = list(defaults.prompts)
-        (tmp / SAMPLING_FILE).write_text(json.dumps(sampling))
+        (tmp / SAMPLING_FILE).write_text(json.dumps(p.sampling.to_dict()))
         (tmp / dname).mkdir()
         unet.save_config(tmp / dname)
         meta = {"format_version": FORMAT_VERSION, "edadm_version": __version__, "unet_class": type(unet).__name__,
-                "config": config.to_dict(), "layers": layers, "report": report}
+                "config": config.to_dict(), "resolved_config": config.resolved_dict(), "layers": layers,
+                "report": report}
         (tmp / dname / QUANT_FILE).write_text(json.dumps(meta, indent=2, default=str))
         save_file(tensors, str(tmp / dname / TENSOR_FILE), metadata={"format": "edadm", "version": str(FORMAT_VERSION)})
         (tmp / "README.md").write_text(model_card(config, report, type(unet).__name__,
@@ -184,6 +181,18 @@ def _diffusers_version() -> str:
     import diffusers
 
     return diffusers.__version__
+
+
+def saved_config(meta: dict) -> QuantConfig:
+    """The config a directory was quantized with: what the user set, resolved by today's
+    recipes; if those resolve it differently from what ran (a recipe changed since), what
+    ran (resolved_config), so the config always describes the stored model."""
+    config = QuantConfig.from_dict(meta["config"])
+    ran = meta.get("resolved_config")
+    if isinstance(ran, dict) and config.resolved_dict() != ran:
+        log.info("the recipes now resolve this directory's config differently; using the values it ran with")
+        config = QuantConfig.from_dict(ran)
+    return config
 
 
 def read_quant_meta(path: str | Path) -> dict:
@@ -268,7 +277,7 @@ def _read_quant_files(path: Path):
     from safetensors import SafetensorError
 
     meta = read_quant_meta(path)
-    config = QuantConfig.from_dict(meta["config"])
+    config = saved_config(meta)
     cls = getattr(diffusers, meta.get("unet_class", ""), None)
     if cls is None:
         raise EdadmError(f"{path}: unknown denoiser class {meta.get('unet_class')!r}")
@@ -411,11 +420,12 @@ def load_int_unet(path: str | Path, device: torch.device | str = "cpu"):
     return unet, config, meta
 
 
-def load_quantized(path: str | Path, device: torch.device | str = "cpu", engine: str = "fake"):
-    """Load a quantized pipeline directory as a diffusers pipeline."""
+def load_quantized(path: str | Path, device: torch.device | str = "cpu", engine: str = "int") -> Pipeline:
+    """Load a quantized pipeline directory (engine "int": integer kernels, "fake": the float
+    simulation; the same default as edadm.load)."""
     from diffusers import DiffusionPipeline
 
-    from .intengine import ENGINES
+    from .engines import TORCH_ENGINES as ENGINES
 
     if engine not in ENGINES:
         raise EdadmError(f"unknown engine {engine!r}; choose from {', '.join(ENGINES)}")
@@ -439,7 +449,6 @@ def load_quantized(path: str | Path, device: torch.device | str = "cpu", engine:
         raise EdadmError(f"cannot load pipeline components from {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
     pipe.set_progress_bar_config(disable=True)
     restore_scheduler(pipe, path)
-    pipe._edadm_sampling = recorded_sampling(pipe, path)
-    pipe._edadm_quant = (config, meta.get("report"))
-    pipe._edadm_source = path  # save() of an int-engine pipeline re-reads the codes from here
-    return pipe.to(device)
+    # source: save() of an int-engine pipeline re-reads the codes from there
+    return Pipeline(pipe=pipe.to(device), sampling=recorded_sampling(pipe, path), config=config,
+                    report=QuantReport.from_dict(meta.get("report")), source=path, engine=engine)
