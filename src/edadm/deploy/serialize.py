@@ -26,7 +26,7 @@ from ..config import QuantConfig
 from ..errors import EdadmError
 from ..model.families import denoiser_name
 from ..quant.attention import has_attention_quantizers
-from ..quant.modules import QuantMixin
+from ..quant.modules import QuantMixin, int_kernel_problem
 from ..quant.wrap import quant_modules, spec_from_dict, wrap_model
 from ..state import Pipeline, QuantReport, as_pipeline, diffusers_pipeline
 from ..utils import atomic_dir, release_free_memory
@@ -393,15 +393,21 @@ def load_int_unet(path: str | Path, device: torch.device | str = "cpu"):
             continue
         try:
             spec = spec_from_dict(entry["spec"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EdadmError(f"{path}: layer {name}: bad spec ({exc})") from exc
+        why = int_kernel_problem(spec)  # decided at quantize time (quant.modules), obeyed here
+        if why:
+            raise EdadmError(f"{path}: layer {name} has {why}; use --engine fake")
+        try:
             mod = unet.get_submodule(name)
             weights, acts = _layer_tensors(tensors, name, entry, spec)
             bias = tensors.pop(f"{name}.bias", None)
         except (KeyError, AttributeError, TypeError, ValueError) as exc:
             raise EdadmError(f"{path}: layer {name}: {exc} missing or inconsistent in {TENSOR_FILE}") from exc
         ints = [int_weight(c, zp) for c, _, zp in weights]
-        if any(w is None for w in ints):
-            raise EdadmError(f"{path}: layer {name} has 8-bit asymmetric weights, which int8 kernels cannot run; "
-                             "use --engine fake")
+        if any(w is None for w in ints):  # the spec allows int8, so the stored codes are corrupt
+            raise EdadmError(f"{path}: layer {name}: weight codes minus zero point exceed int8 (inconsistent "
+                             f"{TENSOR_FILE})")
         act_q = ([ActQuant.from_params(s, z, spec.act_bits, spec.act_symmetric) for s, z in acts] if acts
                  else [None] * len(ints))
         kind = "conv" if isinstance(mod, torch.nn.Conv2d) else "linear"

@@ -3,6 +3,7 @@ and switch quantization on and off."""
 from __future__ import annotations
 
 import fnmatch
+import logging
 from dataclasses import asdict, dataclass
 from typing import Iterator
 
@@ -12,8 +13,10 @@ from ..config import QuantConfig
 from ..errors import EdadmError
 from ..model.structure import split_points
 from .attention import add_attention_quantizers, has_attention_quantizers
-from .modules import QUANT_CLASSES, LayerSpec, QuantMixin
+from .modules import QUANT_CLASSES, LayerSpec, QuantMixin, int_kernel_problem
 from .quantizer import UniformQuantizer
+
+log = logging.getLogger("edadm")
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ def layer_plan(model: nn.Module, config: QuantConfig) -> dict[str, LayerSpec | A
     plan: dict[str, LayerSpec | AttnSpec | str] = {}
     splits = split_points(model) if config.split_shortcut else {}
     keep_8bit, no_act_quant = keep_patterns(model, config)
+    no_int: list[str] = []
     unsupported = []
     for name, mod in model.named_modules():
         if isinstance(mod, QuantMixin):
@@ -85,6 +89,12 @@ def layer_plan(model: nn.Module, config: QuantConfig) -> dict[str, LayerSpec | A
         wsym = config.weight_symmetric if config.weight_symmetric is not None else wbits == 8
         plan[name] = LayerSpec(weight_bits=wbits, act_bits=abits, weight_symmetric=wsym,
                                act_symmetric=config.act_symmetric, split=splits.get(name, 0))
+        why = int_kernel_problem(plan[name])
+        if why:
+            no_int.append(name)
+    if no_int:
+        log.warning("%d layer(s) (for example %s) will run in float on the integer engine: %s", len(no_int),
+                    no_int[0], int_kernel_problem(plan[no_int[0]]))
     if unsupported:
         more = f" and {len(unsupported) - 5} more" if len(unsupported) > 5 else ""
         raise EdadmError(f"unsupported layer(s) {', '.join(unsupported[:5])}{more}: edadm quantizes Conv2d and Linear; "
