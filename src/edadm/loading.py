@@ -60,7 +60,7 @@ def _load_pipeline(model, device, engine):
     path = resolve_model_path(model)
     if is_quantized_dir(path):
         from .deploy.runtimes import RUNTIME_ENGINES, load_runtime
-        from .deploy.serialize import load_quantized
+        from .deploy.load import load_quantized
 
         if engine in RUNTIME_ENGINES:
             return load_runtime(path, engine, dev)

@@ -143,7 +143,7 @@ def build_report(qdir: str | Path, fp_model: str | Path | None = None, num: int 
     samples; default the source recorded at quantization. num 0 skips sampling.
     """
     from .deploy.layout import is_quantized_dir
-    from .deploy.serialize import read_quant_meta
+    from .deploy.load import read_quant_meta
     from .eval.metrics import psnr
     from .loading import load_pipeline, resolve_model_path
     from .sampling import generate

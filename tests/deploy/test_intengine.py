@@ -247,7 +247,7 @@ def test_loaded_int_engine_keeps_one_copy_of_the_weights(tiny_quant_dir):
 def test_tensor_reader_pops_each_tensor_once(tmp_path):
     from safetensors.torch import save_file
 
-    from edadm.deploy.serialize import _TensorReader
+    from edadm.deploy.load import _TensorReader
 
     save_file({"a": torch.arange(4), "b": torch.ones(2)}, str(tmp_path / "t.safetensors"))
     r = _TensorReader(tmp_path / "t.safetensors")

@@ -5,7 +5,7 @@ import torch
 
 from edadm import load
 from edadm.deploy.packing import pack_codes, unpack_codes
-from edadm.deploy.serialize import TENSOR_FILE, quantized_state
+from edadm.deploy.export import TENSOR_FILE, quantized_state
 from edadm.errors import EdadmError
 from edadm.quant.wrap import quant_modules
 

@@ -2,7 +2,7 @@
 --engine choices and the error messages are derived."""
 from __future__ import annotations
 
-# name -> (kind, what it is). kind "torch": edadm's own modules (deploy.serialize loads
+# name -> (kind, what it is). kind "torch": edadm's own modules (deploy.load loads
 # them); "runtime": the ONNX export on another runtime (deploy.runtimes).
 ENGINES: dict[str, tuple[str, str]] = {
     "int": ("torch", "integer kernels, exact on every ISA (deploy.intengine)"),

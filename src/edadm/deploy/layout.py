@@ -14,6 +14,12 @@ QUANT_FILE = "edadm_quant.json"
 SAMPLING_FILE = "edadm_sampling.json"
 TENSOR_FILE = "edadm_quant.safetensors"   # integer codes (4-bit packed), scales, zero points, float params
 CARD_FILE = "README.md"
+FORMAT_VERSION = 1                        # of QUANT_FILE and TENSOR_FILE
+NONPERSISTENT = "_nonpersistent_buffer."  # TENSOR_FILE prefix of non-persistent buffers
+
+
+def tensor_part(kind: str, i: int) -> str:
+    return kind if i == 0 else f"{kind}{i + 1}"
 ONNX_DIR = "onnx"                         # exports cached by deploy.runtimes
 
 

@@ -263,7 +263,7 @@ def export_onnx(source, out: str | Path, batch: int = 2, opset: int = OPSET, ove
     from ..model.families import get_denoiser
     from ..utils import atomic_file
     from .layout import QUANT_FILE, is_quantized_dir
-    from .serialize import load_quantized
+    from .load import load_quantized
 
     if isinstance(source, (str, Path)) and not is_quantized_dir(source):
         raise EdadmError(f"{source} is not an edadm quantized directory (no {QUANT_FILE} in its denoiser folder): "

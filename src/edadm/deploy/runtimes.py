@@ -119,7 +119,7 @@ def openvino_kernels(compiled) -> dict[str, int]:
 def load_runtime(path: Path, engine: str, device):
     """The quantized directory `path` as a pipeline whose denoiser runs on `engine`."""
     from ..model.families import denoiser_name, get_denoiser
-    from .serialize import load_quantized
+    from .load import load_quantized
 
     if engine not in RUNTIME_ENGINES:
         raise EdadmError(f"unknown runtime {engine!r}; choose from {', '.join(RUNTIME_ENGINES)}")
