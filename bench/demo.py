@@ -3,7 +3,7 @@
     python bench/demo.py            # 1000 samples x seeds 0,1,2 (about 45 min on 2 cores)
 
 Runs `edadm demo` into a temporary directory and copies its report to
-bench/results/demo.{json,md} and the sample grid to bench/results/demo_samples.png.
+bench/results/demo/demo.{json,md} and the sample grid to bench/results/demo/demo_samples.png.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from edadm.cli import main as edadm_main
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).parent / "results" / "demo"
 
 
 def main(argv=None) -> int:

@@ -9,23 +9,21 @@ which kernels OpenVINO ran. Writes bench/results/export/agreement.{json,md}.
 """
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import metadata, write_json, write_text  # noqa: E402
-
 import onnxruntime as ort  # noqa: E402
+from common import metadata, write_json, write_text  # noqa: E402
 
 from edadm.api import quantize  # noqa: E402
 from edadm.config import QuantConfig  # noqa: E402
 from edadm.deploy.onnx_export import example_inputs, export_onnx  # noqa: E402
 from edadm.deploy.runtimes import runtime_session  # noqa: E402
-from edadm.pipeline import get_denoiser, load_pipeline  # noqa: E402
+from edadm.loading import load_pipeline  # noqa: E402
+from edadm.model.families import get_denoiser  # noqa: E402
 from edadm.quant.wrap import set_quant_state  # noqa: E402
 
 OUT = Path(__file__).parent / "results" / "export"

@@ -19,11 +19,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
 from common import metadata, write_json, write_text  # noqa: E402
 
 from edadm.eval.evaluate import evaluate_pipeline  # noqa: E402
-from edadm.pipeline import load_pipeline  # noqa: E402
+from edadm.loading import load_pipeline  # noqa: E402
 
 OUT = Path(__file__).parent / "results" / "export"
 ENGINES = ["int", "fake", "onnxruntime", "openvino"]

@@ -23,10 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
 from common import metadata, write_json, write_text  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).parent / "results" / "fullsize"
 PROVENANCE = ("commit", "date", "threads", "loadavg_1m")  # recorded with every run
 RUNS = [("naive", 8, 8, []), ("eda-dm", 4, 8, ["--iters", "1", "--recon-batch-size", "2"])]
 
@@ -66,8 +65,8 @@ def _run(cmd: list[str]) -> dict:
 
 
 def main(argv=None) -> int:
+    from edadm.deploy.layout import quant_subdir
     from edadm.model.pipelines import PIPELINE_NAMES, write_pipeline
-    from edadm.pipeline import quant_subdir
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=",".join(PIPELINE_NAMES))

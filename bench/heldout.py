@@ -15,20 +15,19 @@ import argparse
 import copy
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
 from common import metadata, write_json, write_text  # noqa: E402
 
 from edadm.api import quantize  # noqa: E402
 from edadm.calib import collect_trajectories  # noqa: E402
 from edadm.config import QuantConfig  # noqa: E402
 from edadm.eval.metrics import psnr  # noqa: E402
-from edadm.pipeline import generate, load_pipeline, sampling_defaults  # noqa: E402
+from edadm.loading import load_pipeline  # noqa: E402
+from edadm.sampling import generate, sampling_defaults  # noqa: E402
 
 
 def _parse_value(v: str):
@@ -113,7 +112,7 @@ def main(argv=None) -> None:
         pipe = copy.deepcopy(base)
         cfg = build_config(method, w, a, args.set)
         t0 = time.time()
-        _, rep = quantize(pipe, cfg, progress=False)
+        rep = quantize(pipe, cfg, progress=False).report
         secs = time.time() - t0
         err = heldout_error(base.unet, pipe.unet, traj)
         xe = step_weighted(err, traj.ts, base.scheduler)
@@ -127,7 +126,7 @@ def main(argv=None) -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     res = {**metadata(argv), "heldout_trajectories": args.heldout, "images": args.images, "rows": rows}
-    out = Path(__file__).parent / "results" / args.name
+    out = Path(__file__).parent / "results" / "heldout" / args.name
     write_json(out.with_suffix(".json"), res)
     lines = [f"# {args.name}", "", f"`{res['command']}` at {res['date']}, commit {res['git_commit']}", "",
              "| method | overrides | eps MSE | first / mid / last third | x_t-1 MSE (thirds) | PSNR vs FP (dB) | recon after/before | s |",

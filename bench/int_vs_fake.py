@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
 from common import fmt, metadata, write_json, write_text  # noqa: E402
 
 from edadm.eval.evaluate import add_paired_delta, evaluate_pipeline  # noqa: E402
 from edadm.eval.metrics import mean_std  # noqa: E402
-from edadm.pipeline import load_pipeline  # noqa: E402
+from edadm.loading import load_pipeline  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).parent / "results" / "kernels"
 
 
 def main(argv=None) -> int:

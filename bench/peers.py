@@ -122,7 +122,7 @@ def build(runtime: str, unet, calib: list, example: tuple, int32_dot: bool, thre
 
 
 if __name__ == "__main__":  # quick check on the shipped digits model
-    from edadm.pipeline import load_pipeline
+    from edadm.loading import load_pipeline
 
     unet = load_pipeline("digits-ddpm", device="cpu").unet.eval()
     g = torch.Generator().manual_seed(0)

@@ -4,9 +4,9 @@ For FP and each (method, setting): quantize in a fresh subprocess (`edadm quanti
 calibration time and peak memory are that run's own), then sample `--num` images for each
 seed from the same initial noise as FP, and measure FID-digits, IS-digits and PSNR vs FP.
 
-Resumable: each finished (setting, method) is written to bench/results/quality_runs/ with
+Resumable: each finished (setting, method) is written to bench/results/quality/runs/ with
 its commit and date; a rerun skips finished entries unless --fresh. The tables in
-bench/results/quality.{json,md} are rebuilt from those entries.
+bench/results/quality/quality.{json,md} are rebuilt from those entries.
 
     python bench/quality.py                       # all methods, W4A8, W4A6, W8A8
     python bench/quality.py --methods eda-dm,qdiffusion --settings w4a8 --num 200 --seeds 0
@@ -26,16 +26,15 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
 from common import fmt, metadata, write_json, write_text  # noqa: E402
 
 from edadm.eval.evaluate import add_paired_delta, evaluate_pipeline, paired_delta  # noqa: E402
 from edadm.eval.metrics import mean_std  # noqa: E402
-from edadm.pipeline import load_pipeline  # noqa: E402
+from edadm.loading import load_pipeline  # noqa: E402
 from edadm.utils import atomic_file  # noqa: E402
 
 log = logging.getLogger("bench.quality")
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).parent / "results" / "quality"
 ALL_METHODS = ["naive", "ptq4dm", "qdiffusion", "eda-dm", "eda-dm-tdac-only", "eda-dm-fbr-only"]
 # W4A6 is the harder setting: per-tensor activation scales shared by all timesteps are what
 # the calibration distribution (TDAC vs uniform vs PTQ4DM) decides, and 6-bit activations
@@ -45,7 +44,7 @@ DEFAULT_SETTINGS = ["w4a8", "w4a6", "w8a8"]
 
 
 def run_dir(model: str) -> Path:
-    return RESULTS / "quality_runs" / model
+    return RESULTS / "runs" / model
 
 
 def entry_name(method: str, tag: str) -> str:
@@ -134,7 +133,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "edadm-bench-cache")
     ap.add_argument("--fresh", action="store_true", help="recompute finished entries")
     ap.add_argument("--quantize-args", default="", help="extra flags for edadm quantize (same for every method)")
-    ap.add_argument("--tag", default="quality", help="output name: bench/results/TAG.{json,md} (TAG_MODEL for "
+    ap.add_argument("--tag", default="quality", help="output name: bench/results/quality/TAG.{json,md} (TAG_MODEL for "
                     "models other than digits-ddpm)")
     ap.add_argument("--engine", choices=["int", "fake"], default="int",
                     help="sample the quantized models with integer kernels (default; agreement with the simulation "

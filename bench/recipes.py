@@ -24,21 +24,19 @@ import json
 import logging
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
 from common import fmt, metadata, write_json, write_text  # noqa: E402
 from quality import quantize_subprocess  # noqa: E402
 
 from edadm.config import DEFAULT_ITERS_SCALE  # noqa: E402
 from edadm.eval.evaluate import evaluate_pipeline  # noqa: E402
 from edadm.eval.metrics import mean_std  # noqa: E402
-from edadm.pipeline import load_pipeline  # noqa: E402
+from edadm.loading import load_pipeline  # noqa: E402
 from edadm.utils import atomic_file  # noqa: E402
 
 log = logging.getLogger("bench.recipes")

@@ -22,23 +22,30 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 import time
 from dataclasses import fields
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
 from common import metadata, write_json, write_text  # noqa: E402
 
 from edadm.calib import assemble, collect_trajectories, uniform_counts  # noqa: E402
 from edadm.config import QuantConfig, ReconConfig  # noqa: E402
-from edadm.pipeline import load_pipeline, sampling_defaults  # noqa: E402
+from edadm.loading import load_pipeline  # noqa: E402
 from edadm.quant.calibrate import init_act_ranges, init_weight_ranges  # noqa: E402
 from edadm.quant.wrap import wrap_model  # noqa: E402
-from edadm.recon.engine import (_first_tensor, _inner_layers, _run, _to, capture_inputs,  # noqa: E402
-                                channel_mse, full_precision_copy, reconstruct_unit)
+from edadm.recon.engine import (  # noqa: E402
+    _first_tensor,
+    _inner_layers,
+    _run,
+    _to,
+    capture_inputs,
+    channel_mse,
+    full_precision_copy,
+    reconstruct_unit,
+)
+from edadm.sampling import sampling_defaults  # noqa: E402
 
 DEFAULT_RUNS = ["iters=200,lr_weight=0.01", "iters=1000,lr_weight=0.01", "iters=1000,lr_weight=0.001",
                 "iters=1000,lr_weight=0.1", "iters=1000,lr_weight=0.3", "iters=2000,lr_weight=0.1",
@@ -127,7 +134,7 @@ def main(argv=None) -> None:
             rows.append(row)
             print(row, flush=True)
     res = {**metadata(argv), "units": args.units, "bits": args.bits, "heldout": args.heldout, "rows": rows}
-    out = Path(__file__).parent / "results" / args.name
+    out = Path(__file__).parent / "results" / "heldout" / args.name
     write_json(out.with_suffix(".json"), res)
     lines = [f"# Reconstruction sweep: {', '.join(args.units)}, {args.bits}", "",
              f"`{res['command']}` at {res['date']}, commit {res['git_commit']}, machine {res.get('machine', '?')}", "",

@@ -7,7 +7,7 @@ calls: min / median / max ms) and, where asked, a full DDIM sampling run.
 Variants:
 - fp32-eager: the diffusers model as loaded;
 - bf16-autocast: the same under torch.autocast(cpu, bfloat16);
-- float-compiled: weights in the dtype `edadm.pipeline.compile_dtype` picks (bf16 where the
+- float-compiled: weights in the dtype `edadm.loading.compile_dtype` picks (bf16 where the
   CPU computes it natively, float32 elsewhere) + channels_last + torch.compile (inductor,
   freezing): the strongest float path; the row names its dtype;
 - int-w8a8 / int-w4a8: edadm's integer engine (edadm.deploy.intengine) loaded from a saved
@@ -55,10 +55,9 @@ import torch
 
 from edadm.utils import peak_rss_mb
 
-sys.path.insert(0, str(Path(__file__).parent))
 from common import metadata, write_json, write_text  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = Path(__file__).parent / "results" / "speed"
 VARIANTS = ["fp32-eager", "bf16-autocast", "float-compiled", "int-w8a8", "int-w4a8", "int-w8a8-compiled",
             "int-w4a8-compiled", "ort-int8", "openvino-int8",
             "export-ort-w8a8", "export-openvino-w8a8", "export-ort-w4a8", "export-openvino-w4a8"]
@@ -92,16 +91,16 @@ def _example_inputs(unet, batch: int, g: torch.Generator | None = None, device="
 def build_fp_pipeline(model: str):
     from diffusers import DDIMPipeline, DDIMScheduler
 
+    from edadm.loading import load_pipeline
     from edadm.model.reference_configs import build
-    from edadm.pipeline import load_pipeline
 
     if model == "digits-ddpm":
         return load_pipeline(model, device="cpu")
     torch.manual_seed(0)
     unet = build(model).eval()
-    pipe = DDIMPipeline(unet=unet, scheduler=DDIMScheduler(num_train_timesteps=1000))
-    pipe._edadm_sampling = {"steps": 50, "eta": 0.0}
-    return pipe
+    from edadm import Pipeline, SamplingSettings
+
+    return Pipeline(DDIMPipeline(unet=unet, scheduler=DDIMScheduler(num_train_timesteps=1000)), SamplingSettings(steps=50))
 
 
 def write_quantized(model: str, w: int, out: Path) -> None:
@@ -126,7 +125,7 @@ def write_quantized(model: str, w: int, out: Path) -> None:
 
 # ---------------------------------------------------------------- worker -------------------
 class _CallUnet(torch.nn.Module):
-    """Presents a (possibly compiled) forward to edadm.pipeline.generate as a denoiser."""
+    """Presents a (possibly compiled) forward to edadm.sampling.generate as a denoiser."""
 
     def __init__(self, call, config):
         super().__init__()
@@ -200,7 +199,8 @@ def worker(model: str, variant: str, batches: list[int], repeats: int, sample_st
 
     from edadm.deploy.intengine import describe_kernels, kernel_summary
     from edadm.deploy.kernels import isa_info
-    from edadm.pipeline import compile_denoiser, compile_dtype, generate, load_pipeline
+    from edadm.loading import compile_denoiser, compile_dtype, load_pipeline
+    from edadm.sampling import generate
 
     res: dict = {"model": model, "variant": variant, "threads": torch.get_num_threads(), "isa": isa_info()}
     t0 = time.perf_counter()
@@ -276,8 +276,9 @@ def worker(model: str, variant: str, batches: list[int], repeats: int, sample_st
         if sample_steps and not getattr(pipe.unet.config, "cross_attention_dim", None):
             # full DDIM sampling through the same forward (compiled or not)
             runner = _CallUnet(call, pipe.unet.config)
-            pipe_s = SimpleNamespace(unet=runner, scheduler=pipe.scheduler,
-                                     _edadm_sampling={"steps": sample_steps, "eta": 0.0})
+            from edadm import Pipeline, SamplingSettings
+
+            pipe_s = Pipeline(SimpleNamespace(unet=runner, scheduler=pipe.scheduler), SamplingSettings(steps=sample_steps))
             generate(pipe_s, sample_batch, seed=0, steps=sample_steps, batch_size=sample_batch, progress=False)
             res["sampling"] = _timed(lambda: generate(pipe_s, sample_batch, seed=0, steps=sample_steps,
                                                       batch_size=sample_batch, progress=False), 2)

@@ -64,7 +64,7 @@ def compute(cases=None) -> dict:
     try:  # the sampler loop's home before and after the restructuring
         from edadm.sampling import generate
     except ImportError:
-        from edadm.pipeline import generate
+        from edadm.sampling import generate
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -14,8 +14,9 @@ def _cfg(w):
 def test_given_trajectories_give_the_same_quantization(tiny_pipe_dir):
     fp = load(tiny_pipe_dir, device="cpu")
     traj = calibration_trajectories(fp, _cfg(8), progress=False)
-    a, ra = quantize(load(tiny_pipe_dir, device="cpu"), _cfg(4), progress=False)
-    b, rb = quantize(load(tiny_pipe_dir, device="cpu"), _cfg(4), progress=False, trajectories=traj)
+    a = quantize(load(tiny_pipe_dir, device="cpu"), _cfg(4), progress=False)
+    b = quantize(load(tiny_pipe_dir, device="cpu"), _cfg(4), progress=False, trajectories=traj)
+    ra, rb = a.report, b.report
     assert ra.counts == rb.counts and ra.timesteps == rb.timesteps
     sa, sb = a.unet.state_dict(), b.unet.state_dict()
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

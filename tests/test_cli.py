@@ -44,7 +44,7 @@ def test_sampling_is_seeded_and_batch_independent(tiny_pipe_dir):
     import torch
 
     from edadm import load
-    from edadm.pipeline import generate
+    from edadm.sampling import generate
 
     pipe = load(tiny_pipe_dir, device="cpu")
     a = generate(pipe, 5, seed=3, batch_size=5, progress=False)
@@ -135,7 +135,9 @@ def test_quantize_with_reconstruction_methods(method, tiny_pipe_dir, tmp_path, c
     counts = json.loads((q / "calibration" / "counts.json").read_text())
     assert counts["strategy"] == ("tdac" if method == "eda-dm" else "ptq4dm")
     if method == "eda-dm":
-        assert meta["config"]["recon"]["add_loss"] == 0.8 and meta["config"]["split_shortcut"] is True
+        ran = meta["resolved_config"]
+        assert ran["recon"]["add_loss"] == 0.8 and ran["split_shortcut"] is True
+        assert meta["config"]["recon"]["add_loss"] is None  # the recipe's, not written back as set
         assert counts["details"]["radius_quantile"] == 0.2 and len(counts["details"]["density"]) == 4
         assert any(e["spec"].get("split") for e in meta["layers"].values())
     code, out, err = _run(capsys, "sample", q, "--num", 2, "--out", tmp_path / "g.png", "--no-progress")
@@ -146,14 +148,15 @@ def test_preset_sets_sampler_and_settings_and_flags_override_it(tiny_pipe_dir, t
     """--preset coco: PLMS sampler, 50 steps for every method; for EDA-DM recipes also lambda 5,
     N 256, 1000 reference iterations, lr 3e-2 at W4; flags override it; the saved model samples
     with the sampler and steps it was calibrated on."""
-    from edadm.pipeline import load_pipeline, sampling_defaults
+    from edadm.loading import load_pipeline
+    from edadm.sampling import sampling_defaults
 
     q = tmp_path / "q"
     code, out, err = _run(capsys, "quantize", tiny_pipe_dir, "--preset", "coco", "--method", "naive",
                           "--weight-bits", 4, "--steps", 4, "--num-samples", 8, "--num-trajectories", 8,
                           "--out", q, "--no-progress", "--no-report")
     assert code == 0, err
-    cfg = json.loads((q / "unet" / "edadm_quant.json").read_text())["config"]
+    cfg = json.loads((q / "unet" / "edadm_quant.json").read_text())["resolved_config"]
     assert (cfg["preset"], cfg["sampler"], cfg["steps"], cfg["guidance_scale"]) == ("coco", "plms", 4, 7.5)
     assert (cfg["calib"]["num_samples"], cfg["calib"]["tdac_lambda"]) == (8, 1.2)  # naive: not an EDA-DM recipe
     pipe = load_pipeline(q, engine="fake")
@@ -165,7 +168,7 @@ def test_preset_sets_sampler_and_settings_and_flags_override_it(tiny_pipe_dir, t
                           "--weight-bits", 4, "--steps", 4, "--num-samples", 8, "--num-trajectories", 8,
                           "--out", q2, "--no-progress", "--no-report")
     assert code == 0, err
-    cfg = json.loads((q2 / "unet" / "edadm_quant.json").read_text())["config"]
+    cfg = json.loads((q2 / "unet" / "edadm_quant.json").read_text())["resolved_config"]
     assert (cfg["calib"]["num_samples"], cfg["calib"]["tdac_lambda"]) == (8, 5.0)
     assert (cfg["recon"]["reference_iters"], cfg["recon"]["lr_weight"]) == (1000, 0.03)  # reference --lr_w, SD W4
     assert cfg["recon"]["iters"] == round(1000 * cfg["recon"]["iters_scale"])

@@ -8,7 +8,7 @@ import torch
 from edadm import CalibConfig, QuantConfig, load, quantize, save
 from edadm.calib import assemble, collect_trajectories, uniform_counts
 from edadm.errors import EdadmError
-from edadm.pipeline import conditioning, generate
+from edadm.sampling import conditioning, generate
 
 
 @pytest.fixture(scope="module")

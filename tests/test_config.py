@@ -104,3 +104,22 @@ def test_paper_reference_values():
     assert DATASET_PRESETS["lsun-bedroom"]["eta"] == 1.0 and DATASET_PRESETS["imagenet"]["guidance_scale"] == 3.0
     with pytest.raises(EdadmError, match="unknown preset 'x'"):
         preset_config("x")
+
+
+def test_saved_config_records_what_was_set_and_resolves_the_same():
+    """The recipe overlays the config without being written back: to_dict() holds what the
+    user set, resolved_dict() what ran, and from_dict(to_dict()) resolves to the same."""
+    cfg = QuantConfig(method="qdiffusion", weight_bits=4)
+    user, full = cfg.to_dict(), cfg.resolved_dict()
+    assert user["calib"]["num_samples"] is None and full["calib"]["num_samples"] == 5120
+    assert user["recon"]["stages"] is None and full["recon"]["stages"] == "two-stage"
+    assert user["weight_bits"] == 4 and user["method"] == "qdiffusion"
+    assert QuantConfig.from_dict(user).resolved_dict() == full
+    # another method over the same user values takes that method's recipe
+    other = QuantConfig.from_dict({**user, "method": "eda-dm"})
+    assert other.calib.strategy == "tdac" and other.recon.stages == "joint"
+    # a value changed after construction is what the user set now
+    cfg.calib.num_samples = 64
+    assert cfg.to_dict()["calib"]["num_samples"] == 64
+    set_explicitly = QuantConfig(method="qdiffusion", calib={"num_samples": 5120})
+    assert set_explicitly.to_dict()["calib"]["num_samples"] == 5120

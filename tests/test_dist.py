@@ -49,7 +49,7 @@ def test_two_gloo_processes_write_the_same_images_as_one(tiny_pipe_dir, tmp_path
 
 
 def test_resume_recomputes_only_missing_batches(tiny_pipe_dir, tmp_path, monkeypatch):
-    import edadm.pipeline as pipeline_mod
+    import edadm.sampling as pipeline_mod
     from edadm import load
 
     pipe = load(tiny_pipe_dir, device="cpu")

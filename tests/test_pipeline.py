@@ -1,9 +1,11 @@
-"""edadm.pipeline: the compiled (bf16 + torch.compile) denoiser path."""
+"""edadm.loading: the compiled (bf16 + torch.compile) denoiser path."""
 from __future__ import annotations
 
 import torch
 
-from edadm.pipeline import call_denoiser, compile_dtype, generate, load_pipeline
+from edadm.loading import compile_dtype, load_pipeline
+from edadm.model.families import call_denoiser
+from edadm.sampling import generate
 
 
 def test_call_denoiser_casts_to_the_model_dtype_and_back(make_tiny_unet):
@@ -21,7 +23,7 @@ def test_compiled_int_engine_matches_eager(tiny_quant_dir):
     eager = generate(load_pipeline(tiny_quant_dir, device="cpu", engine="int"), 2, seed=3, steps=2, progress=False)
     pipe = load_pipeline(tiny_quant_dir, device="cpu", engine="int", compile=True)
     want = compile_dtype("cpu")
-    assert pipe.unet.dtype == want and pipe._edadm_compiled == want
+    assert pipe.unet.dtype == want and pipe.compiled == want
     fast = generate(pipe, 2, seed=3, steps=2, progress=False)
     assert fast.dtype == torch.float32 and fast.shape == eager.shape
     diff = (fast - eager).abs()

@@ -6,6 +6,7 @@ import pytest
 from edadm import recipes
 from edadm.config import QuantConfig
 from edadm.errors import EdadmError
+from edadm.recipes.table import markdown_table
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "recipes.md"
 
@@ -13,7 +14,7 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "recipes.md"
 def test_docs_table_is_generated_from_the_recipe_files():
     text = DOC.read_text()
     start, end = text.index("<!-- recipes-table -->\n"), text.index("<!-- /recipes-table -->")
-    assert text[start + len("<!-- recipes-table -->\n"):end].strip() == recipes.markdown_table().strip(), (
+    assert text[start + len("<!-- recipes-table -->\n"):end].strip() == markdown_table().strip(), (
         "docs/recipes.md is stale: paste `python -m edadm.recipes` between the markers")
 
 

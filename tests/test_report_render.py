@@ -1,11 +1,8 @@
 """The report page renders in headless Chromium (skips where no Chromium is installed)."""
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "bench"))
-from report_screenshot import blank_stats, find_chromium, screenshot  # noqa: E402
+from report_screenshot import blank_stats, find_chromium, screenshot  # tests/ is on sys.path under pytest
 
 
 @pytest.mark.skipif(find_chromium() is None, reason="no Chromium on this machine (apt-get install chromium)")

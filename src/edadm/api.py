@@ -3,73 +3,33 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 import torch
 
-from .calib import (CalibrationSet, assemble, collect_trajectories, ptq4dm_counts, random_counts, tdac_allocation,
-                    uniform_counts)
+from .calib import CalibrationSet, assemble, collect_trajectories, strategies
 from .config import QuantConfig
 from .errors import EdadmError
+from .model.families import get_denoiser
 from .model.structure import feature_module
-from .pipeline import get_denoiser, sampling_defaults, set_sampler
 from .quant.calibrate import init_act_ranges, init_weight_ranges
 from .quant.diagnostics import fp_weights, layer_errors
 from .quant.wrap import wrap_model
+from .sampling import resolve_sampling, set_sampler
+from .state import Pipeline, QuantReport, as_pipeline
 from .utils import peak_rss_mb
 
 log = logging.getLogger("edadm")
 
 
-@dataclass
-class QuantReport:
-    """What quantization did and what it cost."""
-
-    config: dict
-    steps: int
-    eta: float
-    counts: list[int]            # calibration samples per sampler step
-    timesteps: list[int]         # timestep value of each sampler step
-    allocation: dict = field(default_factory=dict)  # strategy details (TDAC density / variety / radius)
-    seconds: dict = field(default_factory=dict)
-    peak_memory_mb: float | None = None
-    recon: list[dict] = field(default_factory=list)  # per-unit reconstruction logs
-    plan: dict = field(default_factory=dict)
-    resumed: bool = False         # finished stages were read from a checkpoint
-    layer_errors: list[dict] = field(default_factory=list)  # per-layer relative errors (quant.diagnostics)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 def allocate(traj, config: QuantConfig, num_train_timesteps: int) -> tuple[torch.Tensor, dict]:
-    """Per-step counts for the configured strategy, and what the strategy computed."""
-    c = config.calib
-    s = traj.num_steps
-    if c.strategy == "uniform":
-        return uniform_counts(s, c.num_samples, num_used=c.uniform_steps), {"uniform_steps": c.uniform_steps}
-    if c.strategy == "random":
-        return random_counts(s, c.num_samples, seed=config.seed), {}
-    if c.strategy == "ptq4dm":
-        return (ptq4dm_counts(traj.ts, c.num_samples, num_train_timesteps, c.ptq4dm_mean, c.ptq4dm_std, config.seed),
-                {"mean": c.ptq4dm_mean, "std": c.ptq4dm_std})
-    if c.strategy == "tdac":
-        res = tdac_allocation(traj.features.distances(), traj.features.variety_pairs(), c.num_samples,
-                              lam=c.tdac_lambda, radius=c.tdac_radius, radius_quantile=c.tdac_radius_quantile)
-        return res.counts, {"radius": res.radius, "radius_quantile": res.radius_quantile, "lambda": c.tdac_lambda,
-                            "density": res.density.tolist(), "variety": res.variety.tolist(),
-                            "weights": res.weights.tolist()}
-    raise EdadmError(f"unknown calibration strategy {c.strategy!r}")
+    """Per-step counts for the configured strategy (calib.strategies), and what it computed."""
+    return strategies.get(config.calib.strategy).allocate(traj, config, num_train_timesteps)
 
 
-def _resolve_sampling(pipe, config: QuantConfig, defaults=None) -> tuple[int, float, float | None]:
-    """(steps, eta, guidance scale) the model is calibrated for: the config's, else the
-    pipeline's (`defaults`: its sampling_defaults, when the caller already has them)."""
-    defaults = defaults or sampling_defaults(pipe)
-    steps = config.steps or defaults.steps
-    eta = defaults.eta if config.eta is None else config.eta
-    guidance = defaults.guidance_scale if config.guidance_scale is None else config.guidance_scale
-    return steps, eta, guidance
+def _resolve_sampling(pipe, config: QuantConfig):
+    """The sampler settings the model is calibrated for: the config's, else the pipeline's."""
+    return resolve_sampling(pipe, config.steps, config.eta, config.guidance_scale)
 
 
 def calibration_trajectories(pipe, config: QuantConfig, progress: bool = True, dist_info=None):
@@ -79,10 +39,11 @@ def calibration_trajectories(pipe, config: QuantConfig, progress: bool = True, d
     config.validate()
     if config.sampler is not None:
         set_sampler(pipe, config.sampler)
-    steps, eta, _ = _resolve_sampling(pipe, config)
+    settings = _resolve_sampling(pipe, config)
+    steps, eta = settings.steps, settings.eta
     c = config.calib
     fmod = None
-    if c.strategy == "tdac":
+    if strategies.get(c.strategy).needs_features:
         try:
             fmod = feature_module(get_denoiser(pipe))[1]
         except ValueError as exc:
@@ -107,8 +68,9 @@ def _calibration_set(pipe, config: QuantConfig, steps: int, eta: float, progress
         if traj.num_trajectories != c.num_trajectories or traj.num_steps != steps:
             raise EdadmError(f"the given trajectories ({traj.num_trajectories} x {traj.num_steps} steps) do not match "
                              f"this config ({c.num_trajectories} x {steps} steps)")
-        if c.strategy == "tdac" and traj.features is None:
-            raise EdadmError("the given trajectories have no TDAC features; collect them with a tdac config")
+        if strategies.get(c.strategy).needs_features and traj.features is None:
+            raise EdadmError(f"the given trajectories have no TDAC features, which {c.strategy} needs; collect them "
+                             "with its config")
     seconds["trajectories"] = time.time() - t0
     counts, details = allocate(traj, config, pipe.scheduler.config.num_train_timesteps)
     calib = assemble(traj, counts, seed=config.seed)
@@ -121,8 +83,9 @@ def _init_act_ranges(unet, calib, config: QuantConfig, progress: bool) -> None:
 
 
 def quantize(pipe, config: QuantConfig | None = None, progress: bool = True, checkpoint=None, dist_info=None,
-             trajectories=None):
-    """Quantize the denoiser (`pipe.unet`, or `pipe.transformer` for DiT) in place (fake quantization) and return (pipe, QuantReport).
+             trajectories=None) -> Pipeline:
+    """Quantize the denoiser (`pipe.unet`, or `pipe.transformer` for DiT) in place (fake
+    quantization) and return the quantized Pipeline (its .config, .report: a QuantReport).
 
     FP trajectories of the evaluation sampler -> calibration set (uniform / PTQ4DM / TDAC)
     -> wrap layers -> weight and activation ranges (MSE search) -> block reconstruction
@@ -132,7 +95,7 @@ def quantize(pipe, config: QuantConfig | None = None, progress: bool = True, che
     opened with resume=True, finished stages are read back instead of recomputed.
 
     dist_info (edadm.dist.DistInfo, under torchrun): all processes share the FP trajectory
-    collection; then rank 0 goes on alone and the others return (pipe unchanged, None).
+    collection; then rank 0 goes on alone and the others return None.
 
     trajectories: what `calibration_trajectories(pipe, config)` returned, to skip sampling
     them again (they must match the config's count and steps).
@@ -140,12 +103,13 @@ def quantize(pipe, config: QuantConfig | None = None, progress: bool = True, che
     config = config or QuantConfig()
     config.validate()
     torch.manual_seed(config.seed)
+    pipe = as_pipeline(pipe)
     if config.sampler is not None:
         set_sampler(pipe, config.sampler)
-    defaults = sampling_defaults(pipe)
-    steps, eta, guidance = _resolve_sampling(pipe, config, defaults)
+    settings = _resolve_sampling(pipe, config)
+    steps, eta = settings.steps, settings.eta
     # the model is calibrated for this sampler: it is also what it samples with by default
-    pipe._edadm_sampling = {"steps": steps, "eta": eta, "guidance_scale": guidance, "prompts": defaults.prompts}
+    pipe.sampling = settings
     c = config.calib
     covered = min(steps, c.uniform_steps) if c.strategy == "uniform" else steps
     if c.num_samples < covered:
@@ -161,7 +125,7 @@ def quantize(pipe, config: QuantConfig | None = None, progress: bool = True, che
         calib, counts, details, timesteps = _calibration_set(pipe, config, steps, eta, progress, seconds,
                                                              dist_info=dist_info, trajectories=trajectories)
         if dist_info is not None and not dist_info.is_main:
-            return pipe, None
+            return None
         if checkpoint is not None:
             checkpoint.save_calib({"calib": asdict(calib), "counts": counts, "details": details,
                                    "timesteps": timesteps, "seconds": dict(seconds)})
@@ -204,10 +168,10 @@ def quantize(pipe, config: QuantConfig | None = None, progress: bool = True, che
     args, kwargs = next(iter(calib.model_inputs(c.batch_size, next(unet.parameters()).device)))
     errors = layer_errors(unet, fpw, args, kwargs)
     del fpw
-    report = QuantReport(config=config.to_dict(), steps=steps, eta=eta, counts=list(counts), timesteps=list(timesteps),
+    report = QuantReport(config=config.resolved_dict(), steps=steps, eta=eta, counts=list(counts), timesteps=list(timesteps),
                          allocation=details, seconds={k: round(v, 2) for k, v in seconds.items()},
                          resumed=checkpoint is not None and checkpoint.resume,
                          peak_memory_mb=peak_rss_mb(), recon=recon_logs, layer_errors=errors,
                          plan={k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in plan.items()})
-    pipe._edadm_quant = (config, report)
-    return pipe, report
+    pipe.config, pipe.report = config, report
+    return pipe

@@ -35,7 +35,7 @@ def _normalised(d: dict) -> dict:
     d = json.loads(json.dumps(d))
     if isinstance(d, dict) and isinstance(d.get("config"), dict):
         try:
-            d["config"] = QuantConfig.from_dict(d["config"]).to_dict()
+            d["config"] = QuantConfig.from_dict(d["config"]).resolved_dict()
         except EdadmError:
             pass  # not a QuantConfig: compared as written
     return d

@@ -13,12 +13,12 @@ import sys
 import time
 from pathlib import Path
 
-from .config import ACT_RANGE_KINDS, DEFAULT_ITERS_SCALE, DEFAULT_METHOD, METHODS
+from .config import (ACT_RANGE_KINDS, CALIB_STRATEGIES, DEFAULT_ITERS_SCALE, DEFAULT_METHOD, METHODS, RANGE_METHODS,
+                     STEP_BALANCE)
+from .deploy.engines import DEFAULT_ENGINE, ENGINES
 from .errors import EdadmError
 
-# int: edadm's integer kernels; fake: the float simulation; onnxruntime / openvino: the ONNX
-# export on that runtime (edadm[onnx], edadm[openvino]; docs/deployment.md)
-ENGINE_CHOICES = ("int", "fake", "onnxruntime", "openvino")
+ENGINE_CHOICES = tuple(ENGINES)  # deploy.engines: the one table
 
 log = logging.getLogger("edadm")
 
@@ -165,12 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--num-samples", type=_positive_int, default=None, help="calibration samples N")
     q.add_argument("--num-trajectories", type=_positive_int, default=None, help="FP trajectories B")
     q.add_argument("--uniform-steps", type=_positive_int, default=None, help="steps used by uniform calibration")
-    q.add_argument("--weight-range", choices=["mse", "minmax"], default=None)
-    q.add_argument("--act-range", choices=["mse", "minmax"], default=None)
+    q.add_argument("--weight-range", choices=RANGE_METHODS, default=None)
+    q.add_argument("--act-range", choices=RANGE_METHODS, default=None)
     q.add_argument("--attn-bits", type=_bits, default=None, help="bits of attention q, k, v and probabilities")
     q.add_argument("--split-shortcut", action=argparse.BooleanOptionalAction, default=None,
                    help="split quantizers of skip-concatenation convs (default: the method's)")
-    q.add_argument("--strategy", choices=["tdac", "uniform", "ptq4dm", "random"], default=None,
+    q.add_argument("--strategy", choices=CALIB_STRATEGIES, default=None,
                    help="calibration strategy (default: the method's)")
     q.add_argument("--tdac-lambda", type=float, default=None, help="TDAC variety weight (default 1.2)")
     q.add_argument("--tdac-radius", type=_radius, default=None,
@@ -192,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--lr-act", type=float, default=None, help="activation step-size learning rate")
     q.add_argument("--add-loss", type=float, default=None, help="FBR inner-layer loss weight (0: BRECQ)")
     q.add_argument("--round-weight", type=float, default=None, help="AdaRound regulariser weight")
-    q.add_argument("--step-balance", choices=["none", "relative"], default=None,
+    q.add_argument("--step-balance", choices=STEP_BALANCE, default=None,
                    help="reconstruction loss over timesteps: none (pooled MSE, the methods' own) or relative "
                         "(each timestep's error relative to its error before reconstruction)")
     q.add_argument("--qdrop", type=float, default=None, help="QDrop input mixing probability")
@@ -210,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the source recorded at quantization)")
     r.add_argument("--num", type=_nonneg_int, default=32, help="samples per model (0: none)")
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--engine", choices=ENGINE_CHOICES, default="int")
+    r.add_argument("--engine", choices=ENGINE_CHOICES, default=DEFAULT_ENGINE)
     r.add_argument("--device", default="auto")
     r.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
 
@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", type=Path, default=None, help="grid PNG (default grid.png)")
     s.add_argument("--out-dir", type=Path, default=None, help="one PNG per image")
-    s.add_argument("--engine", choices=ENGINE_CHOICES, default="int",
+    s.add_argument("--engine", choices=ENGINE_CHOICES, default=DEFAULT_ENGINE,
                    help="quantized models: integer kernels (int), float simulation (fake), or the ONNX export on "
                         "onnxruntime / openvino (docs/deployment.md)")
     s.add_argument("--compile", action="store_true", help=COMPILE_HELP)
@@ -236,13 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seeds", type=_seeds, default=[0, 1, 2])
     e.add_argument("--compare", default=None, help="another model: PSNR / MSE against its images from the same noise")
     e.add_argument("--json", type=Path, default=None, help="write results as JSON")
-    e.add_argument("--engine", choices=ENGINE_CHOICES, default="int",
+    e.add_argument("--engine", choices=ENGINE_CHOICES, default=DEFAULT_ENGINE,
                    help="quantized models: integer kernels (int), float simulation (fake), or the ONNX export on "
                         "onnxruntime / openvino (docs/deployment.md)")
     e.add_argument("--compile", action="store_true", help=COMPILE_HELP)
-    e.add_argument("--metrics", type=_metric_list, default=["fid-digits"],
+    e.add_argument("--metrics", type=_metric_list, default=None,
                    help="comma-separated: fid-digits (digits models), fid, sfid, is, clip (the last four need "
-                        "the metrics extra)")
+                        "the metrics extra). Default: every metric that applies to the model and can run here "
+                        "(PSNR / MSE vs --compare always), naming what was skipped")
     e.add_argument("--reference", type=Path, default=None,
                    help="FID / sFID reference: image folder (statistics cached beside it) or .npz (mu, sigma, mu_s, sigma_s)")
     e.add_argument("--inception-weights", type=Path, default=None, help="local InceptionV3 weights (torch-fidelity format)")
@@ -252,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sc = sub.add_parser("score", help="metrics of images already sampled (a folder of PNGs or samples.npz)")
     sc.add_argument("samples", type=Path, help="folder written by `edadm sample --out-dir` (or any PNG folder), or an .npz")
-    sc.add_argument("--metrics", type=_metric_list, default=["fid-digits"])
+    sc.add_argument("--metrics", type=_metric_list, default=None,
+                    help="default: every metric that applies to the images and can run here")
     sc.add_argument("--reference", type=Path, default=None, help="FID / sFID reference (folder or .npz of statistics)")
     sc.add_argument("--inception-weights", type=Path, default=None)
     sc.add_argument("--device", default="auto")
@@ -319,48 +321,31 @@ def _with_prompts(pipe, path: Path | None):
     """Sampling prompts from --prompts (text-to-image pipelines only)."""
     if path is None:
         return pipe
-    from .pipeline import is_text_conditional
+    from .sampling import is_text_conditional
+    from .state import as_pipeline, diffusers_pipeline
 
     if not is_text_conditional(pipe):
-        raise EdadmError(f"--prompts needs a text-to-image pipeline; {type(pipe).__name__} has no text encoder")
-    pipe._edadm_sampling = {**(getattr(pipe, "_edadm_sampling", None) or {}), "prompts": read_prompts(path)}
+        raise EdadmError(f"--prompts needs a text-to-image pipeline; {type(diffusers_pipeline(pipe)).__name__} "
+                         "has no text encoder")
+    pipe = as_pipeline(pipe)
+    pipe.sampling = pipe.sampling.with_(prompts=read_prompts(path))
     return pipe
-
-
-def _merged(base: dict, over: dict) -> dict:
-    """`over` on top of `base`, one level into the calib / recon sections."""
-    out = {**base, **over}
-    for key in ("calib", "recon"):
-        if isinstance(base.get(key), dict) and isinstance(over.get(key), dict):
-            out[key] = {**base[key], **over[key]}
-    return out
 
 
 def _quant_config(args):
     """Dataset preset (if any), then the config file (if any), then the flags given; unset
-    fields take the method's preset."""
-    from .config import QuantConfig, preset_config
+    fields take the method's recipe. A config file holds what was set (QuantConfig.save
+    writes the user's values, not the recipe's), so another --method over it takes that
+    method's recipe for everything the file leaves unset."""
+    from .config import QuantConfig
 
     cfg = json.loads(Path(args.config).read_text()) if args.config and Path(args.config).is_file() else {}
     if args.config and not Path(args.config).is_file():
         raise EdadmError(f"config file {args.config} not found")
     if not isinstance(cfg, dict):
         raise EdadmError(f"config file {args.config} must hold a JSON object")
-    if args.method is not None and cfg.get("method") not in (None, args.method):
-        # a different method: drop what the file's recipe decided so the new recipe's apply
-        from . import recipes
-
-        old = recipes.get(cfg["method"]) if cfg["method"] in recipes.names() else None
-        for section in ("quant", "calib", "recon") if old else ():
-            target = cfg if section == "quant" else cfg.get(section, {})
-            for key in getattr(old, section):
-                target.pop(key, None)
-        cfg.get("recon", {}).pop("iters", None)
-        cfg.get("recon", {}).pop("act_iters", None)
-    if args.preset is not None:
-        method = args.method or cfg.get("method") or QuantConfig.method
-        wbits = args.weight_bits or cfg.get("weight_bits") or QuantConfig.weight_bits
-        cfg = _merged(preset_config(args.preset, method, wbits if isinstance(wbits, int) else 8), cfg)
+    if args.preset is not None:  # an overlay applied by QuantConfig under what is set (config.preset_config)
+        cfg["preset"] = args.preset
     for flag, (section, key) in _CONFIG_FLAGS.items():
         v = getattr(args, flag, None)
         if v is None:
@@ -382,9 +367,9 @@ def cmd_quantize(args) -> int:
     from .api import quantize
     from .checkpoint import Checkpoint, default_checkpoint_dir
     from .deploy import save_quantized
-    from .pipeline import is_quantized_dir, load_pipeline, resolve_model_path
-
+    from .deploy.layout import is_quantized_dir
     from .dist import finish, init_distributed, rank_device
+    from .loading import load_pipeline, resolve_model_path
 
     cfg = _quant_config(args)
     _check_writable(args.out)
@@ -401,11 +386,10 @@ def cmd_quantize(args) -> int:
     ck_dir = default_checkpoint_dir(args.out)
     if args.resume and not ck_dir.is_dir():
         log.warning("no checkpoint at %s: starting from the beginning", ck_dir)
-    ck = Checkpoint(ck_dir, {"model": str(args.model), "config": cfg.to_dict()}, resume=args.resume)
-    pipe, report = quantize(pipe, cfg, progress=args.progress, checkpoint=ck,
-                            dist_info=info if info.world_size > 1 else None)
+    ck = Checkpoint(ck_dir, {"model": str(args.model), "config": cfg.resolved_dict()}, resume=args.resume)
+    pipe = quantize(pipe, cfg, progress=args.progress, checkpoint=ck, dist_info=info if info.world_size > 1 else None)
     source = str(Path(args.model).resolve()) if Path(args.model).exists() else str(args.model)  # zoo name
-    save_quantized(pipe, args.out, cfg, {**report.to_dict(), "source": source})
+    save_quantized(pipe, args.out, cfg, {**pipe.report.to_dict(), "source": source})
     ck.remove()
     if args.report:
         from .report import build_report
@@ -427,7 +411,7 @@ def _image_labels(pipe, labels: list[int] | None, num: int):
     """--labels cycled over `num` images, checked against the model's classes (None: default)."""
     import torch
 
-    from .pipeline import get_denoiser, num_classes
+    from .model.families import get_denoiser, num_classes
 
     if labels is None:
         return None
@@ -444,7 +428,8 @@ def _image_labels(pipe, labels: list[int] | None, num: int):
 def cmd_sample(args) -> int:
     from .dist import PACKED, finish, init_distributed, rank_device, sample_to_dir
     from .eval.images import save_grid
-    from .pipeline import generate, load_pipeline
+    from .loading import load_pipeline
+    from .sampling import generate
 
     info = init_distributed(args.device)
     if info.world_size > 1 and args.out_dir is None:
@@ -482,7 +467,9 @@ def cmd_sample(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .eval.evaluate import evaluate_pipeline, format_table
-    from .pipeline import get_denoiser, is_text_conditional, load_pipeline, prompts_of
+    from .loading import load_pipeline
+    from .model.families import get_denoiser
+    from .sampling import is_text_conditional, prompts_of
     from .utils import atomic_file
 
     if args.json:
@@ -494,10 +481,22 @@ def cmd_evaluate(args) -> int:
         clip_reason = f"clip skipped: needs a text-to-image pipeline (prompts); {type(pipe).__name__} has none"
     elif args.clip_model is None:
         clip_reason = "clip skipped: needs --clip-model (a local transformers CLIPModel directory)"
-    metrics, skipped = _runnable_metrics(args.metrics, clip_reason)
-    from .pipeline import _device_of
+    auto = args.metrics is None
+    if auto:
+        metrics, skipped = _auto_metrics(args, clip_reason)
+        from .model.families import sample_shape
+        from .sampling import autoencoder
 
-    dev = _device_of(get_denoiser(pipe))
+        if autoencoder(pipe) is None:  # pixel space: the image shape is known before sampling
+            shape = sample_shape(get_denoiser(pipe))
+            if shape != (1, 32, 32):
+                metrics, skipped = _digits_outcome({"digits_skipped": f"fid-digits applies to 1x32x32 digits "
+                                                    f"models, not images of shape {shape}; skipped"}, metrics, skipped)
+    else:
+        metrics, skipped = _runnable_metrics(args.metrics, clip_reason)
+    from .utils import device_of
+
+    dev = device_of(get_denoiser(pipe))
     standard, conventions = _standard_metrics(metrics, args.reference, args.inception_weights, dev)
     if "clip" in metrics:
         standard, conventions = _with_clip(standard, conventions, prompts_of(pipe), args.clip_model, dev)
@@ -505,11 +504,16 @@ def cmd_evaluate(args) -> int:
     if args.compare:
         ref_pipe = _with_prompts(load_pipeline(args.compare, device=args.device), args.prompts)
         _, reference = evaluate_pipeline(ref_pipe, args.num, args.seeds, args.steps, args.eta, args.batch_size,
-                                         progress=args.progress, digits="fid-digits" in metrics,
-                                         guidance_scale=args.guidance_scale)
+                                         progress=args.progress, digits=False, guidance_scale=args.guidance_scale)
+    elif auto and not metrics:
+        raise EdadmError("no metric applies here: " + "; ".join(skipped.values()) + " (or pass --compare MODEL)")
+    digits = ("auto" if auto else True) if "fid-digits" in metrics else False
     result, _ = evaluate_pipeline(pipe, args.num, args.seeds, args.steps, args.eta, args.batch_size,
-                                  reference=reference, progress=args.progress, digits="fid-digits" in metrics,
+                                  reference=reference, progress=args.progress, digits=digits,
                                   standard=standard, guidance_scale=args.guidance_scale)
+    metrics, skipped = _digits_outcome(result["per_seed"][0], metrics, skipped)
+    if not metrics and reference is None:
+        raise EdadmError("no metric applies here: " + "; ".join(skipped.values()) + " (or pass --compare MODEL)")
     result.update(model=str(args.model), compare=args.compare, metrics=metrics, skipped=skipped,
                   conventions=conventions)
     keys = tuple(k for k in ("fid_digits", "is_digits", "class_agreement", "fid", "sfid", "is", "clip")
@@ -534,6 +538,36 @@ def _with_clip(standard, conventions: dict, prompts: list[str], clip_dir: Path, 
         return {**out, "clip": clip_score(images, asked, clip_dir, device=device)}
 
     return metrics, {**conventions, "clip": f"100 * mean(max(cos, 0)), CLIPModel from {clip_dir}"}
+
+
+def _auto_metrics(args, clip_reason: str | None) -> tuple[list[str], dict]:
+    """Every metric that applies and can run here, and why each other one was skipped.
+    fid-digits is decided on the images (1x32x32 digits models: _digits_outcome)."""
+    from .eval.standard import missing_extra
+
+    metrics, skipped = ["fid-digits"], {}
+    for m in ("fid", "sfid", "is", "clip"):
+        why = missing_extra(m)
+        if why is None and m != "clip" and getattr(args, "inception_weights", None) is None:
+            why = f"{m} skipped: needs --inception-weights (InceptionV3 weights on disk; nothing is downloaded)"
+        if why is None and m in ("fid", "sfid") and args.reference is None:
+            why = f"{m} skipped: needs --reference (an image folder or an .npz of statistics)"
+        if why is None and m == "clip":
+            why = clip_reason
+        if why:
+            skipped[m] = why
+        else:
+            metrics.append(m)
+    return metrics, skipped
+
+
+def _digits_outcome(first: dict, metrics: list[str], skipped: dict) -> tuple[list[str], dict]:
+    """fid-digits asked for automatically but not applicable (not 1x32x32 images): say so."""
+    if "fid-digits" in metrics and "fid_digits" not in first:
+        why = first.get("digits_skipped", "fid-digits skipped")
+        print(f"edadm: {why}", file=sys.stderr)
+        return [m for m in metrics if m != "fid-digits"], {**skipped, "fid-digits": why}
+    return metrics, skipped
 
 
 def _runnable_metrics(requested: list[str], clip_reason: str | None) -> tuple[list[str], dict]:
@@ -578,7 +612,9 @@ def cmd_score(args) -> int:
 
     if args.json:
         _check_writable(args.json)
-    metrics, skipped = _runnable_metrics(args.metrics, "clip skipped: needs prompts; score takes images only")
+    no_clip = "clip skipped: needs prompts; score takes images only"
+    auto = args.metrics is None
+    metrics, skipped = _auto_metrics(args, no_clip) if auto else _runnable_metrics(args.metrics, no_clip)
     src = args.samples
     if src.suffix == ".npz" and src.is_file():
         with np.load(src) as z:
@@ -586,9 +622,9 @@ def cmd_score(args) -> int:
                 raise EdadmError(f"{src} has no 'images' array")
             arr = z["images"]
     elif src.is_dir():
-        from .eval.standard import IMAGE_SUFFIXES
-
         from PIL import Image
+
+        from .eval.standard import IMAGE_SUFFIXES
 
         files = sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
@@ -600,7 +636,11 @@ def cmd_score(args) -> int:
     images = torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255.0
     standard, conventions = _standard_metrics(metrics, args.reference, args.inception_weights,
                                               resolve_device(args.device))
-    m = image_metrics(images, digits="fid-digits" in metrics, standard=standard)
+    digits = ("auto" if auto else True) if "fid-digits" in metrics else False
+    m = image_metrics(images, digits=digits, standard=standard)
+    metrics, skipped = _digits_outcome(m, metrics, skipped)
+    if not metrics:
+        raise EdadmError("no metric applies to these images: " + "; ".join(skipped.values()))
     result = {"samples": str(src), "num": len(images), "metrics": metrics, "skipped": skipped,
               "conventions": conventions, "per_seed": [m],
               "summary": {k: mean_std([v]) for k, v in m.items() if isinstance(v, float)}}
@@ -631,8 +671,9 @@ def cmd_demo(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from .deploy.layout import is_quantized_dir
     from .deploy.onnx_export import export_onnx
-    from .pipeline import is_quantized_dir, resolve_model_path
+    from .loading import resolve_model_path
 
     path = resolve_model_path(args.model)
     if not is_quantized_dir(path):

@@ -6,18 +6,16 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from . import recipes
+from .calib import strategies
 from .errors import EdadmError
 
 CONFIG_VERSION = 1
-CALIB_STRATEGIES = ("uniform", "tdac", "ptq4dm", "random")
+CALIB_STRATEGIES = strategies.names()  # one file each under calib/strategies
 RANGE_METHODS = ("mse", "minmax")
 
-# METHOD.md: the first time-embedding Linear and the output layer stay at 8 bits and the
-# output layer's input is not quantized. Patterns are fnmatch-style over module names:
-# UNets (time_embedding.linear_1, conv_out) and DiT (patch embedding pos_embed.proj, output
-# projection proj_out_2); a pattern matching nothing does nothing.
-DEFAULT_KEEP_8BIT = ("time_embedding.linear_1", "conv_out", "pos_embed.proj", "proj_out_2")
-DEFAULT_NO_ACT_QUANT = ("conv_out", "proj_out_2")
+# Which layers stay at 8 bits and which inputs stay float (METHOD.md: the first
+# time-embedding layer and the output layer) is the denoiser family's (model/families);
+# keep_8bit / no_act_quant in a config replace the family's patterns.
 
 # Methods are recipes: one data file each under edadm/recipes (the reference's calibration
 # set, range kind, reconstruction stages and optimiser); a config field left at None takes
@@ -242,8 +240,8 @@ class QuantConfig:
     weight_range: str = "mse"
     act_range: str = "mse"
     lp: float = 2.4
-    keep_8bit: list[str] = field(default_factory=lambda: list(DEFAULT_KEEP_8BIT))
-    no_act_quant: list[str] = field(default_factory=lambda: list(DEFAULT_NO_ACT_QUANT))
+    keep_8bit: list[str] | None = None     # fnmatch patterns over module names; None: the family's
+    no_act_quant: list[str] | None = None  # layers whose input is not quantized; None: the family's
     keep_fp: list[str] = field(default_factory=list)
     attn_bits: int | None = 8      # q, k, v and softmax probabilities; None: attention matmuls in float
     split_shortcut: bool | None = None  # Q-Diffusion split of skip-concatenation convs; None: the method's
@@ -265,7 +263,10 @@ class QuantConfig:
         recipe = recipes.get(self.method)  # one-line error for an unknown method
         self.calib.validate()  # what the user set, before the recipe fills the rest
         self.recon.validate()
+        unset = self._unset_paths()
         bits = self.weight_bits if isinstance(self.weight_bits, int) else 8
+        if self.preset is not None:  # the dataset preset overlays what the user left unset, then the recipe
+            self._overlay(preset_config(self.preset, self.method, bits))
         quant = recipe.section("quant", bits)
         for key, fallback in (("split_shortcut", False), ("act_range_kind", "free")):
             if getattr(self, key) is None:
@@ -280,7 +281,31 @@ class QuantConfig:
                     setattr(sub, f.name, values[f.name])
         self.calib.fill_defaults()
         self.recon.fill_defaults(seed=self.seed)
+        # what the recipe and the fallbacks filled in: to_dict() leaves it out again, so a
+        # saved config records what the user set and resolved_dict() what ran
+        self._filled = {p: self._get(p) for p in unset if self._get(p) is not None}
         self.validate()
+
+    def _overlay(self, values: dict) -> None:
+        for key, v in values.items():
+            if key in ("calib", "recon"):
+                sub = getattr(self, key)
+                for k, x in v.items():
+                    if getattr(sub, k) is None:
+                        setattr(sub, k, x)
+            elif key != "preset" and getattr(self, key) is None:
+                setattr(self, key, v)
+
+    def _unset_paths(self) -> list[tuple[str | None, str]]:
+        out = [(None, f.name) for f in fields(self) if getattr(self, f.name) is None]
+        for section in ("calib", "recon"):
+            sub = getattr(self, section)
+            out += [(section, f.name) for f in fields(sub) if getattr(sub, f.name) is None]
+        return out
+
+    def _get(self, path):
+        section, key = path
+        return getattr(self if section is None else getattr(self, section), key)
 
     def validate(self) -> None:
         for name in ("weight_bits", "act_bits") + (("attn_bits",) if self.attn_bits is not None else ()):
@@ -308,12 +333,25 @@ class QuantConfig:
         _check_number("lp", self.lp, 1e-6)
         for name in ("keep_8bit", "no_act_quant", "keep_fp"):
             v = getattr(self, name)
+            if v is None and name != "keep_fp":
+                continue
             if not isinstance(v, list) or not all(isinstance(p, str) for p in v):
                 raise EdadmError(f"{name.replace('_', '-')} must be a list of module-name patterns")
         if not isinstance(self.version, int) or self.version > CONFIG_VERSION:
             raise EdadmError(f"config version {self.version!r} is not supported by this edadm ({CONFIG_VERSION})")
 
     def to_dict(self) -> dict:
+        """What the user set: fields the recipe filled are None again (unless changed since);
+        QuantConfig.from_dict of it resolves to the same config under the same recipes."""
+        d = asdict(self)
+        for (section, key), filled in getattr(self, "_filled", {}).items():
+            target = d if section is None else d[section]
+            if target[key] == filled:
+                target[key] = None
+        return d
+
+    def resolved_dict(self) -> dict:
+        """Every value as quantization uses it (recipe and fallbacks applied)."""
         return asdict(self)
 
     @classmethod

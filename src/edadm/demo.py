@@ -91,10 +91,11 @@ def run_demo(args) -> dict:
     from .api import calibration_trajectories, quantize
     from .config import CalibConfig, QuantConfig
     from .deploy import save_quantized
-    from .eval.evaluate import add_paired_delta, evaluate_pipeline, format_table
     from .deploy.intengine import describe_kernels
     from .deploy.kernels import isa_summary
-    from .pipeline import get_denoiser, load_pipeline
+    from .eval.evaluate import add_paired_delta, evaluate_pipeline, format_table
+    from .loading import load_pipeline
+    from .model.families import get_denoiser
 
     settings = [parse_setting(s) for s in args.settings.split(",") if s.strip()]
     out = Path(args.out)
@@ -123,7 +124,8 @@ def run_demo(args) -> dict:
                 trajectories = calibration_trajectories(fp, cfg, progress=args.progress)
                 timings["calibration trajectories (once)"] = time.time() - t0
                 t0 = time.time()
-            qpipe, report = quantize(copy.deepcopy(fp), cfg, progress=args.progress, trajectories=trajectories)
+            qpipe = quantize(copy.deepcopy(fp), cfg, progress=args.progress, trajectories=trajectories)
+            report = qpipe.report
             qdir = tmp / "models" / f"w{w}a{a}-{args.method}"
             save_quantized(qpipe, qdir, cfg, report.to_dict())
             timings[f"{label} quantize"] = time.time() - t0

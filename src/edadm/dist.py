@@ -99,7 +99,7 @@ def sample_to_dir(pipe, out_dir: str | Path, num: int, seed: int = 0, steps: int
     from PIL import Image
 
     from .eval.images import to_uint8
-    from .pipeline import generate
+    from .sampling import generate
 
     info = info or DistInfo()
     out_dir = Path(out_dir)

@@ -142,9 +142,11 @@ def build_report(qdir: str | Path, fp_model: str | Path | None = None, num: int 
     fp_model: the full-precision pipeline (zoo name or directory) for the side-by-side
     samples; default the source recorded at quantization. num 0 skips sampling.
     """
-    from .deploy.serialize import read_quant_meta
+    from .deploy.layout import is_quantized_dir
+    from .deploy.load import read_quant_meta
     from .eval.metrics import psnr
-    from .pipeline import generate, is_quantized_dir, load_pipeline, resolve_model_path
+    from .loading import load_pipeline, resolve_model_path
+    from .sampling import generate
     from .utils import atomic_dir
 
     qdir = Path(qdir)
@@ -154,7 +156,7 @@ def build_report(qdir: str | Path, fp_model: str | Path | None = None, num: int 
         raise EdadmError(f"number of report samples must be >= 0, got {num!r}")
     meta = read_quant_meta(qdir)
     report = meta.get("report") if isinstance(meta.get("report"), dict) else {}
-    cfg = meta["config"]
+    cfg = meta.get("resolved_config") or meta["config"]  # the values it ran with
     label = f"{cfg.get('method')} W{cfg.get('weight_bits')}A{cfg.get('act_bits')}"
     figures: dict[str, bytes | None] = {
         "allocation": allocation_png(report, f"{cfg.get('method')}: {cfg.get('calib', {}).get('strategy')} allocation"),

@@ -22,6 +22,15 @@ def _umask() -> int:
     return mask
 
 
+def device_of(module: torch.nn.Module) -> torch.device:
+    """Where a module computes: its first parameter's device, else its first buffer's (a
+    runtime-backed denoiser, deploy.runtimes, has no parameters of its own), else CPU."""
+    p = next(module.parameters(), None)
+    if p is None:
+        p = next(module.buffers(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """`None` or "auto" picks CUDA when present, else CPU; anything else is validated."""
     if device is None or str(device) == "auto":

@@ -72,3 +72,19 @@ def test_assemble_with_fewer_trajectories_keeps_each_step_distinct():
         assert sorted(trajs) == list(range(16))  # all trajectories, none twice
     for k in range(80):
         assert torch.equal(cs.x[k], traj.xs[int(cs.step[k]), int(cs.trajectory[k])])
+
+
+def test_strategies_come_from_one_registry():
+    """Config validation, CLI choices and api.allocate all read calib.strategies."""
+    from edadm.calib import strategies
+    from edadm.cli import build_parser
+    from edadm.config import CALIB_STRATEGIES
+    from edadm.errors import EdadmError
+
+    assert set(CALIB_STRATEGIES) == {"tdac", "uniform", "ptq4dm", "random"} == set(strategies.names())
+    q = next(a for a in build_parser()._subparsers._group_actions[0].choices["quantize"]._actions
+             if "--strategy" in a.option_strings)
+    assert tuple(q.choices) == CALIB_STRATEGIES
+    assert strategies.get("tdac").needs_features and not strategies.get("uniform").needs_features
+    with pytest.raises(EdadmError, match="unknown calibration strategy"):
+        strategies.get("nope")

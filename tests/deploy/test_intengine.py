@@ -4,12 +4,12 @@ import torch
 from torch import nn
 
 from edadm import load
-from edadm.errors import EdadmError
 from edadm.deploy import kernels
 from edadm.deploy.intengine import IntLayer, convert_to_int, int_layer_from_quant, onednn_available
-from edadm.pipeline import generate
-from edadm.quant.modules import QConv2d, QLinear, LayerSpec
+from edadm.errors import EdadmError
+from edadm.quant.modules import LayerSpec, QConv2d, QLinear
 from edadm.quant.wrap import quant_modules
+from edadm.sampling import generate
 
 needs_onednn = pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN int8 ops")
 # tests marked `isa` run again in a subprocess per oneDNN ISA the machine reaches (test_isa.py)
@@ -247,7 +247,7 @@ def test_loaded_int_engine_keeps_one_copy_of_the_weights(tiny_quant_dir):
 def test_tensor_reader_pops_each_tensor_once(tmp_path):
     from safetensors.torch import save_file
 
-    from edadm.deploy.serialize import _TensorReader
+    from edadm.deploy.load import _TensorReader
 
     save_file({"a": torch.arange(4), "b": torch.ones(2)}, str(tmp_path / "t.safetensors"))
     r = _TensorReader(tmp_path / "t.safetensors")
@@ -259,3 +259,28 @@ def test_tensor_reader_pops_each_tensor_once(tmp_path):
     state = {}
     state.update(r)
     assert list(state) == ["b"] and torch.equal(state["b"], torch.ones(2))
+
+
+def test_int_kernel_compatibility_is_decided_once_and_obeyed(tiny_pipe_dir, tmp_path, caplog):
+    """8-bit asymmetric weights: wrap warns at quantize time, the engine keeps those layers
+    fake, the loader refuses them with the same reason (quant.modules.int_kernel_problem)."""
+    import logging
+
+    from edadm import CalibConfig, EdadmError, QuantConfig, load, quantize, save
+    from edadm.deploy.intengine import convert_to_int
+    from edadm.quant.modules import LayerSpec, int_kernel_problem
+
+    assert int_kernel_problem(LayerSpec(8, 8, weight_symmetric=True)) is None
+    assert int_kernel_problem(LayerSpec(4, 8, weight_symmetric=False)) is None
+    why = int_kernel_problem(LayerSpec(8, 8, weight_symmetric=False))
+    assert "8-bit asymmetric" in why
+    cfg = QuantConfig(method="naive", weight_bits=8, weight_symmetric=False, steps=4,
+                      calib=CalibConfig(num_samples=8, num_trajectories=8, uniform_steps=4, batch_size=8))
+    with caplog.at_level(logging.WARNING, logger="edadm"):
+        q = quantize(load(tiny_pipe_dir, device="cpu"), cfg, progress=False)
+    assert why in caplog.text and "run in float on the integer engine" in caplog.text
+    save(q, tmp_path / "q")
+    with pytest.raises(EdadmError, match="8-bit asymmetric weights.*--engine fake"):
+        load(tmp_path / "q", engine="int")
+    counts = convert_to_int(load(tmp_path / "q", engine="fake").unet)
+    assert counts.get("fake", 0) > 0

@@ -131,7 +131,7 @@ def test_forcing_the_unsafe_kernel_warns_and_images_stay_right(tmp_path, monkeyp
 
 
 def test_compile_picks_bf16_only_where_the_cpu_has_it(monkeypatch):
-    from edadm.pipeline import compile_dtype
+    from edadm.loading import compile_dtype
 
     monkeypatch.setattr(kernels, "isa_info", lambda: {"native_bf16": False})
     assert compile_dtype("cpu") == torch.float32

@@ -19,7 +19,8 @@ ort = pytest.importorskip("onnxruntime")
 from edadm.api import quantize  # noqa: E402
 from edadm.config import QuantConfig  # noqa: E402
 from edadm.deploy.onnx_export import example_inputs, export_onnx  # noqa: E402
-from edadm.pipeline import get_denoiser, load_pipeline  # noqa: E402
+from edadm.loading import load_pipeline  # noqa: E402
+from edadm.model.families import get_denoiser  # noqa: E402
 from edadm.quant.modules import QuantMixin  # noqa: E402
 from edadm.quant.wrap import set_quant_state  # noqa: E402
 
@@ -108,7 +109,7 @@ def test_cli_export_and_sampling_on_the_runtimes(tmp_path, capsys):
     export in edadm's scheduler loop and draws what the simulation draws (same noise)."""
     import edadm
     from edadm.cli import main
-    from edadm.pipeline import generate
+    from edadm.sampling import generate
 
     pipe = _quantized("digits-ddpm", 8)
     q = tmp_path / "q"
@@ -151,7 +152,8 @@ from edadm.config import QuantConfig
 from edadm.deploy.kernels import isa_info
 from edadm.deploy.onnx_export import example_inputs, export_onnx
 from edadm.deploy.runtimes import runtime_session
-from edadm.pipeline import get_denoiser, load_pipeline
+from edadm.loading import load_pipeline
+from edadm.model.families import get_denoiser
 assert not isa_info()["int32_dot"], isa_info()
 pipe = load_pipeline("digits-ddpm")
 quantize(pipe, QuantConfig(method="naive", weight_bits=8, steps=4,

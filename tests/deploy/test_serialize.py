@@ -5,7 +5,7 @@ import torch
 
 from edadm import load
 from edadm.deploy.packing import pack_codes, unpack_codes
-from edadm.deploy.serialize import TENSOR_FILE, quantized_state
+from edadm.deploy.export import TENSOR_FILE, quantized_state
 from edadm.errors import EdadmError
 from edadm.quant.wrap import quant_modules
 
@@ -91,7 +91,7 @@ def test_save_of_a_loaded_directory_round_trips(tiny_quant_dir, tmp_path, engine
     from safetensors.torch import load_file
 
     import edadm
-    from edadm.pipeline import QUANT_FILE, quant_subdir
+    from edadm.deploy.layout import QUANT_FILE, quant_subdir
 
     out = tmp_path / "again"
     edadm.save(edadm.load(tiny_quant_dir, engine=engine), out)

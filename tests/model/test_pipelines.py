@@ -10,10 +10,12 @@ import pytest
 import torch
 
 from edadm.cli import main
+from edadm.deploy.layout import quant_subdir
+from edadm.loading import load_pipeline
+from edadm.model.families import call_denoiser, get_denoiser, num_classes
 from edadm.model.pipelines import PIPELINE_NAMES, build_pipeline, write_pipeline
-from edadm.pipeline import (call_denoiser, conditioning, generate, get_denoiser, load_pipeline, num_classes,
-                            quant_subdir)
 from edadm.quant.wrap import QuantMixin
+from edadm.sampling import conditioning, generate
 
 DENOISER_DIR = {"ddpm-cifar10": "unet", "ldm-celebahq-256": "unet", "sd-v1-4": "unet", "dit-xl-2-256": "transformer"}
 PIPELINE_CLASS = {"ddpm-cifar10": "DDPMPipeline", "ldm-celebahq-256": "LDMPipeline",
@@ -80,7 +82,7 @@ def test_text_conditioning_prompts_and_guidance_halves(small_dirs):
     assert not torch.allclose(h[0], h[1])  # different prompts
     assert torch.allclose(uncond["encoder_hidden_states"][0], uncond["encoder_hidden_states"][1])  # all ""
     # prompts stored with the pipeline are used, index mod len
-    pipe._edadm_sampling = {**pipe._edadm_sampling, "prompts": ["a handwritten seven", "a handwritten two"]}
+    pipe.sampling = pipe.sampling.with_(prompts=["a handwritten seven", "a handwritten two"])
     c2, _ = conditioning(pipe, 0, 3)
     assert torch.allclose(c2["encoder_hidden_states"][0], c2["encoder_hidden_states"][2])
     assert not torch.allclose(c2["encoder_hidden_states"][0], c2["encoder_hidden_states"][1])
@@ -90,7 +92,7 @@ def test_text_conditioning_prompts_and_guidance_halves(small_dirs):
     pipe.text_encoder.forward = lambda ids, *a, **k: (calls.append(ids.shape[0]), enc_forward(ids, *a, **k))[1]
     c3, u3 = conditioning(pipe, 3, 5, guidance_scale=7.5)
     assert calls == []  # both prompts and "" were encoded above
-    pipe._edadm_sampling = {**pipe._edadm_sampling, "prompts": ["a handwritten one"]}
+    pipe.sampling = pipe.sampling.with_(prompts=["a handwritten one"])
     c4, _ = conditioning(pipe, 0, 4)
     assert calls == [1]
     pipe.text_encoder.forward = enc_forward
@@ -129,7 +131,7 @@ def test_dit_call_convention_and_class_conditioning():
 
 
 def test_prompts_file_drives_sampling_and_is_kept_by_quantize(small_dirs, tmp_path, capsys):
-    from edadm.pipeline import sampling_defaults
+    from edadm.sampling import sampling_defaults
 
     pf = tmp_path / "prompts.txt"
     pf.write_text("a handwritten seven\n\na handwritten two\n")
@@ -150,7 +152,7 @@ def test_prompts_file_drives_sampling_and_is_kept_by_quantize(small_dirs, tmp_pa
 def test_pipeline_directories_without_edadm_settings_sample_with_their_pipelines_defaults(small_dirs, tmp_path):
     import shutil
 
-    from edadm.pipeline import sampling_defaults
+    from edadm.sampling import sampling_defaults
 
     for name, guidance in (("sd-v1-4", 7.5), ("dit-xl-2-256", 4.0), ("ddpm-cifar10", 1.0)):
         d = tmp_path / name
@@ -161,7 +163,7 @@ def test_pipeline_directories_without_edadm_settings_sample_with_their_pipelines
 
 def test_quantized_text_to_image_dir_keeps_its_pipelines_guidance_with_or_without_prompts(small_dirs, tmp_path, capsys):
     from edadm.cli import _with_prompts
-    from edadm.pipeline import sampling_defaults
+    from edadm.sampling import sampling_defaults
 
     q = tmp_path / "q"
     rc = main(["quantize", str(small_dirs["sd-v1-4"]), "--method", "naive", "--num-samples", "4",
@@ -195,3 +197,25 @@ def test_evaluate_clip_score_of_a_text_to_image_pipeline(small_dirs, tmp_path, c
         rc = main(["evaluate", *argv, "--metrics", "clip", "--num", "2", "--seeds", "0", "--no-progress"])
         err = capsys.readouterr().err
         assert rc == 2 and needle in err and "Traceback" not in err
+
+
+def test_evaluate_by_default_runs_what_applies_to_a_three_channel_model(small_dirs, tmp_path, capsys):
+    """A new user's first evaluate on a 3-channel pipeline: no --metrics; fid-digits does not
+    apply and is named as skipped, PSNR vs --compare is given."""
+    import json
+
+    src = small_dirs["ddpm-cifar10"]
+    q = tmp_path / "q"
+    assert main(["quantize", str(src), "--method", "naive", "--num-samples", "4", "--num-trajectories", "4",
+                 "--steps", "2", "--out", str(q), "--no-progress", "--no-report"]) == 0
+    out = tmp_path / "m.json"
+    rc = main(["evaluate", str(q), "--compare", str(src), "--num", "2", "--seeds", "0", "--steps", "2",
+               "--json", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    res = json.loads(out.read_text())
+    assert "psnr_vs_ref" in res["summary"] and "fid_digits" not in res["summary"]
+    assert "1x32x32" in res["skipped"]["fid-digits"] and "fid-digits" in err
+    # without --compare nothing applies here: one line, exit 2
+    assert main(["evaluate", str(q), "--num", "2", "--seeds", "0", "--steps", "2", "--no-progress"]) == 2
+    assert "no metric applies" in capsys.readouterr().err

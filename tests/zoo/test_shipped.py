@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from edadm import zoo
-from edadm.pipeline import generate, load_pipeline
+from edadm.loading import load_pipeline
+from edadm.sampling import generate
 
 SHIPPED = [n for n in zoo.PIPELINES if (zoo.WEIGHTS_DIR / n).is_dir()]
 

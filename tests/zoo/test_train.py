@@ -3,7 +3,8 @@ import json
 import torch
 
 from edadm import load
-from edadm.pipeline import generate, num_classes, sampling_defaults
+from edadm.model.families import num_classes
+from edadm.sampling import generate, sampling_defaults
 from edadm.zoo.train import train
 
 
@@ -32,7 +33,7 @@ def test_digits_ldm_trainer_writes_a_latent_pipeline(tmp_path):
 
 
 def test_digits_t2i_trainer_writes_a_text_to_image_pipeline(tmp_path):
-    from edadm.pipeline import conditioning
+    from edadm.sampling import conditioning
 
     out = tmp_path / "t2i"
     info = train("digits-t2i", out=out, device="cpu", steps=3, batch_size=4, ae_steps=3)
@@ -54,8 +55,10 @@ def test_prompt_digit_and_requested_labels_of_text_pipelines(tmp_path):
 
     assert [prompt_digit(p) for p in ("a handwritten seven", "handwritten number 7", "The digit Two", "a cat",
                                       "a one and a two")] == [7, 7, 2, None, None]
-    pipe = build_pipeline("sd-v1-4", small=True)
-    pipe._edadm_sampling = {"steps": 2, "prompts": ["a handwritten three", "the digit 5"]}
+    from edadm import Pipeline, SamplingSettings
+
+    pipe = Pipeline(build_pipeline("sd-v1-4", small=True), SamplingSettings(steps=2, prompts=["a handwritten three",
+                                                                                            "the digit 5"]))
     assert requested_labels(pipe, 5).tolist() == [3, 5, 3, 5, 3]
-    pipe._edadm_sampling = {"steps": 2, "prompts": ["a cat"]}
+    pipe.sampling = SamplingSettings(steps=2, prompts=["a cat"])
     assert requested_labels(pipe, 2) is None

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..pipeline import conditioning, generate, sampling_defaults
+from ..sampling import conditioning, generate, sampling_defaults
 from .tdac import TdacAccumulator
 
 

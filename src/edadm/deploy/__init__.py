@@ -1,4 +1,5 @@
-"""Export and loading of quantized denoisers."""
-from .serialize import load_quantized, save_quantized
+"""Quantized directories: export (save), load, integer engine, ONNX export and runtimes."""
+from .export import save_quantized
+from .load import load_quantized
 
 __all__ = ["load_quantized", "save_quantized"]

@@ -36,7 +36,6 @@ from . import kernels
 
 log = logging.getLogger("edadm")
 
-ENGINES = ("fake", "int")
 _warned: set[str] = set()
 
 
@@ -458,19 +457,20 @@ def convert_to_int(model: nn.Module) -> dict[str, int]:
 
     Layers whose codes do not fit int8 stay fake-quantized (one warning). Returns backend ->
     layer count."""
+    from ..quant.modules import int_kernel_problem
     from ..quant.wrap import _set_submodule, quant_modules
 
     dev = next(model.parameters()).device
     kept = []
     for name, mod in list(quant_modules(model)):
-        layer = int_layer_from_quant(name, mod)
+        layer = None if int_kernel_problem(mod.spec) else int_layer_from_quant(name, mod)
         if layer is None:
             kept.append(name)
             continue
         _set_submodule(model, name, layer.to(dev))
     if kept:
-        _warn_once("kept-fake", f"integer engine: {len(kept)} layer(s) with 8-bit asymmetric weights do not fit "
-                                f"int8 kernels and stay fake-quantized (for example {kept[0]})")
+        _warn_once("kept-fake", f"integer engine: {len(kept)} layer(s) stay fake-quantized (for example {kept[0]}: "
+                                f"{int_kernel_problem(dict(quant_modules(model))[kept[0]].spec)})")
     freeze_attention_quantizers(model)
     counts = prepare_int(model)
     if kept:

@@ -157,10 +157,10 @@ class _Signature(nn.Module):
 
 def example_inputs(model: nn.Module, batch: int = 2) -> tuple[list[str], tuple]:
     """ONNX input names (diffusers' argument names) and example tensors for a denoiser."""
-    from ..pipeline import is_transformer
+    from ..model.families import family_of
 
     cfg = model.config
-    if is_transformer(model):
+    if family_of(model).name == "dit":
         raise EdadmError(f"ONNX export does not cover {type(model).__name__} (DiT) yet; UNet2DModel and "
                          "UNet2DConditionModel denoisers are covered")
     size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
@@ -260,8 +260,14 @@ def export_onnx(source, out: str | Path, batch: int = 2, opset: int = OPSET, ove
     AVX-512 without VNNI): full-range 8-bit weights as two half-range weights (export_mode)."""
     import onnx
 
-    from ..pipeline import get_denoiser, load_pipeline
+    from ..model.families import get_denoiser
     from ..utils import atomic_file
+    from .layout import QUANT_FILE, is_quantized_dir
+    from .load import load_quantized
+
+    if isinstance(source, (str, Path)) and not is_quantized_dir(source):
+        raise EdadmError(f"{source} is not an edadm quantized directory (no {QUANT_FILE} in its denoiser folder): "
+                         "export a directory written by edadm quantize")
 
     out = Path(out)
     try:
@@ -271,7 +277,7 @@ def export_onnx(source, out: str | Path, batch: int = 2, opset: int = OPSET, ove
         raise EdadmError(f"cannot write {out}: {exc.strerror or exc}") from exc
     raw = tmp_dir / "raw.onnx"
     try:
-        pipe = load_pipeline(source, engine="fake") if isinstance(source, (str, Path)) else source
+        pipe = load_quantized(source, engine="fake") if isinstance(source, (str, Path)) else source
         model = get_denoiser(pipe).eval()
         if not any(isinstance(m, QuantMixin) for m in model.modules()):
             raise EdadmError("the denoiser has no quantized layers: export a directory written by edadm quantize")

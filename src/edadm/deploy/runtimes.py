@@ -18,7 +18,8 @@ from torch import nn
 from ..errors import EdadmError
 
 log = logging.getLogger("edadm")
-RUNTIME_ENGINES = ("onnxruntime", "openvino")
+from .engines import RUNTIME_ENGINES  # noqa: E402
+
 _EXTRA = {"onnxruntime": ("onnxruntime", "edadm[onnx]"), "openvino": ("openvino", "edadm[openvino]")}
 
 
@@ -32,10 +33,10 @@ def _require(engine: str) -> None:
 
 def cached_export(qdir: Path, pipe, overflow_fix: bool = False) -> Path:
     """QDIR/onnx/denoiser.onnx (denoiser-overflow-fix.onnx), exported now unless a current one is there."""
+    from .layout import ONNX_DIR, quant_subdir
     from .onnx_export import export_onnx
-    from ..pipeline import quant_subdir
 
-    out = qdir / "onnx" / ("denoiser-overflow-fix.onnx" if overflow_fix else "denoiser.onnx")
+    out = qdir / ONNX_DIR / ("denoiser-overflow-fix.onnx" if overflow_fix else "denoiser.onnx")
     weights = max((f.stat().st_mtime for f in (qdir / quant_subdir(qdir)).glob("*") if f.is_file()), default=0.0)
     if out.is_file() and out.stat().st_mtime >= weights:
         return out
@@ -117,8 +118,8 @@ def openvino_kernels(compiled) -> dict[str, int]:
 
 def load_runtime(path: Path, engine: str, device):
     """The quantized directory `path` as a pipeline whose denoiser runs on `engine`."""
-    from .serialize import load_quantized
-    from ..pipeline import denoiser_name, get_denoiser
+    from ..model.families import denoiser_name, get_denoiser
+    from .load import load_quantized
 
     if engine not in RUNTIME_ENGINES:
         raise EdadmError(f"unknown runtime {engine!r}; choose from {', '.join(RUNTIME_ENGINES)}")
@@ -141,6 +142,8 @@ def load_runtime(path: Path, engine: str, device):
     run, info = runtime_session(onnx_path, engine)
     wrapper = RuntimeDenoiser(run, names, den.config, engine, onnx_path)
     wrapper.runtime_info = info
-    object.__setattr__(pipe, denoiser_name(pipe), wrapper)  # diffusers' setattr would register it as a component
+    # diffusers' setattr would register it as a component
+    object.__setattr__(pipe.pipe, denoiser_name(pipe), wrapper)
+    pipe.engine = engine
     log.info("denoiser on %s (%s)%s", engine, onnx_path, f": {info['kernels']}" if info.get("kernels") else "")
     return pipe

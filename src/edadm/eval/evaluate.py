@@ -8,7 +8,8 @@ from typing import Callable
 import torch
 
 from ..errors import EdadmError
-from ..pipeline import generate, get_denoiser, is_text_conditional, num_classes, prompts_of
+from ..model.families import get_denoiser, num_classes
+from ..sampling import generate, is_text_conditional, prompts_of
 from .metrics import mean_std, mse, psnr
 
 log = logging.getLogger("edadm")
@@ -18,15 +19,19 @@ SUMMARY_KEYS = ("fid_digits", "is_digits", "confidence", "class_agreement", "fid
                 "sample_seconds")
 
 
-def image_metrics(images: torch.Tensor, digits: bool = True, standard: Callable[[torch.Tensor], dict] | None = None,
+def image_metrics(images: torch.Tensor, digits: bool | str = True, standard: Callable[[torch.Tensor], dict] | None = None,
                   labels: torch.Tensor | None = None) -> dict:
-    """The metrics asked for: the digits ones (1x32x32 models) and / or the standard ones
+    """The metrics asked for: the digits ones (1x32x32 models; digits="auto": only if the
+    images are that shape, else a `digits_skipped` note) and / or the standard ones
     (eval.standard, passed in as a callable)."""
     out: dict = {"num_samples": len(images)}
     if digits:
         if tuple(images.shape[1:]) != (1, 32, 32):
-            raise EdadmError(f"fid-digits applies to 1x32x32 digits models, not images of shape {tuple(images.shape[1:])}; "
-                             "choose --metrics fid,sfid,is")
+            why = f"fid-digits applies to 1x32x32 digits models, not images of shape {tuple(images.shape[1:])}"
+            if digits == "auto":  # asked for by default: skipped, and the caller names it
+                out["digits_skipped"] = why + "; skipped"
+                return out if standard is None else {**out, **standard(images)}
+            raise EdadmError(why + "; choose --metrics fid,sfid,is")
         from .digits import digits_metrics
 
         out.update(digits_metrics(images, labels=labels))
@@ -53,7 +58,7 @@ def requested_labels(pipe, num: int) -> torch.Tensor | None:
 
 def evaluate_pipeline(pipe, num: int, seeds: list[int], steps: int | None = None, eta: float | None = None,
                       batch_size: int = 250, reference: dict[int, torch.Tensor] | None = None,
-                      progress: bool = True, digits: bool = True,
+                      progress: bool = True, digits: bool | str = True,
                       standard: Callable[[torch.Tensor], dict] | None = None,
                       guidance_scale: float | None = None) -> tuple[dict, dict[int, torch.Tensor]]:
     """Metrics per seed and their mean / std; `reference` images (same seeds, same noise)

@@ -28,6 +28,16 @@ class LayerSpec:
         return asdict(self)
 
 
+def int_kernel_problem(spec: LayerSpec) -> str | None:
+    """None if integer kernels can run a layer quantized as `spec`, else why not: the one
+    place this is decided (wrap warns at quantize time; the loader and the integer engine
+    obey it). Weight codes minus their zero point must fit int8: symmetric codes always do,
+    asymmetric ones only below 8 bits."""
+    if spec.weight_bits == 8 and not spec.weight_symmetric:
+        return "8-bit asymmetric weights: codes minus zero point do not fit int8 kernels"
+    return None
+
+
 class QuantMixin:
     """Owns the quantizers of a layer and the switches between FP, fake-quant and observation."""
 

@@ -3,6 +3,7 @@ and switch quantization on and off."""
 from __future__ import annotations
 
 import fnmatch
+import logging
 from dataclasses import asdict, dataclass
 from typing import Iterator
 
@@ -12,8 +13,10 @@ from ..config import QuantConfig
 from ..errors import EdadmError
 from ..model.structure import split_points
 from .attention import add_attention_quantizers, has_attention_quantizers
-from .modules import QUANT_CLASSES, LayerSpec, QuantMixin
+from .modules import QUANT_CLASSES, LayerSpec, QuantMixin, int_kernel_problem
 from .quantizer import UniformQuantizer
+
+log = logging.getLogger("edadm")
 
 
 @dataclass(frozen=True)
@@ -36,11 +39,27 @@ def _match(name: str, patterns) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
+def keep_patterns(model: nn.Module, config: QuantConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(layers kept at 8 bits, layers whose input stays float): the config's patterns, else the
+    denoiser family's; a module outside the families (a test's toy model) gets every family's."""
+    from ..model.families import FAMILIES, family_of
+
+    try:
+        fams = [family_of(model)]
+    except EdadmError:
+        fams = list(FAMILIES.values())
+    keep = config.keep_8bit if config.keep_8bit is not None else [p for f in fams for p in f.keep_8bit]
+    no_act = config.no_act_quant if config.no_act_quant is not None else [p for f in fams for p in f.no_act_quant]
+    return tuple(keep), tuple(no_act)
+
+
 def layer_plan(model: nn.Module, config: QuantConfig) -> dict[str, LayerSpec | AttnSpec | str]:
     """For each Conv2d / Linear: its LayerSpec, or the reason it stays in float; for each
     diffusers Attention: its AttnSpec when attention quantization is on."""
     plan: dict[str, LayerSpec | AttnSpec | str] = {}
     splits = split_points(model) if config.split_shortcut else {}
+    keep_8bit, no_act_quant = keep_patterns(model, config)
+    no_int: list[str] = []
     unsupported = []
     for name, mod in model.named_modules():
         if isinstance(mod, QuantMixin):
@@ -62,14 +81,20 @@ def layer_plan(model: nn.Module, config: QuantConfig) -> dict[str, LayerSpec | A
         if _match(name, config.keep_fp):
             plan[name] = "kept in float by keep_fp pattern"
             continue
-        w8 = _match(name, config.keep_8bit)
+        w8 = _match(name, keep_8bit)
         wbits = 8 if w8 else config.weight_bits
-        abits = None if _match(name, config.no_act_quant) else (8 if w8 else config.act_bits)
+        abits = None if _match(name, no_act_quant) else (8 if w8 else config.act_bits)
         # 8-bit weights symmetric (int8 kernels want zero point 0); lower bits asymmetric,
         # whose codes minus zero point still fit int8, so the same kernels run them.
         wsym = config.weight_symmetric if config.weight_symmetric is not None else wbits == 8
         plan[name] = LayerSpec(weight_bits=wbits, act_bits=abits, weight_symmetric=wsym,
                                act_symmetric=config.act_symmetric, split=splits.get(name, 0))
+        why = int_kernel_problem(plan[name])
+        if why:
+            no_int.append(name)
+    if no_int:
+        log.warning("%d layer(s) (for example %s) will run in float on the integer engine: %s", len(no_int),
+                    no_int[0], int_kernel_problem(plan[no_int[0]]))
     if unsupported:
         more = f" and {len(unsupported) - 5} more" if len(unsupported) > 5 else ""
         raise EdadmError(f"unsupported layer(s) {', '.join(unsupported[:5])}{more}: edadm quantizes Conv2d and Linear; "

@@ -1,4 +1,4 @@
-"""python -m edadm.recipes: print the table of every recipe's knobs (docs/recipes.md)."""
-from . import markdown_table
+"""python -m edadm.recipes: the markdown table of every recipe's knobs."""
+from .table import markdown_table
 
 print(markdown_table())

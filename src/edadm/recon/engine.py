@@ -41,6 +41,7 @@ from ..quant.modules import QuantMixin
 from ..quant.quantizer import UniformQuantizer
 from ..quant.wrap import set_quant_state
 from .adaround import AdaRoundQuantizer
+from .fbr import channel_mse, fbr_loss, per_sample_mse, step_balance_weights  # noqa: F401 - re-exported
 
 log = logging.getLogger("edadm")
 
@@ -59,54 +60,6 @@ class UnitLog:
 
 class _Stop(Exception):
     pass
-
-
-def per_sample_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """channel_mse of each sample of batch-first tensors: [N]."""
-    d = (pred - target).pow(2)
-    if d.dim() <= 1:
-        return d
-    ch = 1 if d.dim() == 4 else d.dim() - 1
-    return d.sum(ch).reshape(d.shape[0], -1).mean(1)
-
-
-def channel_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None,
-                p: float = 2.0) -> torch.Tensor:
-    """|error|^p (p = 2: squared error) summed over channels, averaged over everything else (the
-    reference lp_loss). weight [N]: per-sample weights of a batch-first tensor (mean over samples
-    of weight * error; p = 2 only)."""
-    if weight is not None:
-        return (per_sample_mse(pred, target) * weight).mean()
-    d = (pred - target).pow(2) if p == 2 else (pred - target).abs().pow(p)
-    if d.dim() <= 1:
-        return d.mean()
-    ch = 1 if d.dim() == 4 else d.dim() - 1
-    return d.sum(ch).mean()
-
-
-def fbr_loss(out: torch.Tensor, target: torch.Tensor, inner_out: list[torch.Tensor],
-             inner_target: list[torch.Tensor], add_loss: float,
-             weight: torch.Tensor | None = None, p: float = 2.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(total, block term, inner term): block Lp error (p = 2: MSE) + add_loss * sum of
-    inner-layer MSEs, each optionally weighted per sample (`weight`, see step_balance_weights)."""
-    block = channel_mse(out, target, weight, p=p)
-    inner = sum((channel_mse(o, t, weight) for o, t in zip(inner_out, inner_target)),
-                torch.zeros((), device=out.device))
-    return block + add_loss * inner if add_loss else block, block, inner
-
-
-def step_balance_weights(err: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Per-sample loss weights that give every timestep the same say (ReconConfig.step_balance
-    "relative"): w_i = mean error / mean error of sample i's timestep, from the errors `err`
-    [N] before reconstruction. The weighted loss then averages each timestep's error relative
-    to where it started, so reconstruction cannot buy a large absolute gain at the noisy
-    middle steps with a relative loss at the few low-noise last steps (bench/results/
-    w8a8_recon_diag.md). Mean weight ~1: the loss keeps its scale against the rounding term."""
-    w = torch.empty_like(err)
-    for v in t.unique():
-        sel = t == v
-        w[sel] = err.mean() / err[sel].mean().clamp_min(1e-30)
-    return w
 
 
 def _first_tensor(out):
@@ -206,63 +159,49 @@ def _run(unit, args, kwargs, inner: list[nn.Module]) -> tuple[torch.Tensor, list
 STAGES = ("joint", "weights", "acts")
 
 
-def reconstruct_unit(model: nn.Module, fp_model: nn.Module, name: str, kind: str, calib: CalibrationSet, cfg,
-                     calib_batch: int, progress: bool = False, stage: str = "joint") -> UnitLog:
-    """Reconstruct unit `name` of `model` against the same unit of `fp_model`
-    (full_precision_copy, quantizers off). `model` runs in the stage's quant state: weights
-    and activations quantized ("joint", "acts"), or weights only ("weights").
+@dataclass
+class _UnitData:
+    """What one unit's reconstruction runs on, cached once: its inputs from the FP and from
+    the quantized model (chunks of one calibration batch), the FP targets of its output and
+    (FBR) inner layers, and the per-sample loss weights (step_balance)."""
 
-    stage "joint" learns rounding and step sizes; "weights" the rounding alone; "acts" the
-    activation step sizes alone (weights already hard-rounded)."""
-    if stage not in STAGES:
-        raise ValueError(f"unknown reconstruction stage {stage!r}")
-    cfg.fill_defaults()
-    learn_round, learn_act = stage in ("joint", "weights"), stage in ("joint", "acts") and cfg.learn_act_scale
-    unit, fp_unit = model.get_submodule(name), fp_model.get_submodule(name)
-    dev = next(model.parameters()).device
-    t0 = time.time()
+    fp_in: list
+    q_in: list
+    targets: list               # per chunk: (unit output, [inner-layer outputs]) on FP inputs, CPU
+    inner: list[nn.Module]      # the quantized unit's inner layers with an FBR term
+    weights: list | None = None  # per chunk, per sample
+
+
+def _capture(model, fp_model, unit, fp_unit, kind, calib, cfg, calib_batch, dev) -> _UnitData:
     fp_in = capture_inputs(fp_model, fp_unit, calib, calib_batch)
     q_in = capture_inputs(model, unit, calib, calib_batch)
     inner = _inner_layers(unit) if cfg.add_loss > 0 and kind == "block" else []
     fp_inner = _inner_layers(fp_unit) if inner else []
-    qlayers = [m for m in unit.modules() if isinstance(m, QuantMixin)]
-    act_qs = [m for m in unit.modules() if isinstance(m, UniformQuantizer) and m.role == "act" and bool(m.initialized)
-              and m.enabled] if stage != "weights" else []
-    loss_p = cfg.act_loss_p if stage == "acts" else 2.0
-
-    # FP targets (unit output and inner-layer outputs) on FP inputs, computed once per chunk
     targets = []
     with torch.no_grad():
         for args, kwargs in fp_in:
             y, inner_y = _run(fp_unit, _to(args, dev), _to(kwargs, dev), fp_inner)
             targets.append((y.cpu(), [o.cpu() for o in inner_y]))
+    return _UnitData(fp_in, q_in, targets, inner)
 
-    def eval_error() -> torch.Tensor:
-        """Per-sample unit output error (channel_mse) over the calibration set, [N] on CPU."""
-        errs = []
-        with torch.no_grad():
-            for (args, kwargs), (y, _) in zip(q_in, targets):
-                out = _first_tensor(unit(*_to(args, dev), **_to(kwargs, dev)))
-                errs.append(per_sample_mse(out, y.to(dev)).cpu())
-        return torch.cat(errs) if errs else torch.zeros(0)
 
-    iters = cfg.act_iters if stage == "acts" else cfg.iters
-    ulog = UnitLog(name=name, kind=kind, iters=iters, seconds=0.0)
-    err0 = eval_error()
-    ulog.before = float(err0.mean())
-    weights = None  # per chunk, per sample
-    if cfg.step_balance == "relative":
-        ts = torch.cat([args[1].reshape(-1).cpu() for args, _ in calib.model_inputs(calib_batch, "cpu")])
-        w = step_balance_weights(err0, ts)
-        weights = list(w.split([y.shape[0] for y, _ in targets]))
+def _unit_error(unit, data: _UnitData, dev) -> torch.Tensor:
+    """Per-sample unit output error (channel_mse) over the calibration set, [N] on CPU."""
+    errs = []
+    with torch.no_grad():
+        for (args, kwargs), (y, _) in zip(data.q_in, data.targets):
+            out = _first_tensor(unit(*_to(args, dev), **_to(kwargs, dev)))
+            errs.append(per_sample_mse(out, y.to(dev)).cpu())
+    return torch.cat(errs) if errs else torch.zeros(0)
 
-    # learnable parameters: AdaRound per weight part, activation step sizes
+
+def _param_groups(qlayers, act_qs, cfg, learn_round, learn_act, dev) -> tuple[list, list]:
+    """Adam groups (AdaRound per weight part; activation step sizes) and their lr shapes."""
     if learn_round:
         for m in qlayers:
             m.rounding = [AdaRoundQuantizer(wq, m.weight[:, sl] if m.split else m.weight).to(dev)
                           for wq, sl in m.weight_quantizers()]
     alphas = [r.alpha for m in qlayers for r in (m.rounding or [])]
-    saved_scales = [q.scale.detach().clone() for q in act_qs]
     for q in act_qs:
         q.scale.requires_grad_(learn_act)
         q.drop_prob = cfg.act_drop_prob
@@ -279,13 +218,12 @@ def reconstruct_unit(model: nn.Module, fp_model: nn.Module, name: str, kind: str
             rel = float(q.scale.detach().abs().max()) if cfg.lr_act_relative else 1.0
             groups.append({"params": [q.scale], "lr": cfg.lr_act * rel})
             shapes.append("cosine")
-    if not groups:  # nothing to learn here (no quantized weights in this stage, no step sizes)
-        ulog.after = ulog.before
-        ulog.iters = 0
-        ulog.seconds = time.time() - t0
-        for q in act_qs:
-            q.drop_prob = 0.0
-        return ulog
+    return groups, shapes
+
+
+def _optimise(unit, name, stage, data: _UnitData, qlayers, act_qs, groups, shapes, cfg, iters, loss_p,
+              learn_round, dev, ulog: UnitLog, progress: bool) -> str | None:
+    """The Adam loop; returns why it stopped early (a non-finite loss), else None."""
     opt = torch.optim.Adam(groups)
     T = max(1, iters)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, [
@@ -294,66 +232,110 @@ def reconstruct_unit(model: nn.Module, fp_model: nn.Module, name: str, kind: str
     gen = torch.Generator().manual_seed(cfg.seed + sum(map(ord, name)) + (7919 if stage == "acts" else 0))
     log_every = max(1, iters // 20)
     warm = int(cfg.warmup * iters)
-    failed = None
     bar = tqdm(range(iters), desc=f"recon {name}" + ("" if stage == "joint" else f" ({stage})"), leave=False,
                disable=not progress)
+    q_in, fp_in, targets, weights = data.q_in, data.fp_in, data.targets, data.weights
+    for it in bar:
+        c = int(torch.randint(0, len(q_in), (1,), generator=gen))
+        n = targets[c][0].shape[0]
+        idx = torch.randperm(n, generator=gen)[: min(cfg.batch_size, n)]
+        args = _to(_select(q_in[c][0], idx), dev)
+        kwargs = _to(_select(q_in[c][1], idx), dev)
+        if cfg.input_mix_prob > 0:  # QDrop: element-wise mix of quantized and FP inputs
+            x_fp = _to(_select(fp_in[c][0][0], idx), dev)
+            mask = torch.rand(x_fp.shape, generator=gen).to(dev) < cfg.input_mix_prob
+            args = (torch.where(mask, x_fp, args[0]), *args[1:])
+        y_t = targets[c][0][idx].to(dev)
+        out, inner_out = _run(unit, args, kwargs, data.inner)
+        rec_loss, block_loss, inner_loss = fbr_loss(out, y_t, inner_out, [t[idx].to(dev) for t in targets[c][1]],
+                                                    cfg.add_loss,
+                                                    None if weights is None else weights[c][idx].to(dev), p=loss_p)
+        if not learn_round or it < warm or cfg.round_weight == 0:
+            round_loss = torch.zeros((), device=dev)
+        else:
+            frac = (it - warm) / max(1, iters - warm)
+            beta = cfg.b_end + (cfg.b_start - cfg.b_end) * max(0.0, 1 - frac)
+            round_loss = cfg.round_weight * sum(r.round_loss(beta) for m in qlayers for r in m.rounding)
+        loss = rec_loss + round_loss
+        if not torch.isfinite(loss):
+            return f"non-finite loss at iteration {it}"
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        for q in act_qs:  # a step size must stay positive
+            q.scale.data.clamp_(min=1e-8)
+        if it % log_every == 0 or it == iters - 1:
+            rec = {"iter": it, "block": block_loss.item(), "inner": inner_loss.item(),
+                   "round": round_loss.item(), "total": loss.item()}
+            ulog.history.append(rec)
+            bar.set_postfix(block=f"{rec['block']:.4g}", inner=f"{rec['inner']:.4g}")
+    return None
+
+
+@torch.no_grad()
+def _bake(name, qlayers, act_qs, saved_scales, learn_round, failed, ulog: UnitLog) -> None:
+    """Fix the hard rounding into the weights, or on failure restore the step sizes."""
+    if failed is None:
+        for m in (qlayers if learn_round else []):
+            for r, (wq, sl) in zip(m.rounding, m.weight_quantizers()):
+                r.hard = True
+                w = m.weight.data[:, sl] if m.split else m.weight.data
+                w.copy_(r(w))
+    else:
+        for q, s in zip(act_qs, saved_scales):
+            q.scale.data.copy_(s)
+        ulog.fallback = failed
+        log.warning("reconstruction of %s failed (%s): keeping its pre-reconstruction parameters", name, failed)
+    for m in qlayers:
+        m.rounding = None
+
+
+def reconstruct_unit(model: nn.Module, fp_model: nn.Module, name: str, kind: str, calib: CalibrationSet, cfg,
+                     calib_batch: int, progress: bool = False, stage: str = "joint") -> UnitLog:
+    """Reconstruct unit `name` of `model` against the same unit of `fp_model`
+    (full_precision_copy, quantizers off). `model` runs in the stage's quant state: weights
+    and activations quantized ("joint", "acts"), or weights only ("weights").
+
+    stage "joint" learns rounding and step sizes; "weights" the rounding alone; "acts" the
+    activation step sizes alone (weights already hard-rounded). Capture -> targets ->
+    optimise -> bake."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown reconstruction stage {stage!r}")
+    cfg.fill_defaults()
+    learn_round, learn_act = stage in ("joint", "weights"), stage in ("joint", "acts") and cfg.learn_act_scale
+    unit, fp_unit = model.get_submodule(name), fp_model.get_submodule(name)
+    dev = next(model.parameters()).device
+    t0 = time.time()
+    data = _capture(model, fp_model, unit, fp_unit, kind, calib, cfg, calib_batch, dev)
+    qlayers = [m for m in unit.modules() if isinstance(m, QuantMixin)]
+    act_qs = [m for m in unit.modules() if isinstance(m, UniformQuantizer) and m.role == "act" and bool(m.initialized)
+              and m.enabled] if stage != "weights" else []
+    loss_p = cfg.act_loss_p if stage == "acts" else 2.0
+    iters = cfg.act_iters if stage == "acts" else cfg.iters
+    ulog = UnitLog(name=name, kind=kind, iters=iters, seconds=0.0)
+    err0 = _unit_error(unit, data, dev)
+    ulog.before = float(err0.mean())
+    if cfg.step_balance == "relative":
+        ts = torch.cat([args[1].reshape(-1).cpu() for args, _ in calib.model_inputs(calib_batch, "cpu")])
+        w = step_balance_weights(err0, ts)
+        data.weights = list(w.split([y.shape[0] for y, _ in data.targets]))
+    saved_scales = [q.scale.detach().clone() for q in act_qs]
+    groups, shapes = _param_groups(qlayers, act_qs, cfg, learn_round, learn_act, dev)
+    if not groups:  # nothing to learn here (no quantized weights in this stage, no step sizes)
+        ulog.after, ulog.iters, ulog.seconds = ulog.before, 0, time.time() - t0
+        for q in act_qs:
+            q.drop_prob = 0.0
+        return ulog
     try:
-        for it in bar:
-            c = int(torch.randint(0, len(q_in), (1,), generator=gen))
-            n = targets[c][0].shape[0]
-            idx = torch.randperm(n, generator=gen)[: min(cfg.batch_size, n)]
-            args = _to(_select(q_in[c][0], idx), dev)
-            kwargs = _to(_select(q_in[c][1], idx), dev)
-            if cfg.input_mix_prob > 0:  # QDrop: element-wise mix of quantized and FP inputs
-                x_fp = _to(_select(fp_in[c][0][0], idx), dev)
-                mask = torch.rand(x_fp.shape, generator=gen).to(dev) < cfg.input_mix_prob
-                args = (torch.where(mask, x_fp, args[0]), *args[1:])
-            y_t = targets[c][0][idx].to(dev)
-            out, inner_out = _run(unit, args, kwargs, inner)
-            rec_loss, block_loss, inner_loss = fbr_loss(out, y_t, inner_out, [t[idx].to(dev) for t in targets[c][1]],
-                                                        cfg.add_loss,
-                                                        None if weights is None else weights[c][idx].to(dev),
-                                                        p=loss_p)
-            if not learn_round or it < warm or cfg.round_weight == 0:
-                round_loss, beta = torch.zeros((), device=dev), None
-            else:
-                frac = (it - warm) / max(1, iters - warm)
-                beta = cfg.b_end + (cfg.b_start - cfg.b_end) * max(0.0, 1 - frac)
-                round_loss = cfg.round_weight * sum(r.round_loss(beta) for m in qlayers for r in m.rounding)
-            loss = rec_loss + round_loss
-            if not torch.isfinite(loss):
-                failed = f"non-finite loss at iteration {it}"
-                break
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            for q in act_qs:  # a step size must stay positive
-                q.scale.data.clamp_(min=1e-8)
-            if it % log_every == 0 or it == iters - 1:
-                rec = {"iter": it, "block": block_loss.item(), "inner": inner_loss.item(),
-                       "round": round_loss.item(), "total": loss.item()}
-                ulog.history.append(rec)
-                bar.set_postfix(block=f"{rec['block']:.4g}", inner=f"{rec['inner']:.4g}")
+        failed = _optimise(unit, name, stage, data, qlayers, act_qs, groups, shapes, cfg, iters, loss_p,
+                           learn_round, dev, ulog, progress)
     finally:
         for q in act_qs:
             q.scale.requires_grad_(False)
             q.drop_prob = 0.0
-    with torch.no_grad():
-        if failed is None:
-            for m in (qlayers if learn_round else []):  # bake the hard rounding into the weights
-                for r, (wq, sl) in zip(m.rounding, m.weight_quantizers()):
-                    r.hard = True
-                    w = m.weight.data[:, sl] if m.split else m.weight.data
-                    w.copy_(r(w))
-        else:
-            for q, s in zip(act_qs, saved_scales):
-                q.scale.data.copy_(s)
-            ulog.fallback = failed
-            log.warning("reconstruction of %s failed (%s): keeping its pre-reconstruction parameters", name, failed)
-        for m in qlayers:
-            m.rounding = None
-    ulog.after = float(eval_error().mean())
+    _bake(name, qlayers, act_qs, saved_scales, learn_round, failed, ulog)
+    ulog.after = float(_unit_error(unit, data, dev).mean())
     ulog.seconds = time.time() - t0
     return ulog
 

@@ -26,13 +26,13 @@ SAMPLING_DEFAULTS = {
     "digits-ddpm": dict(steps=100, eta=0.0),
     # the paper's ImageNet LDM-4 sampler (DDIM 20, eta 0) at guidance 1.5, not its 3.0: on
     # 10 digit classes 3.0 collapses each class to one prototype (FP FID-digits 376 vs 85 at
-    # 1.5, classifier agreement 1.0 vs 0.996; bench/diag/digits_cond_guidance.log), which
+    # 1.5, classifier agreement 1.0 vs 0.996; `bench/diag/digits_cond_guidance.log` (removed; `git show 2979311:bench/diag/digits_cond_guidance.log`)), which
     # would leave FID measuring the guidance rather than the quantization
     "digits-cond": dict(steps=20, eta=0.0, guidance_scale=1.5),
     "digits-ldm": dict(steps=200, eta=1.0),  # the paper's LSUN-Bedroom LDM-4 sampler
     # the paper's MS-COCO Stable Diffusion sampler (PLMS 50) at guidance 1.5, not its 7.5,
     # for the same reason (FP FID-digits 636 at 7.5, 98 at 1.5, 59 at 1.0; agreement 1.0,
-    # 0.992, 0.964; bench/diag/digits_t2i_guidance.log); image i asks for digit i mod 10
+    # 0.992, 0.964; `bench/diag/digits_t2i_guidance.log` (removed; `git show 2979311:bench/diag/digits_t2i_guidance.log`)); image i asks for digit i mod 10
     "digits-t2i": dict(steps=50, eta=0.0, guidance_scale=1.5,
                        prompts=[digit_prompt(d) for d in range(10)]),
 }
