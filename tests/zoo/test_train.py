@@ -25,7 +25,7 @@ def test_digits_ldm_trainer_writes_a_latent_pipeline(tmp_path):
     info = train("digits-ldm", out=out, device="cpu", steps=3, batch_size=4, ae_steps=3)
     assert info["scaling_factor"] > 0 and info["steps"] == 3
     pipe = load(out, device="cpu")
-    assert type(pipe).__name__ == "LDMPipeline" and type(pipe.vqvae).__name__ == "VQModel"
+    assert type(pipe.pipe).__name__ == "LDMPipeline" and type(pipe.vqvae).__name__ == "VQModel"
     assert pipe.vqvae.config.scaling_factor == info["scaling_factor"]
     assert sampling_defaults(pipe).steps == 200 and sampling_defaults(pipe).eta == 1.0
     imgs = generate(pipe, 2, seed=0, steps=2, progress=False)
@@ -39,7 +39,7 @@ def test_digits_t2i_trainer_writes_a_text_to_image_pipeline(tmp_path):
     info = train("digits-t2i", out=out, device="cpu", steps=3, batch_size=4, ae_steps=3)
     assert info["label_dropout"] == 0.1
     pipe = load(out, device="cpu")
-    assert type(pipe).__name__ == "StableDiffusionPipeline" and type(pipe.scheduler).__name__ == "PNDMScheduler"
+    assert type(pipe.pipe).__name__ == "StableDiffusionPipeline" and type(pipe.scheduler).__name__ == "PNDMScheduler"
     d = sampling_defaults(pipe)
     assert (d.steps, d.guidance_scale, d.prompts[7]) == (50, 1.5, "a handwritten seven")
     cond, uncond = conditioning(pipe, 0, 2, guidance_scale=7.5)

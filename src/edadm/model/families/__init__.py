@@ -81,7 +81,9 @@ def denoiser_name(pipe) -> str:
     for name in names:
         if getattr(pipe, name, None) is not None:
             return name
-    raise EdadmError(f"pipeline {type(pipe).__name__} has no denoiser (no {' or '.join(names)} component)")
+    from ...state import diffusers_pipeline
+
+    raise EdadmError(f"pipeline {type(diffusers_pipeline(pipe)).__name__} has no denoiser (no {' or '.join(names)} component)")
 
 
 def get_denoiser(pipe) -> nn.Module:
