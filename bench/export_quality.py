@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 
-from common import metadata, write_json, write_text  # noqa: E402
+from common import fmt, metadata, write_json, write_text  # noqa: E402
 
 from edadm.eval.evaluate import evaluate_pipeline  # noqa: E402
+from edadm.eval.metrics import mean_std  # noqa: E402
 from edadm.loading import load_pipeline  # noqa: E402
 
 OUT = Path(__file__).parent / "results" / "export"
@@ -34,8 +35,8 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _mean_std(v: list[float]) -> str:
-    t = torch.tensor(v, dtype=torch.float64)
-    return f"{float(t.mean()):.2f} ± {float(t.std()):.2f}" if len(v) > 1 else f"{v[0]:.2f} (1 seed)"
+    s = mean_std(v)
+    return fmt(s, 2) if s["n"] > 1 else f"{v[0]:.2f} (1 seed)"
 
 
 def main(argv=None) -> int:

@@ -175,3 +175,44 @@ def quantize(pipe, config: QuantConfig | None = None, progress: bool = True, che
                          plan={k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in plan.items()})
     pipe.config, pipe.report = config, report
     return pipe
+
+
+def quantize_to_dir(model, config: QuantConfig, out, *, device: str = "auto", prompts: list[str] | None = None,
+                    resume: bool = False, progress: bool = True) -> Pipeline | None:
+    """What `edadm quantize` does: load the full-precision pipeline `model` (a zoo name or a
+    diffusers directory), quantize it with every stage checkpointed beside `out` (resume=True
+    reads finished stages back), save the quantized directory to `out` and return it.
+
+    Under torchrun every process calls this: all share the FP trajectory collection, then
+    rank 0 goes on alone and the others return None."""
+    from pathlib import Path
+
+    from .checkpoint import Checkpoint, default_checkpoint_dir
+    from .deploy import save_quantized
+    from .deploy.layout import is_quantized_dir
+    from .dist import finish, init_distributed, rank_device
+    from .loading import load_pipeline, resolve_model_path
+    from .sampling import with_prompts
+
+    if is_quantized_dir(resolve_model_path(model)):
+        raise EdadmError(f"{model} is already quantized; pass the full-precision pipeline")
+    out = Path(out)
+    info = init_distributed(device)
+    pipe = load_pipeline(model, device=rank_device(info, device))
+    if prompts is not None:
+        pipe = with_prompts(pipe, prompts)
+    ck_dir = default_checkpoint_dir(out)
+    if not info.is_main:  # helps collect the FP trajectories, then leaves the rest to rank 0
+        if not (resume and (ck_dir / "calib.pt").is_file()):  # rank 0 resumes it
+            quantize(pipe, config, progress=False, dist_info=info)
+        finish(info)
+        return None
+    if resume and not ck_dir.is_dir():
+        log.warning("no checkpoint at %s: starting from the beginning", ck_dir)
+    ck = Checkpoint(ck_dir, {"model": str(model), "config": config.resolved_dict()}, resume=resume)
+    pipe = quantize(pipe, config, progress=progress, checkpoint=ck, dist_info=info if info.world_size > 1 else None)
+    source = str(Path(model).resolve()) if Path(model).exists() else str(model)  # else a zoo name
+    save_quantized(pipe, out, config, {**pipe.report.to_dict(), "source": source})
+    ck.remove()
+    finish(info)
+    return pipe

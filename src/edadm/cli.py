@@ -320,17 +320,9 @@ def read_prompts(path: Path) -> list[str]:
 
 def _with_prompts(pipe, path: Path | None):
     """Sampling prompts from --prompts (text-to-image pipelines only)."""
-    if path is None:
-        return pipe
-    from .sampling import is_text_conditional
-    from .state import as_pipeline
+    from .sampling import with_prompts
 
-    if not is_text_conditional(pipe):
-        raise EdadmError(f"--prompts needs a text-to-image pipeline; {type(diffusers_pipeline(pipe)).__name__} "
-                         "has no text encoder")
-    pipe = as_pipeline(pipe)
-    pipe.sampling = pipe.sampling.with_(prompts=read_prompts(path))
-    return pipe
+    return pipe if path is None else with_prompts(pipe, read_prompts(path))
 
 
 def _quant_config(args):
@@ -365,33 +357,15 @@ def _quant_config(args):
 
 
 def cmd_quantize(args) -> int:
-    from .api import quantize
-    from .checkpoint import Checkpoint, default_checkpoint_dir
-    from .deploy import save_quantized
-    from .deploy.layout import is_quantized_dir
-    from .dist import finish, init_distributed, rank_device
-    from .loading import load_pipeline, resolve_model_path
+    from .api import quantize_to_dir
 
     cfg = _quant_config(args)
     _check_writable(args.out)
-    if is_quantized_dir(resolve_model_path(args.model)):
-        raise EdadmError(f"{args.model} is already quantized; pass the full-precision pipeline")
-    info = init_distributed(args.device)
     t0 = time.time()
-    pipe = _with_prompts(load_pipeline(args.model, device=rank_device(info, args.device)), args.prompts)
-    if not info.is_main:  # helps collect the FP trajectories, then leaves the rest to rank 0
-        if not (args.resume and (default_checkpoint_dir(args.out) / "calib.pt").is_file()):  # rank 0 resumes it
-            quantize(pipe, cfg, progress=False, dist_info=info)
-        finish(info)
+    pipe = quantize_to_dir(args.model, cfg, args.out, device=args.device, resume=args.resume, progress=args.progress,
+                           prompts=read_prompts(args.prompts) if args.prompts is not None else None)
+    if pipe is None:  # a helper process under torchrun
         return 0
-    ck_dir = default_checkpoint_dir(args.out)
-    if args.resume and not ck_dir.is_dir():
-        log.warning("no checkpoint at %s: starting from the beginning", ck_dir)
-    ck = Checkpoint(ck_dir, {"model": str(args.model), "config": cfg.resolved_dict()}, resume=args.resume)
-    pipe = quantize(pipe, cfg, progress=args.progress, checkpoint=ck, dist_info=info if info.world_size > 1 else None)
-    source = str(Path(args.model).resolve()) if Path(args.model).exists() else str(args.model)  # zoo name
-    save_quantized(pipe, args.out, cfg, {**pipe.report.to_dict(), "source": source})
-    ck.remove()
     if args.report:
         from .report import build_report
 
@@ -401,10 +375,7 @@ def cmd_quantize(args) -> int:
         except Exception as exc:  # the quantized model is saved; a failed report must not lose it
             log.warning("report not written (%s: %s); run `edadm report %s` to retry", type(exc).__name__, exc,
                         args.out)
-    log.info("quantized %s (%s W%dA%d) in %.1fs -> %s", args.model, cfg.method, cfg.weight_bits, cfg.act_bits,
-             time.time() - t0, args.out)
     print(f"saved {args.out} ({cfg.method} W{cfg.weight_bits}A{cfg.act_bits}, {time.time() - t0:.1f}s)")
-    finish(info)
     return 0
 
 
@@ -483,8 +454,8 @@ def cmd_evaluate(args) -> int:
     elif args.clip_model is None:
         clip_reason = "clip skipped: needs --clip-model (a local transformers CLIPModel directory)"
     auto = args.metrics is None
+    metrics, skipped = _choose_metrics(args, clip_reason)
     if auto:
-        metrics, skipped = _auto_metrics(args, clip_reason)
         from .model.families import sample_shape
         from .sampling import autoencoder
 
@@ -493,8 +464,6 @@ def cmd_evaluate(args) -> int:
             if shape != (1, 32, 32):
                 metrics, skipped = _digits_outcome({"digits_skipped": f"fid-digits applies to 1x32x32 digits "
                                                     f"models, not images of shape {shape}; skipped"}, metrics, skipped)
-    else:
-        metrics, skipped = _runnable_metrics(args.metrics, clip_reason)
     from .utils import device_of
 
     dev = device_of(get_denoiser(pipe))
@@ -541,24 +510,33 @@ def _with_clip(standard, conventions: dict, prompts: list[str], clip_dir: Path, 
     return metrics, {**conventions, "clip": f"100 * mean(max(cos, 0)), CLIPModel from {clip_dir}"}
 
 
-def _auto_metrics(args, clip_reason: str | None) -> tuple[list[str], dict]:
-    """Every metric that applies and can run here, and why each other one was skipped.
-    fid-digits is decided on the images (1x32x32 digits models: _digits_outcome)."""
+def _choose_metrics(args, clip_reason: str | None) -> tuple[list[str], dict]:
+    """The metrics to run and why each other one was skipped.
+
+    --metrics unset: every metric that applies and can run here (fid-digits is decided on
+    the images: _digits_outcome). --metrics given: those, minus the ones that cannot run
+    here (a missing extra, clip without prompts), each named on stderr; an explicit fid
+    without --reference or --inception-weights is an error later, not a skip."""
     from .eval.standard import missing_extra
 
-    metrics, skipped = ["fid-digits"], {}
-    for m in ("fid", "sfid", "is", "clip"):
-        why = missing_extra(m)
-        if why is None and m != "clip" and getattr(args, "inception_weights", None) is None:
+    auto = args.metrics is None
+    metrics, skipped = [], {}
+    for m in ["fid-digits", "fid", "sfid", "is", "clip"] if auto else list(args.metrics):
+        why = None
+        if m != "fid-digits":
+            why = missing_extra(m) or (clip_reason if m == "clip" else None)
+        if why is None and auto and m in ("fid", "sfid", "is") and args.inception_weights is None:
             why = f"{m} skipped: needs --inception-weights (InceptionV3 weights on disk; nothing is downloaded)"
-        if why is None and m in ("fid", "sfid") and args.reference is None:
+        if why is None and auto and m in ("fid", "sfid") and args.reference is None:
             why = f"{m} skipped: needs --reference (an image folder or an .npz of statistics)"
-        if why is None and m == "clip":
-            why = clip_reason
         if why:
             skipped[m] = why
+            if not auto:
+                print(f"edadm: {why}", file=sys.stderr)
         else:
             metrics.append(m)
+    if not metrics:
+        raise EdadmError("no requested metric can run here: " + "; ".join(skipped.values()))
     return metrics, skipped
 
 
@@ -568,22 +546,6 @@ def _digits_outcome(first: dict, metrics: list[str], skipped: dict) -> tuple[lis
         why = first.get("digits_skipped", "fid-digits skipped")
         print(f"edadm: {why}", file=sys.stderr)
         return [m for m in metrics if m != "fid-digits"], {**skipped, "fid-digits": why}
-    return metrics, skipped
-
-
-def _runnable_metrics(requested: list[str], clip_reason: str | None) -> tuple[list[str], dict]:
-    """Requested metrics minus those that cannot run here, each skipped with one stderr line."""
-    from .eval.standard import missing_extra
-
-    metrics, skipped = list(requested), {}
-    for m in [m for m in metrics if m != "fid-digits"]:
-        why = missing_extra(m) or (clip_reason if m == "clip" else None)
-        if why:
-            print(f"edadm: {why}", file=sys.stderr)
-            skipped[m] = why
-            metrics.remove(m)
-    if not metrics:
-        raise EdadmError("no requested metric can run here: " + "; ".join(skipped.values()))
     return metrics, skipped
 
 
@@ -615,7 +577,7 @@ def cmd_score(args) -> int:
         _check_writable(args.json)
     no_clip = "clip skipped: needs prompts; score takes images only"
     auto = args.metrics is None
-    metrics, skipped = _auto_metrics(args, no_clip) if auto else _runnable_metrics(args.metrics, no_clip)
+    metrics, skipped = _choose_metrics(args, no_clip)
     src = args.samples
     if src.suffix == ".npz" and src.is_file():
         with np.load(src) as z:

@@ -68,6 +68,20 @@ def prompts_of(pipe) -> list[str]:
     return list(p) if p else list(DEFAULT_PROMPTS)
 
 
+def with_prompts(pipe, prompts: list[str]):
+    """The pipeline (as a Pipeline) sampling and calibrating with these prompts."""
+    if not is_text_conditional(pipe):
+        from .state import diffusers_pipeline
+
+        name = type(diffusers_pipeline(pipe)).__name__
+        raise EdadmError(f"sampling with prompts needs a text-to-image pipeline; {name} has no text encoder")
+    if not prompts:
+        raise EdadmError("the prompt list is empty")
+    pipe = as_pipeline(pipe)
+    pipe.sampling = pipe.sampling.with_(prompts=list(prompts))
+    return pipe
+
+
 @torch.no_grad()
 def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
     """Text-encoder hidden states, as StableDiffusionPipeline computes them (max-length
