@@ -212,7 +212,9 @@ def worker(model: str, variant: str, batches: list[int], repeats: int, sample_st
     elif variant.startswith("export-"):  # edadm's own ONNX export on a runtime (deploy.runtimes)
         engine = "onnxruntime" if variant.startswith("export-ort") else "openvino"
         pipe = load_pipeline(qdir, device="cpu", engine=engine)
-        res["unet_bytes"] = pipe.unet.path.stat().st_size
+        onnx_file = Path(pipe.unet.path)  # the graph, plus its external weights file for large models
+        res["unet_bytes"] = sum(f.stat().st_size for f in (onnx_file, onnx_file.with_name(onnx_file.name + ".data"))
+                                if f.is_file())
         res["runtime"] = {"options": f"edadm export, {engine} CPU, f32 for the float layers",
                           "version": pipe.unet.runtime_info}
     else:
