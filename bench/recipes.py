@@ -41,7 +41,7 @@ from edadm.utils import atomic_file  # noqa: E402
 
 log = logging.getLogger("bench.recipes")
 RESULTS = Path(__file__).parent / "results" / "recipes"
-MAIN_METHODS = ["naive", "qdiffusion", "eda-dm"]
+MAIN_METHODS = ["naive", "qdiffusion", "eda-dm", "eda-dm-plus"]
 ONE_SEED_METHODS = ["ptq4dm", "eda-dm-tdac-only", "eda-dm-fbr-only"]
 
 

@@ -264,7 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="FP vs W8A8 vs W4A8 on the shipped digits model, with a report")
     d.add_argument("--model", default="digits-ddpm")
     d.add_argument("--out", type=Path, default=Path("edadm-demo"))
-    d.add_argument("--num", type=_positive_int, default=400, help="samples per seed per model")
+    d.add_argument("--num", type=_positive_int, default=200,
+                   help="samples per seed per model (200: README command 1 stays under 10 minutes on 2 cores)")
     d.add_argument("--seeds", type=_seeds, default=[0])
     d.add_argument("--settings", default="w8a8,w4a8", help="comma-separated WxAy settings")
     d.add_argument("--method", default="naive")

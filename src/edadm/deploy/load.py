@@ -59,6 +59,8 @@ def _check_layer_table(meta: dict, f: Path) -> None:
         raise EdadmError(f"{f}: 'config' must be an object")
     if not isinstance(meta.get("unet_class"), str):
         raise EdadmError(f"{f}: 'unet_class' must be a class name")
+    if not isinstance(meta.get("report", {}), (dict, type(None))):
+        raise EdadmError(f"{f}: 'report' must be an object")
     layers = meta["layers"]
     if not isinstance(layers, dict):
         raise EdadmError(f"{f}: 'layers' must be an object")
