@@ -3,12 +3,16 @@
 One denoiser call (batch 4) of each zoo model quantized with `naive` at a tiny calibration:
 relative L2 error of the output of ONNX Runtime (optimisations off = float QDQ, and default)
 and OpenVINO against the simulation, the weights-only check (activation quantizers off), and
-which kernels OpenVINO ran. Writes bench/results/export/agreement.{json,md}.
+which kernels OpenVINO ran. On a CPU without int32 dot products (AVX2, AVX-512 without VNNI)
+the integer runtimes also run the overflow-fix export (what `--engine onnxruntime|openvino`
+runs there). Writes bench/results/export/NAME.{json,md}.
 
-    python bench/export_agreement.py
+    python bench/export_agreement.py                          # VNNI / AMX machine
+    python bench/export_agreement.py --name agreement_avx2    # AVX2-only machine
 """
 from __future__ import annotations
 
+import argparse
 import tempfile
 from pathlib import Path
 
@@ -20,6 +24,7 @@ from common import metadata, write_json, write_text  # noqa: E402
 
 from edadm.api import quantize  # noqa: E402
 from edadm.config import QuantConfig  # noqa: E402
+from edadm.deploy.kernels import isa_info  # noqa: E402
 from edadm.deploy.onnx_export import example_inputs, export_onnx  # noqa: E402
 from edadm.deploy.runtimes import runtime_session  # noqa: E402
 from edadm.loading import load_pipeline  # noqa: E402
@@ -33,7 +38,11 @@ def rel(a, b) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--name", default="agreement", help="results file name under bench/results/export/")
+    name = ap.parse_args(argv).name
+    fix = not isa_info()["int32_dot"]  # the int16-pair kernels: --engine runs the overflow-fix export
     rows = []
     tmp = Path(tempfile.mkdtemp())
     for model in ("digits-ddpm", "digits-ldm", "digits-cond", "digits-t2i"):
@@ -64,21 +73,33 @@ def main() -> int:
                    "weights_only": weights_only, "onnxruntime_float": ort_float, "onnxruntime": ort_default,
                    "openvino": rel(run(feeds), ref), "openvino_kernels": ov_info["kernels"],
                    "size_mib": round((tmp / "q.onnx").stat().st_size / 2**20, 2)}
+            if fix:
+                export_onnx(pipe, tmp / "f.onnx", overflow_fix=True)
+                run_f, ov_f = runtime_session(tmp / "f.onnx", "openvino")
+                row.update(onnxruntime_fix=rel(runtime_session(tmp / "f.onnx", "onnxruntime")[0](feeds), ref),
+                           openvino_fix=rel(run_f(feeds), ref), openvino_kernels_fix=ov_f["kernels"])
             rows.append(row)
             print(row, flush=True)
     meta = metadata()
     lines = ["# ONNX export vs edadm's simulation", "", f"- command: `{meta['command']}`",
              f"- date {meta['date']}, commit {meta['git_commit']}, {meta['machine'].get('cpu')} "
              f"(oneDNN ISA {meta['machine']['isa']}), onnxruntime {ort.__version__}",
-             "- relative L2 error of one denoiser call (batch 4) against the simulation", "",
-             "| model | bits | integer weights | MiB | weights only (float) | ORT float QDQ | ORT default | OpenVINO | "
-             "OpenVINO kernels |", "|---|---|---|---|---|---|---|---|---|"]
+             "- relative L2 error of one denoiser call (batch 4) against the simulation"]
+    head = ["model", "bits", "integer weights", "MiB", "weights only (float)", "ORT float QDQ", "ORT default", "OpenVINO",
+            "OpenVINO kernels"]
+    if fix:
+        lines.append("- no int32 dot products here: \"overflow fix\" columns run the export `--engine` uses on this CPU")
+        head[8:8] = ["ORT default (overflow fix)", "OpenVINO (overflow fix)"]
+    lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['bits']} | {r['integer_weights']} | {r['size_mib']} | {r['weights_only']:.1e} | "
-                     f"{r['onnxruntime_float']:.4f} | {r['onnxruntime']:.4f} | {r['openvino']:.4f} | "
-                     + ", ".join(f"{v} {k}" for k, v in r["openvino_kernels"].items()) + " |")
-    write_text(OUT / "agreement.md", "\n".join(lines) + "\n")
-    write_json(OUT / "agreement.json", {**meta, "rows": rows})
+        cells = [r["model"], r["bits"], str(r["integer_weights"]), str(r["size_mib"]), f"{r['weights_only']:.1e}",
+                 f"{r['onnxruntime_float']:.4f}", f"{r['onnxruntime']:.4f}", f"{r['openvino']:.4f}"]
+        if fix:
+            cells += [f"{r['onnxruntime_fix']:.4f}", f"{r['openvino_fix']:.4f}"]
+        kernels = r["openvino_kernels_fix"] if fix else r["openvino_kernels"]
+        lines.append("| " + " | ".join(cells) + " | " + ", ".join(f"{v} {k}" for k, v in kernels.items()) + " |")
+    write_text(OUT / f"{name}.md", "\n".join(lines) + "\n")
+    write_json(OUT / f"{name}.json", {**meta, "rows": rows})
     return 0
 
 
