@@ -24,9 +24,8 @@ from common import metadata, write_json, write_text  # noqa: E402
 
 from edadm.api import quantize  # noqa: E402
 from edadm.config import QuantConfig  # noqa: E402
-from edadm.deploy.kernels import isa_info  # noqa: E402
 from edadm.deploy.onnx_export import example_inputs, export_onnx  # noqa: E402
-from edadm.deploy.runtimes import runtime_session  # noqa: E402
+from edadm.deploy.runtimes import needs_overflow_fix, runtime_session  # noqa: E402
 from edadm.loading import load_pipeline  # noqa: E402
 from edadm.model.families import get_denoiser  # noqa: E402
 from edadm.quant.wrap import set_quant_state  # noqa: E402
@@ -42,7 +41,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--name", default="agreement", help="results file name under bench/results/export/")
     name = ap.parse_args(argv).name
-    fix = not isa_info()["int32_dot"]  # the int16-pair kernels: --engine runs the overflow-fix export
+    fix = needs_overflow_fix()  # what --engine runs here also gets its columns
     rows = []
     tmp = Path(tempfile.mkdtemp())
     for model in ("digits-ddpm", "digits-ldm", "digits-cond", "digits-t2i"):

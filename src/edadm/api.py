@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 import torch
 
@@ -185,8 +186,6 @@ def quantize_to_dir(model, config: QuantConfig, out, *, device: str = "auto", pr
 
     Under torchrun every process calls this: all share the FP trajectory collection, then
     rank 0 goes on alone and the others return None."""
-    from pathlib import Path
-
     from .checkpoint import Checkpoint, default_checkpoint_dir
     from .deploy import save_quantized
     from .deploy.layout import is_quantized_dir

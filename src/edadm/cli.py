@@ -17,7 +17,7 @@ from .config import (ACT_RANGE_KINDS, CALIB_STRATEGIES, DEFAULT_ITERS_SCALE, DEF
                      STEP_BALANCE)
 from .deploy.engines import DEFAULT_ENGINE, ENGINES
 from .errors import EdadmError
-from .state import diffusers_pipeline
+from .state import pipeline_class
 
 ENGINE_CHOICES = tuple(ENGINES)  # deploy.engines: the one table
 
@@ -390,7 +390,7 @@ def _image_labels(pipe, labels: list[int] | None, num: int):
         return None
     k = num_classes(get_denoiser(pipe))
     if k is None:
-        raise EdadmError(f"--labels needs a class-conditional model; this {type(diffusers_pipeline(pipe)).__name__} has no classes"
+        raise EdadmError(f"--labels needs a class-conditional model; this {pipeline_class(pipe)} has no classes"
                          " (text-to-image models take --prompts)")
     bad = [v for v in labels if not 0 <= v < k]
     if bad:
@@ -451,7 +451,7 @@ def cmd_evaluate(args) -> int:
                          args.prompts)
     clip_reason = None
     if not is_text_conditional(pipe):
-        clip_reason = f"clip skipped: needs a text-to-image pipeline (prompts); {type(diffusers_pipeline(pipe)).__name__} has none"
+        clip_reason = f"clip skipped: needs a text-to-image pipeline (prompts); {pipeline_class(pipe)} has none"
     elif args.clip_model is None:
         clip_reason = "clip skipped: needs --clip-model (a local transformers CLIPModel directory)"
     auto = args.metrics is None

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from .errors import EdadmError
 from .model.families import call_denoiser, get_denoiser, num_classes, sample_shape
-from .state import SamplingSettings, as_pipeline
+from .state import SamplingSettings, as_pipeline, pipeline_class
 from .utils import device_of, image_seed, initial_noise
 
 # Prompts of text-to-image pipelines when none are given (--prompts FILE, or `prompts` in
@@ -71,10 +71,8 @@ def prompts_of(pipe) -> list[str]:
 def with_prompts(pipe, prompts: list[str]):
     """The pipeline (as a Pipeline) sampling and calibrating with these prompts."""
     if not is_text_conditional(pipe):
-        from .state import diffusers_pipeline
-
-        name = type(diffusers_pipeline(pipe)).__name__
-        raise EdadmError(f"sampling with prompts needs a text-to-image pipeline; {name} has no text encoder")
+        raise EdadmError(f"sampling with prompts needs a text-to-image pipeline; {pipeline_class(pipe)} "
+                         "has no text encoder")
     if not prompts:
         raise EdadmError("the prompt list is empty")
     pipe = as_pipeline(pipe)

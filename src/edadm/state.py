@@ -126,3 +126,8 @@ def as_pipeline(obj) -> Pipeline:
 def diffusers_pipeline(obj):
     """The diffusers pipeline inside a Pipeline (or obj itself)."""
     return obj.pipe if isinstance(obj, Pipeline) else obj
+
+
+def pipeline_class(obj) -> str:
+    """The diffusers class name of a pipeline, wrapped or not (for messages)."""
+    return type(diffusers_pipeline(obj)).__name__

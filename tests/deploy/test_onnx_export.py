@@ -96,11 +96,11 @@ def test_full_graph_agrees_within_rounding_flips(exported, runtime):
     if runtime == "onnxruntime-float":
         got = _ort_float(out, feeds)
     else:
-        from edadm.deploy.kernels import isa_info
+        from edadm.deploy.runtimes import export_name, needs_overflow_fix
 
         pytest.importorskip(runtime)
-        if not isa_info()["int32_dot"]:  # what --engine runs here: the export that keeps int16 sums exact
-            fixed = out.with_name("denoiser-overflow-fix.onnx")
+        if needs_overflow_fix():  # what --engine runs here: the export that keeps int16 sums exact
+            fixed = out.with_name(export_name(True))
             if not fixed.is_file():
                 export_onnx(pipe, fixed, overflow_fix=True)
             out = fixed
@@ -132,10 +132,9 @@ def test_cli_export_and_sampling_on_the_runtimes(tmp_path, capsys):
         imgs = generate(load_pipeline(q, engine=runtime), 4, seed=0, steps=4)
         psnr = 10 * torch.log10(1.0 / (imgs - sim).pow(2).mean())  # images in [0, 1]
         assert psnr > 25, (runtime, float(psnr))
-    from edadm.deploy.kernels import isa_info
+    from edadm.deploy.runtimes import export_name, needs_overflow_fix
 
-    cached = "denoiser.onnx" if isa_info()["int32_dot"] else "denoiser-overflow-fix.onnx"
-    assert (q / "onnx" / cached).is_file()  # cached beside the quantized directory
+    assert (q / "onnx" / export_name(needs_overflow_fix())).is_file()  # cached beside the quantized directory
 
 
 @pytest.mark.parametrize("argv,needle", [

@@ -31,12 +31,25 @@ def _require(engine: str) -> None:
             raise EdadmError(f"--engine {engine} needs the {mod} package: pip install '{_EXTRA[engine][1]}'")
 
 
+def needs_overflow_fix() -> bool:
+    """Whether the runtimes here need the overflow-fix export: without int32 dot products (VNNI /
+    AMX) their u8 x s8 kernels sum pairs in int16, which full-range 8-bit weights overflow
+    (measured: docs/deployment.md, bench/results/export/agreement_avx2.md)."""
+    from .kernels import isa_info
+
+    return not isa_info()["int32_dot"]
+
+
+def export_name(overflow_fix: bool) -> str:
+    return "denoiser-overflow-fix.onnx" if overflow_fix else "denoiser.onnx"
+
+
 def cached_export(qdir: Path, pipe, overflow_fix: bool = False) -> Path:
     """QDIR/onnx/denoiser.onnx (denoiser-overflow-fix.onnx), exported now unless a current one is there."""
     from .layout import ONNX_DIR, quant_subdir
     from .onnx_export import export_onnx
 
-    out = qdir / ONNX_DIR / ("denoiser-overflow-fix.onnx" if overflow_fix else "denoiser.onnx")
+    out = qdir / ONNX_DIR / export_name(overflow_fix)
     weights = max((f.stat().st_mtime for f in (qdir / quant_subdir(qdir)).glob("*") if f.is_file()), default=0.0)
     if out.is_file() and out.stat().st_mtime >= weights:
         return out
@@ -128,13 +141,8 @@ def load_runtime(path: Path, engine: str, device):
         raise EdadmError(f"--engine {engine} runs on the CPU here; use --device cpu (on NVIDIA GPUs see "
                          "docs/deployment.md: TensorRT from the same export)")
     path = Path(path)
-    from .kernels import isa_info
-
     pipe = load_quantized(path, device="cpu", engine="fake")
-    # without int32 dot products (VNNI / AMX) the runtimes' u8 x s8 kernels sum pairs in int16,
-    # which full-range 8-bit weights overflow: export those weights as two half-range ones
-    # (measured: OpenVINO under ONEDNN_MAX_CPU_ISA=AVX2, 4.8 % error without, docs/deployment.md)
-    onnx_path = cached_export(path, pipe, overflow_fix=not isa_info()["int32_dot"])
+    onnx_path = cached_export(path, pipe, overflow_fix=needs_overflow_fix())
     from .onnx_export import example_inputs
 
     den = get_denoiser(pipe)

@@ -81,9 +81,9 @@ def denoiser_name(pipe) -> str:
     for name in names:
         if getattr(pipe, name, None) is not None:
             return name
-    from ...state import diffusers_pipeline
+    from ...state import pipeline_class
 
-    raise EdadmError(f"pipeline {type(diffusers_pipeline(pipe)).__name__} has no denoiser (no {' or '.join(names)} component)")
+    raise EdadmError(f"pipeline {pipeline_class(pipe)} has no denoiser (no {' or '.join(names)} component)")
 
 
 def get_denoiser(pipe) -> nn.Module:
