@@ -31,23 +31,34 @@ class _Wrap(torch.nn.Module):
         super().__init__()
         self.unet = unet
 
-    def forward(self, sample, timestep):
-        return self.unet(sample, timestep).sample
+    def forward(self, sample, timestep, encoder_hidden_states=None):
+        kw = {} if encoder_hidden_states is None else {"encoder_hidden_states": encoder_hidden_states}
+        return self.unet(sample, timestep, **kw).sample
 
 
-def export_onnx(unet, path: Path, example: tuple) -> Path:
-    """The FP denoiser as ONNX (opset 17, dynamic batch), names as diffusers names them."""
+def export_onnx(unet, path: Path, example: dict) -> Path:
+    """The FP denoiser as ONNX (opset 17, dynamic batch), inputs named as diffusers names them
+    (`example`: name -> tensor, e.g. sample, timestep, encoder_hidden_states). Weights over
+    2 GiB (Stable Diffusion) go to external data beside the file."""
+    names = list(example)
+    dynamic = {n: {0: "batch"} for n in names} | {"out_sample": {0: "batch"}}
     # the TorchScript exporter: the dynamo one routes weights through shared-parameter ops that
     # ONNX Runtime's static quantizer refuses ("shared mode is not supported for weight")
-    torch.onnx.export(_Wrap(unet).eval(), example, str(path), input_names=["sample", "timestep"],
-                      output_names=["out_sample"], opset_version=17, dynamo=False,
-                      dynamic_axes={"sample": {0: "batch"}, "timestep": {0: "batch"}, "out_sample": {0: "batch"}})
+    torch.onnx.export(_Wrap(unet).eval(), tuple(example.values()), str(path), input_names=names,
+                      output_names=["out_sample"], opset_version=17, dynamo=False, dynamic_axes=dynamic)
     return path
 
 
-def _np(args):
-    x, t = args
-    return {"sample": x.numpy().astype(np.float32), "timestep": t.numpy().astype(np.int64)}
+def _large(path: Path) -> bool:
+    """Whether the exporter put the weights in external data (it does over protobuf's 2 GiB)."""
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    return any(i.data_location == onnx.TensorProto.EXTERNAL for i in m.graph.initializer)
+
+
+def _np(inputs: dict) -> dict:
+    return {k: v.numpy().astype(np.int64 if k == "timestep" else np.float32) for k, v in inputs.items()}
 
 
 def ort_int8(fp_onnx: Path, out: Path, calib: list, int32_dot: bool, threads: int):
@@ -64,9 +75,11 @@ def ort_int8(fp_onnx: Path, out: Path, calib: list, int32_dot: bool, threads: in
             return next(self.it, None)
 
     pre = out.with_suffix(".pre.onnx")
-    quant_pre_process(str(fp_onnx), str(pre), skip_symbolic_shape=True)
+    large = _large(fp_onnx)
+    quant_pre_process(str(fp_onnx), str(pre), skip_symbolic_shape=True, save_as_external_data=large)
     quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=not int32_dot)
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=not int32_dot,
+                    use_external_data_format=large)
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
@@ -105,8 +118,9 @@ def openvino_int8(fp_onnx: Path, calib: list, threads: int, native_bf16: bool = 
     return call, info
 
 
-def build(runtime: str, unet, calib: list, example: tuple, int32_dot: bool, threads: int, workdir: Path):
-    """(call(args) -> output tensor, info) for one runtime, from the FP unet."""
+def build(runtime: str, unet, calib: list[dict], example: dict, int32_dot: bool, threads: int, workdir: Path):
+    """(call(inputs) -> output tensor, info) for one runtime, from the FP unet; inputs are
+    dicts of named tensors (sample, timestep[, encoder_hidden_states])."""
     t0 = time.perf_counter()
     fp_onnx = export_onnx(unet, workdir / "fp.onnx", example)
     if runtime == "ort-int8":
@@ -126,10 +140,11 @@ if __name__ == "__main__":  # quick check on the shipped digits model
 
     unet = load_pipeline("digits-ddpm", device="cpu").unet.eval()
     g = torch.Generator().manual_seed(0)
-    calib = [(torch.randn(4, 1, 32, 32, generator=g), torch.randint(1, 1000, (4,), generator=g)) for _ in range(4)]
-    x = (torch.randn(16, 1, 32, 32, generator=g), torch.randint(1, 1000, (16,), generator=g))
+    calib = [{"sample": torch.randn(4, 1, 32, 32, generator=g), "timestep": torch.randint(1, 1000, (4,), generator=g)}
+             for _ in range(4)]
+    x = {"sample": torch.randn(16, 1, 32, 32, generator=g), "timestep": torch.randint(1, 1000, (16,), generator=g)}
     with torch.no_grad():
-        ref = unet(*x).sample
+        ref = unet(**x).sample
     for rt in RUNTIMES:
         with tempfile.TemporaryDirectory() as d:
             call, info = build(rt, unet, calib, calib[0], False, torch.get_num_threads(), Path(d))

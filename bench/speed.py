@@ -198,6 +198,7 @@ def worker(model: str, variant: str, batches: list[int], repeats: int, sample_st
     import torch._inductor.config as inductor_config
 
     from edadm.deploy.intengine import describe_kernels, kernel_summary
+    from edadm.deploy.onnx_export import export_files
     from edadm.deploy.kernels import isa_info
     from edadm.loading import compile_denoiser, compile_dtype, load_pipeline
     from edadm.sampling import generate
@@ -212,9 +213,8 @@ def worker(model: str, variant: str, batches: list[int], repeats: int, sample_st
     elif variant.startswith("export-"):  # edadm's own ONNX export on a runtime (deploy.runtimes)
         engine = "onnxruntime" if variant.startswith("export-ort") else "openvino"
         pipe = load_pipeline(qdir, device="cpu", engine=engine)
-        onnx_file = Path(pipe.unet.path)  # the graph, plus its external weights file for large models
-        res["unet_bytes"] = sum(f.stat().st_size for f in (onnx_file, onnx_file.with_name(onnx_file.name + ".data"))
-                                if f.is_file())
+        # the graph, plus its external weights file for large models
+        res["unet_bytes"] = sum(f.stat().st_size for f in export_files(pipe.unet.path))
         res["runtime"] = {"options": f"edadm export, {engine} CPU, f32 for the float layers",
                           "version": pipe.unet.runtime_info}
     else:
@@ -235,18 +235,24 @@ def worker(model: str, variant: str, batches: list[int], repeats: int, sample_st
     if variant in ("ort-int8", "openvino-int8"):
         import peers
 
-        calib = [a for a, _ in _RandomCalib(unet).model_inputs(4, "cpu")]  # the int rows' calibration inputs
+        # the int rows' calibration inputs, as named tensors
+        calib = [{"sample": x, "timestep": t, **kw} for (x, t), kw in _RandomCalib(unet).model_inputs(4, "cpu")]
+        if getattr(unet.config, "cross_attention_dim", None):
+            # Stable Diffusion: the same 16 inputs one at a time, to bound the runtimes' calibration
+            # memory (ONNX Runtime peaked at 19.6 GB running edadm's export at batch 1 on 24 GB)
+            calib = [{k: v[i:i + 1] for k, v in c.items()} for c in calib for i in range(len(c["sample"]))]
         workdir = Path(tempfile.mkdtemp(prefix="edadm-peer-"))
         peer, info = peers.build(variant, unet, calib, calib[0], isa_info()["int32_dot"], torch.get_num_threads(),
                                  workdir)
+        info["calibration_inputs"] = f"{len(calib)} batches of {len(calib[0]['sample'])}"
         res["runtime"] = info
-        qfile = workdir / "ort-int8.onnx"
-        res["unet_bytes"] = qfile.stat().st_size if qfile.exists() else None  # OpenVINO's stays in memory
+        qfiles = export_files(workdir / "ort-int8.onnx")  # with its external data for large models
+        res["unet_bytes"] = sum(f.stat().st_size for f in qfiles) if qfiles else None  # OpenVINO's stays in memory
         sample_steps = 0
 
     def call(args, kwargs):
         if peer is not None:
-            return peer(args)
+            return peer({"sample": args[0], "timestep": args[1], **kwargs})
         x, t = args
         x = x.to(dtype)
         if compiled:
@@ -285,6 +291,8 @@ def worker(model: str, variant: str, batches: list[int], repeats: int, sample_st
             res["sampling"] = _timed(lambda: generate(pipe_s, sample_batch, seed=0, steps=sample_steps,
                                                       batch_size=sample_batch, progress=False), 2)
             res["sampling"].update(steps=sample_steps, batch=sample_batch)
+    if peer is not None:
+        shutil.rmtree(workdir, ignore_errors=True)  # the FP and int8 ONNX files (gigabytes for SD)
     fwd = unet = pipe = None  # noqa: F841 - release before measuring peak RSS
     gc.collect()
     res["peak_rss_mb"] = peak_rss_mb()  # VmHWM: ru_maxrss would include the parent's peak (fork + exec)

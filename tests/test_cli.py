@@ -193,3 +193,23 @@ def test_sample_labels_draw_the_asked_digit_and_bad_labels_fail_cleanly(tmp_path
         code, _, err = _run(capsys, "sample", *argv, "-n", "2", "--out", tmp_path / "g.png")
         assert code == 2 and msg in err and "Traceback" not in err, err
         assert not (tmp_path / "g.png").exists()
+
+
+def test_score_names_what_does_not_apply_to_the_images_before_computing(tmp_path, capsys):
+    """RGB images: fid-digits does not apply, and the Inception metrics need weights on disk;
+    by default score says so in one line and exits 2; asked for explicitly, fid-digits is an error."""
+    import numpy as np
+    from PIL import Image
+
+    from edadm.cli import main
+
+    d = tmp_path / "rgb"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    assert main(["score", str(d)]) == 2
+    err = capsys.readouterr().err
+    assert "no metric applies here" in err and "not images of shape (3, 32, 32)" in err and "Traceback" not in err
+    assert main(["score", str(d), "--metrics", "fid-digits"]) == 2
+    assert "fid-digits applies to 1x32x32" in capsys.readouterr().err

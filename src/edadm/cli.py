@@ -441,9 +441,9 @@ def cmd_sample(args) -> int:
 def cmd_evaluate(args) -> int:
     from .eval.evaluate import evaluate_pipeline, format_table
     from .loading import load_pipeline
-    from .model.families import get_denoiser
-    from .sampling import is_text_conditional, prompts_of
-    from .utils import atomic_file
+    from .model.families import get_denoiser, sample_shape
+    from .sampling import autoencoder, is_text_conditional, prompts_of
+    from .utils import atomic_file, device_of
 
     if args.json:
         _check_writable(args.json)
@@ -455,18 +455,9 @@ def cmd_evaluate(args) -> int:
     elif args.clip_model is None:
         clip_reason = "clip skipped: needs --clip-model (a local transformers CLIPModel directory)"
     auto = args.metrics is None
-    metrics, skipped = _choose_metrics(args, clip_reason)
-    if auto:
-        from .model.families import sample_shape
-        from .sampling import autoencoder
-
-        if autoencoder(pipe) is None:  # pixel space: the image shape is known before sampling
-            shape = sample_shape(get_denoiser(pipe))
-            if shape != (1, 32, 32):
-                metrics, skipped = _digits_outcome({"digits_skipped": f"fid-digits applies to 1x32x32 digits "
-                                                    f"models, not images of shape {shape}; skipped"}, metrics, skipped)
-    from .utils import device_of
-
+    # pixel space: the image shape is known before sampling (latent models: after decoding)
+    shape = sample_shape(get_denoiser(pipe)) if autoencoder(pipe) is None else None
+    metrics, skipped = _choose_metrics(args, clip_reason, image_shape=shape, compare=bool(args.compare))
     dev = device_of(get_denoiser(pipe))
     standard, conventions = _standard_metrics(metrics, args.reference, args.inception_weights, dev)
     if "clip" in metrics:
@@ -476,8 +467,6 @@ def cmd_evaluate(args) -> int:
         ref_pipe = _with_prompts(load_pipeline(args.compare, device=args.device), args.prompts)
         _, reference = evaluate_pipeline(ref_pipe, args.num, args.seeds, args.steps, args.eta, args.batch_size,
                                          progress=args.progress, digits=False, guidance_scale=args.guidance_scale)
-    elif auto and not metrics:
-        raise EdadmError("no metric applies here: " + "; ".join(skipped.values()) + " (or pass --compare MODEL)")
     digits = ("auto" if auto else True) if "fid-digits" in metrics else False
     result, _ = evaluate_pipeline(pipe, args.num, args.seeds, args.steps, args.eta, args.batch_size,
                                   reference=reference, progress=args.progress, digits=digits,
@@ -511,20 +500,27 @@ def _with_clip(standard, conventions: dict, prompts: list[str], clip_dir: Path, 
     return metrics, {**conventions, "clip": f"100 * mean(max(cos, 0)), CLIPModel from {clip_dir}"}
 
 
-def _choose_metrics(args, clip_reason: str | None) -> tuple[list[str], dict]:
+def _choose_metrics(args, clip_reason: str | None, image_shape: tuple | None = None,
+                    compare: bool = False) -> tuple[list[str], dict]:
     """The metrics to run and why each other one was skipped.
 
-    --metrics unset: every metric that applies and can run here (fid-digits is decided on
-    the images: _digits_outcome). --metrics given: those, minus the ones that cannot run
-    here (a missing extra, clip without prompts), each named on stderr; an explicit fid
-    without --reference or --inception-weights is an error later, not a skip."""
+    --metrics unset: every metric that applies and can run here; fid-digits is decided here
+    when `image_shape` (C, H, W) is known, else on the sampled images (_digits_outcome).
+    --metrics given: those, minus the ones that cannot run here (a missing extra, clip
+    without prompts), each named on stderr; an explicit fid without --reference or
+    --inception-weights, or an explicit fid-digits on other images, is an error later, not a
+    skip. Nothing left is an error unless `compare` (PSNR / MSE vs a reference model) runs."""
     from .eval.standard import missing_extra
 
     auto = args.metrics is None
     metrics, skipped = [], {}
     for m in ["fid-digits", "fid", "sfid", "is", "clip"] if auto else list(args.metrics):
         why = None
-        if m != "fid-digits":
+        if m == "fid-digits":
+            if auto and image_shape is not None and tuple(image_shape) != (1, 32, 32):
+                why = (f"fid-digits applies to 1x32x32 digits models, not images of shape {tuple(image_shape)}; "
+                       "skipped")
+        else:
             why = missing_extra(m) or (clip_reason if m == "clip" else None)
         if why is None and auto and m in ("fid", "sfid", "is") and args.inception_weights is None:
             why = f"{m} skipped: needs --inception-weights (InceptionV3 weights on disk; nothing is downloaded)"
@@ -532,12 +528,13 @@ def _choose_metrics(args, clip_reason: str | None) -> tuple[list[str], dict]:
             why = f"{m} skipped: needs --reference (an image folder or an .npz of statistics)"
         if why:
             skipped[m] = why
-            if not auto:
+            if not auto or m == "fid-digits":
                 print(f"edadm: {why}", file=sys.stderr)
         else:
             metrics.append(m)
-    if not metrics:
-        raise EdadmError("no requested metric can run here: " + "; ".join(skipped.values()))
+    if not metrics and not compare:
+        raise EdadmError(("no metric applies here: " if auto else "no requested metric can run here: ")
+                         + "; ".join(skipped.values()) + (" (or pass --compare MODEL)" if auto else ""))
     return metrics, skipped
 
 
@@ -577,8 +574,6 @@ def cmd_score(args) -> int:
     if args.json:
         _check_writable(args.json)
     no_clip = "clip skipped: needs prompts; score takes images only"
-    auto = args.metrics is None
-    metrics, skipped = _choose_metrics(args, no_clip)
     src = args.samples
     if src.suffix == ".npz" and src.is_file():
         with np.load(src) as z:
@@ -598,13 +593,10 @@ def cmd_score(args) -> int:
         raise EdadmError(f"samples {src} not found (a folder of images or an .npz)")
     arr = arr[..., None] if arr.ndim == 3 else arr
     images = torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255.0
+    metrics, skipped = _choose_metrics(args, no_clip, image_shape=tuple(images.shape[1:]))
     standard, conventions = _standard_metrics(metrics, args.reference, args.inception_weights,
                                               resolve_device(args.device))
-    digits = ("auto" if auto else True) if "fid-digits" in metrics else False
-    m = image_metrics(images, digits=digits, standard=standard)
-    metrics, skipped = _digits_outcome(m, metrics, skipped)
-    if not metrics:
-        raise EdadmError("no metric applies to these images: " + "; ".join(skipped.values()))
+    m = image_metrics(images, digits="fid-digits" in metrics, standard=standard)
     result = {"samples": str(src), "num": len(images), "metrics": metrics, "skipped": skipped,
               "conventions": conventions, "per_seed": [m],
               "summary": {k: mean_std([v]) for k, v in m.items() if isinstance(v, float)}}
@@ -654,7 +646,9 @@ def cmd_export(args) -> int:
     t0 = time.time()
     info = export_onnx(path, args.out, opset=args.opset)
     q, dq = info["ops"].get("QuantizeLinear", 0), info["ops"].get("DequantizeLinear", 0)
-    print(f"wrote {args.out} ({args.out.stat().st_size / 2**20:.1f} MiB{', weights in ' + args.out.name + '.data' if info['external_data'] else ''}): "
+    files = [Path(f) for f in info["files"]]
+    size = sum(f.stat().st_size for f in files) / 2**20
+    print(f"wrote {', '.join(map(str, files))} ({size:.1f} MiB): "
           f"inputs {', '.join(info['inputs'])}; {info['folded_weights']} integer weights, {q} QuantizeLinear, "
           f"{dq} DequantizeLinear, opset {info['opset']} ({time.time() - t0:.1f}s)")
     return 0

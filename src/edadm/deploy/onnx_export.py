@@ -251,6 +251,17 @@ def _fold_weight_quantizers(model_proto) -> int:
     return folded
 
 
+def external_data_path(onnx_file: str | Path) -> Path:
+    """Where export_onnx puts a large graph's weights: beside it, FILE.onnx.data."""
+    onnx_file = Path(onnx_file)
+    return onnx_file.with_name(onnx_file.name + ".data")
+
+
+def export_files(onnx_file: str | Path) -> list[Path]:
+    """The files an export consists of: the graph and, for large models, its weights file."""
+    return [f for f in (Path(onnx_file), external_data_path(onnx_file)) if f.is_file()]
+
+
 def export_onnx(source, out: str | Path, batch: int = 2, opset: int = OPSET, overflow_fix: bool = False) -> dict:
     """Write the quantized denoiser of `source` (a quantized directory, or a pipeline quantized
     in this process / loaded with engine "fake") to `out` (.onnx; weights over 1 GiB go to
@@ -297,7 +308,7 @@ def export_onnx(source, out: str | Path, batch: int = 2, opset: int = OPSET, ove
             if external:
                 # the tensors land beside it as OUT.data (the temporary file is in the same folder)
                 onnx.save(proto, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
-                          location=out.name + ".data")
+                          location=external_data_path(out).name)
             else:
                 onnx.save(proto, str(tmp))
         onnx.checker.check_model(str(out))
@@ -310,6 +321,6 @@ def export_onnx(source, out: str | Path, batch: int = 2, opset: int = OPSET, ove
     ops: dict[str, int] = {}
     for n in proto.graph.node:
         ops[n.op_type] = ops.get(n.op_type, 0) + 1
-    return {"path": str(out), "inputs": names, "opset": opset, "folded_weights": folded, "external_data": external,
+    return {"path": str(out), "files": [str(f) for f in export_files(out)], "inputs": names, "opset": opset, "folded_weights": folded, "external_data": external,
             "overflow_fix": overflow_fix,
             "ops": dict(sorted(ops.items(), key=lambda kv: -kv[1]))}
