@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -79,3 +81,28 @@ def tiny_clip(d):
                                                             crop_size={"height": 32, "width": 32}), tokenizer=tok)
     proc.save_pretrained(d)
     return model, proc
+
+
+TRAINED_Q_ENV = "EDADM_TEST_TRAINED_Q"  # test_isa.py hands its ISA subprocesses the directories made here
+
+
+@pytest.fixture(scope="session")
+def trained_quant_dirs(tmp_path_factory):
+    """digits-ddpm (the shipped weights) quantized naive at W8A8 and W4A8, saved: {setting: dir}.
+
+    Quantized once per test run; the ISA subprocesses of test_isa.py load the same directories
+    (passed in EDADM_TEST_TRAINED_Q) instead of quantizing again under every cap."""
+    if os.environ.get(TRAINED_Q_ENV):
+        root = Path(os.environ[TRAINED_Q_ENV])
+        return {s: root / s for s in ("w8a8", "w4a8")}
+    from edadm import CalibConfig, QuantConfig, load, quantize, save
+
+    root = tmp_path_factory.mktemp("trained-q")
+    base = load("digits-ddpm", device="cpu")
+    for w in (8, 4):
+        pipe = load("digits-ddpm", device="cpu") if w == 4 else base
+        cfg = QuantConfig(method="naive", weight_bits=w, act_bits=8, steps=20,
+                          calib=CalibConfig(num_samples=64, num_trajectories=64, uniform_steps=10, batch_size=64))
+        quantize(pipe, cfg, progress=False)
+        save(pipe, root / f"w{w}a8")
+    return {s: root / s for s in ("w8a8", "w4a8")}

@@ -37,9 +37,16 @@ def _assert_identical(a, b):
         assert torch.equal(a[k], b[k]), k
 
 
-def test_killed_run_resumes_to_identical_tensors(tiny_pipe_dir, tmp_path):
-    ref = tmp_path / "ref"
+@pytest.fixture(scope="module")
+def reference_run(tiny_pipe_dir, tmp_path_factory):
+    """One uninterrupted run: both tests below compare against it (one run fewer in the suite)."""
+    ref = tmp_path_factory.mktemp("ckpt") / "ref"
     subprocess.run(_cmd(tiny_pipe_dir, ref), check=True, env=_env(), capture_output=True)
+    return ref
+
+
+def test_killed_run_resumes_to_identical_tensors(tiny_pipe_dir, reference_run, tmp_path):
+    ref = reference_run
     out = tmp_path / "out"
     ck = default_checkpoint_dir(out)
     proc = subprocess.Popen(_cmd(tiny_pipe_dir, out), env=_env(), stdout=subprocess.DEVNULL,
@@ -66,11 +73,10 @@ def test_killed_run_resumes_to_identical_tensors(tiny_pipe_dir, tmp_path):
     assert rep["resumed"] is True and len(rep["recon"]) == 23
 
 
-def test_same_seed_is_bitwise_identical(tiny_pipe_dir, tmp_path):
-    a, b = tmp_path / "a", tmp_path / "b"
-    for out in (a, b):
-        subprocess.run(_cmd(tiny_pipe_dir, out), check=True, env=_env(), capture_output=True)
-    _assert_identical(_tensors(a), _tensors(b))
+def test_same_seed_is_bitwise_identical(tiny_pipe_dir, reference_run, tmp_path):
+    again = tmp_path / "again"
+    subprocess.run(_cmd(tiny_pipe_dir, again), check=True, env=_env(), capture_output=True)
+    _assert_identical(_tensors(reference_run), _tensors(again))
 
 
 def test_resume_with_other_config_is_refused(tmp_path):

@@ -158,22 +158,12 @@ def test_int_engine_loads_integer_weights_and_matches_fake(tiny_quant_dir):
 
 
 @pytest.fixture(scope="module")
-def trained_quantized():
-    """digits-ddpm quantized naive at W8A8 and W4A8 (fake-quant pipes, their integer twins, FP unet)."""
-    import copy
-
-    from edadm import CalibConfig, QuantConfig, quantize
-
-    base = load("digits-ddpm", device="cpu")
-    out = {"fp": base}
-    for w in (8, 4):
-        pipe = copy.deepcopy(base)
-        cfg = QuantConfig(method="naive", weight_bits=w, act_bits=8, steps=20,
-                          calib=CalibConfig(num_samples=64, num_trajectories=64, uniform_steps=10, batch_size=64))
-        quantize(pipe, cfg, progress=False)
-        intp = copy.deepcopy(pipe)
-        convert_to_int(intp.unet)
-        out[f"w{w}a8"] = (pipe, intp)
+def trained_quantized(trained_quant_dirs):
+    """digits-ddpm quantized naive at W8A8 and W4A8 (conftest): each loaded with the simulation
+    and with the integer engine, and the FP pipeline."""
+    out = {"fp": load("digits-ddpm", device="cpu")}
+    for setting, d in trained_quant_dirs.items():
+        out[setting] = (load(d, device="cpu", engine="fake"), load(d, device="cpu", engine="int"))
     return out
 
 

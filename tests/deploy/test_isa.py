@@ -14,20 +14,24 @@ import pytest
 
 from edadm.deploy import kernels
 
+from conftest import TRAINED_Q_ENV
+
 CHILD = "EDADM_ISA_CHILD"
 ISAS = ["AVX2", "AVX512_CORE", "AVX512_CORE_VNNI", "AVX512_CORE_AMX"]
 
 
 @pytest.mark.skipif(bool(os.environ.get(CHILD)), reason="already inside an ISA subprocess")
 @pytest.mark.parametrize("isa", ISAS)
-def test_integer_kernels_under_isa_cap(isa):
+def test_integer_kernels_under_isa_cap(isa, trained_quant_dirs):
     info = kernels.isa_info()
     if not info["x86"]:
         pytest.skip(f"{isa}: not an x86 CPU ({info['machine_isa']})")
     if kernels._rank(isa) > kernels._rank(info["machine_isa"]):
         pytest.skip(f"{isa} is above this CPU's ISA ({info['machine_isa']})")
     tests = Path(__file__).parent
-    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": isa, CHILD: "1"}
+    # the child loads the quantized digits-ddpm directories made once here (conftest.trained_quant_dirs)
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": isa, CHILD: "1",
+           TRAINED_Q_ENV: str(trained_quant_dirs["w8a8"].parent)}
     env.pop(kernels.KERNEL_ENV, None)
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "isa", "-p", "no:cacheprovider",
                            str(tests / "test_intengine.py"), str(tests / "test_kernels.py")],

@@ -151,7 +151,8 @@ def test_large_model_weights_go_to_one_external_file(tiny_quant_dir, tmp_path, m
     info = export_onnx(tiny_quant_dir, two)
     assert info["external_data"] and info["files"] == [str(two), str(tmp_path / "two.onnx.data")]
     assert onnx_export.export_files(two) == [two, tmp_path / "two.onnx.data"]
-    assert two.stat().st_size < 0.2 * one.stat().st_size  # the graph alone: the weights are in .data
+    # the weight codes moved to .data (tensors under 1 KiB, such as scales, stay in the graph)
+    assert (tmp_path / "two.onnx.data").stat().st_size > 0.5 * one.stat().st_size > two.stat().st_size
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.onnx", "two.onnx", "two.onnx.data"]  # no leftovers
     den = get_denoiser(load_pipeline(tiny_quant_dir, engine="fake")).eval()
     names, args = example_inputs(den, 2)
