@@ -23,6 +23,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edadm.utils import peak_rss_mb
+
+
+def _stage(name: str) -> None:
+    """Progress on stderr with the peak RSS so far: a worker killed for memory shows where."""
+    import sys
+
+    print(f"peers: {name} (peak RSS so far {peak_rss_mb():.0f} MB)", file=sys.stderr, flush=True)
+
 RUNTIMES = ("ort-int8", "openvino-int8")
 
 
@@ -76,10 +85,13 @@ def ort_int8(fp_onnx: Path, out: Path, calib: list, int32_dot: bool, threads: in
 
     pre = out.with_suffix(".pre.onnx")
     large = _large(fp_onnx)
+    _stage("onnxruntime: shape inference (quant_pre_process)")
     quant_pre_process(str(fp_onnx), str(pre), skip_symbolic_shape=True, save_as_external_data=large)
+    _stage("onnxruntime: quantize_static (calibration and QDQ insertion)")
     quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=not int32_dot,
                     use_external_data_format=large)
+    _stage("onnxruntime: inference session on the int8 model")
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
@@ -122,6 +134,7 @@ def build(runtime: str, unet, calib: list[dict], example: dict, int32_dot: bool,
     """(call(inputs) -> output tensor, info) for one runtime, from the FP unet; inputs are
     dicts of named tensors (sample, timestep[, encoder_hidden_states])."""
     t0 = time.perf_counter()
+    _stage(f"{runtime}: exporting the FP denoiser to ONNX")
     fp_onnx = export_onnx(unet, workdir / "fp.onnx", example)
     if runtime == "ort-int8":
         call, info = ort_int8(fp_onnx, workdir / "ort-int8.onnx", calib, int32_dot, threads)

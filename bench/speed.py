@@ -319,8 +319,11 @@ def run_worker(args, model, variant, qdir, isa: str = "native", ref_file: Path |
     with tempfile.TemporaryDirectory(prefix="edadm-inductor-") as cache:
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**env, "TORCHINDUCTOR_CACHE_DIR": cache})
     if proc.returncode != 0:
-        return {"model": model, "variant": variant, "isa_requested": isa,
-                "error": proc.stderr.strip().splitlines()[-1:]}
+        lines = proc.stderr.strip().splitlines()
+        # the exception's own line, not a warning printed after it (a killed worker has none)
+        errs = [ln for ln in lines if not ln.startswith(" ") and ("Error" in ln or "Exception" in ln)]
+        return {"model": model, "variant": variant, "isa_requested": isa, "returncode": proc.returncode,
+                "error": (errs or lines or [f"exit code {proc.returncode}"])[-1:]}
     res = json.loads(out.read_text())
     out.unlink()
     res["worker_seconds"] = round(time.time() - t0, 1)
@@ -437,6 +440,7 @@ def main(argv=None) -> None:
                     help="comma list: 'native' and/or ONEDNN_MAX_CPU_ISA values (e.g. AVX2); each runs every variant")
     ap.add_argument("--int-kernel", default="", help="EDADM_INT_KERNEL for the integer rows (default: auto)")
     ap.add_argument("--rebuild", action="store_true", help="rewrite results/NAME.md from results/NAME.json, measuring nothing")
+    ap.add_argument("--note", action="append", default=[], help="with --rebuild: a note kept in NAME.json and shown on the page")
     args = ap.parse_args(argv)
     if args.worker:
         import logging
@@ -447,7 +451,11 @@ def main(argv=None) -> None:
         args.worker_out.write_text(json.dumps(res))
         return
     if args.rebuild:
-        write_page(json.loads((RESULTS / f"{args.name}.json").read_text()), args.name)
+        res = json.loads((RESULTS / f"{args.name}.json").read_text())
+        if args.note:
+            res["notes"] = res.get("notes", []) + [n for n in args.note if n not in res.get("notes", [])]
+            write_json(RESULTS / f"{args.name}.json", res)
+        write_page(res, args.name)
         return
     meta = metadata(argv)
     rows = []
@@ -482,8 +490,10 @@ def write_page(res: dict, name: str) -> None:
     meta = res
     lines = [f"# Denoiser speed: FP vs integer engine ({name})", "",
              f"`{meta['command']}`", "", f"Date {meta['date']}, commit {meta['git_commit']}, machine "
-             f"{meta['machine'].get('cpu', '')}, {res['threads']} threads.", "",
-             "Forward latency of the denoiser alone (median of repeats after 2 warm-up calls; ratios are FP32 eager "
+             f"{meta['machine'].get('cpu', '')}, {res['threads']} threads.", ""]
+    # what the rows cannot say, added after the run with --rebuild --note (kept in the JSON)
+    lines += [f"Note: {n}\n" for n in ([res["note"]] if res.get("note") else []) + res.get("notes", [])]
+    lines += ["Forward latency of the denoiser alone (median of repeats after 2 warm-up calls; ratios are FP32 eager "
              "median / this median, and float-compiled median / this median). Each variant runs in its own process, "
              "with a fresh inductor cache (first-call times of compiled rows are cold compiles). Sizes: FP rows = "
              "parameters in memory, int rows = the saved unet directory on disk, ort-int8 = its quantized ONNX file. "
