@@ -146,7 +146,7 @@ def build_table(model: str, notes: list[str] | None = None) -> None:
     commits = sorted({e["git_commit"] for e in es})
     cpus = sorted({f"{e['machine'].get('cpu')} ({e['machine'].get('isa', '?')})" for e in es})
     lines = [f"# Recipes ranked over quantization seeds: {model}", "",
-             f"- rebuilt by: `{meta['command']}` at {meta['date']}",
+             f"- rebuilt by: `{meta['command'].split(' --note ')[0]}` at {meta['date']}",  # notes: below
              f"- entries measured with commits {', '.join(commits)} on {', '.join(cpus)}; each entry's command, "
              "date, machine, wall time and peak memory are in table.json",
              f"- every quantized model: {es[0]['num'] if es else '?'} samples, integer engine, sampling seed "
