@@ -492,7 +492,7 @@ def write_page(res: dict, name: str) -> None:
              f"`{meta['command']}`", "", f"Date {meta['date']}, commit {meta['git_commit']}, machine "
              f"{meta['machine'].get('cpu', '')}, {res['threads']} threads.", ""]
     # what the rows cannot say, added after the run with --rebuild --note (kept in the JSON)
-    lines += [f"Note: {n}\n" for n in ([res["note"]] if res.get("note") else []) + res.get("notes", [])]
+    lines += [f"Note: {n}\n" for n in res.get("notes", [])]
     lines += ["Forward latency of the denoiser alone (median of repeats after 2 warm-up calls; ratios are FP32 eager "
              "median / this median, and float-compiled median / this median). Each variant runs in its own process, "
              "with a fresh inductor cache (first-call times of compiled rows are cold compiles). Sizes: FP rows = "

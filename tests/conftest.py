@@ -98,9 +98,8 @@ def trained_quant_dirs(tmp_path_factory):
     from edadm import CalibConfig, QuantConfig, load, quantize, save
 
     root = tmp_path_factory.mktemp("trained-q")
-    base = load("digits-ddpm", device="cpu")
     for w in (8, 4):
-        pipe = load("digits-ddpm", device="cpu") if w == 4 else base
+        pipe = load("digits-ddpm", device="cpu")
         cfg = QuantConfig(method="naive", weight_bits=w, act_bits=8, steps=20,
                           calib=CalibConfig(num_samples=64, num_trajectories=64, uniform_steps=10, batch_size=64))
         quantize(pipe, cfg, progress=False)

@@ -321,6 +321,7 @@ def export_onnx(source, out: str | Path, batch: int = 2, opset: int = OPSET, ove
     ops: dict[str, int] = {}
     for n in proto.graph.node:
         ops[n.op_type] = ops.get(n.op_type, 0) + 1
-    return {"path": str(out), "files": [str(f) for f in export_files(out)], "inputs": names, "opset": opset, "folded_weights": folded, "external_data": external,
+    return {"path": str(out), "files": [str(f) for f in export_files(out)], "inputs": names, "opset": opset,
+            "folded_weights": folded, "external_data": external,
             "overflow_fix": overflow_fix,
             "ops": dict(sorted(ops.items(), key=lambda kv: -kv[1]))}
