@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from edadm.deploy.onnx_export import OPSET, Signature
 from edadm.utils import peak_rss_mb
 
 
@@ -35,26 +36,16 @@ def _stage(name: str) -> None:
 RUNTIMES = ("ort-int8", "openvino-int8")
 
 
-class _Wrap(torch.nn.Module):
-    def __init__(self, unet):
-        super().__init__()
-        self.unet = unet
-
-    def forward(self, sample, timestep, encoder_hidden_states=None):
-        kw = {} if encoder_hidden_states is None else {"encoder_hidden_states": encoder_hidden_states}
-        return self.unet(sample, timestep, **kw).sample
-
-
 def export_onnx(unet, path: Path, example: dict) -> Path:
-    """The FP denoiser as ONNX (opset 17, dynamic batch), inputs named as diffusers names them
+    """The FP denoiser as ONNX (edadm's export opset, dynamic batch), inputs named as diffusers names them
     (`example`: name -> tensor, e.g. sample, timestep, encoder_hidden_states). Weights over
     2 GiB (Stable Diffusion) go to external data beside the file."""
     names = list(example)
     dynamic = {n: {0: "batch"} for n in names} | {"out_sample": {0: "batch"}}
     # the TorchScript exporter: the dynamo one routes weights through shared-parameter ops that
     # ONNX Runtime's static quantizer refuses ("shared mode is not supported for weight")
-    torch.onnx.export(_Wrap(unet).eval(), tuple(example.values()), str(path), input_names=names,
-                      output_names=["out_sample"], opset_version=17, dynamo=False, dynamic_axes=dynamic)
+    torch.onnx.export(Signature(unet, names).eval(), tuple(example.values()), str(path), input_names=names,
+                      output_names=["out_sample"], opset_version=OPSET, dynamo=False, dynamic_axes=dynamic)
     return path
 
 

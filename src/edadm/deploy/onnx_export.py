@@ -143,8 +143,10 @@ def export_mode(model: nn.Module, overflow_fix: bool = False):
                 del m._export_w, m._export_saved, m._export_halves
 
 
-class _Signature(nn.Module):
-    """The denoiser called with positional ONNX inputs, returning the sample tensor."""
+class Signature(nn.Module):
+    """The denoiser called with positional ONNX inputs (`names`: diffusers' argument names,
+    sample and timestep first), returning the sample tensor. bench/peers.py exports the FP
+    denoiser through it too."""
 
     def __init__(self, model: nn.Module, names: list[str]):
         super().__init__()
@@ -297,7 +299,7 @@ def export_onnx(source, out: str | Path, batch: int = 2, opset: int = OPSET, ove
         if "encoder_hidden_states" in dynamic:  # prompt length: the text encoder's
             dynamic["encoder_hidden_states"][1] = "sequence"
         with torch.no_grad(), export_mode(model, overflow_fix=overflow_fix):
-            torch.onnx.export(_Signature(model, names), args, str(raw), input_names=names,
+            torch.onnx.export(Signature(model, names), args, str(raw), input_names=names,
                               output_names=["out_sample"], opset_version=opset, dynamo=False,
                               dynamic_axes=dynamic, do_constant_folding=True)
         proto = onnx.load(str(raw))
