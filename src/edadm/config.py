@@ -159,6 +159,9 @@ class ReconConfig:
     reference_iters: int | None = None
     reference_act_iters: int | None = None
     batch_size: int = 32
+    # AdaRound: learn each weight's up / down rounding; False keeps round-to-nearest weights
+    # (the step sizes are still learned in the joint stage; the "weights" stage has nothing to do)
+    learn_rounding: bool | None = None
     lr_weight: float | None = None     # AdaRound rounding variables (Adam)
     lr_weight_schedule: str | None = None  # "cosine" (decay to 0) or "constant"
     lr_act: float | None = None        # activation step sizes (Adam, cosine decay)
@@ -179,7 +182,7 @@ class ReconConfig:
     seed: int | None = None            # None: QuantConfig.seed (one seed for the whole quantization)
 
     _FALLBACK = {"enabled": False, "stages": "joint", "reference_iters": 1000, "reference_act_iters": 1000,
-                 "lr_weight": 0.1, "lr_weight_schedule": "cosine", "lr_act": 1e-3, "lr_act_relative": True,
+                 "learn_rounding": True, "lr_weight": 0.1, "lr_weight_schedule": "cosine", "lr_act": 1e-3, "lr_act_relative": True,
                  "act_loss_p": 2.0, "add_loss": 0.0, "round_weight": 0.01, "input_mix_prob": 0.5,
                  "act_drop_prob": 0.5}
 

@@ -231,3 +231,26 @@ def test_two_stage_activation_stage_moves_only_step_sizes(make_tiny_unet):
 def test_channel_mse_with_p():
     x = torch.full((2, 3, 4, 4), 2.0)
     assert channel_mse(x, torch.zeros_like(x), p=2.4) == pytest.approx(3 * 2.0 ** 2.4)
+
+
+def test_joint_pass_without_learned_rounding_keeps_nearest_weights_and_learns_step_sizes(make_tiny_unet):
+    """learn_rounding=False (eda-dm-plus at W8): weights stay the FP tensors, so the saved codes
+    are round-to-nearest; only the activation step sizes move."""
+    from edadm.recon.engine import reconstruct
+
+    unet, calib = _quantized_tiny(make_tiny_unet, wbits=8)
+    w0 = {n: p.detach().clone() for n, p in unet.named_parameters() if n.endswith(".weight")}
+    s0 = {n: p.detach().clone() for n, p in unet.named_parameters() if "act_quantizer" in n and n.endswith("scale")}
+    cfg = ReconConfig(enabled=True, stages="joint", learn_rounding=False, iters=10, batch_size=8, lr_act=1e-3,
+                      lr_act_relative=False, input_mix_prob=0.5, act_drop_prob=0.5)
+    logs = reconstruct(unet, calib, cfg, calib_batch=16, progress=False)
+    assert all(torch.equal(p, w0[n]) for n, p in unet.named_parameters() if n in w0)
+    assert any(not torch.equal(p, s0[n]) for n, p in unet.named_parameters() if n in s0)
+    assert all(m.rounding is None for m in unet.modules() if isinstance(m, QuantMixin))
+    assert any(u.iters == 10 for u in logs)
+
+
+def test_eda_dm_plus_learns_rounding_below_8_bits_only():
+    assert QuantConfig(method="eda-dm-plus", weight_bits=4).recon.learn_rounding is True
+    assert QuantConfig(method="eda-dm-plus", weight_bits=8).recon.learn_rounding is False
+    assert QuantConfig(method="eda-dm", weight_bits=8).recon.learn_rounding is True

@@ -19,7 +19,7 @@ KNOBS = [
     ("reference iterations per unit (stage 2)", "recon", "reference_act_iters"),
     ("iterations at the default scale (stage 1 / joint)", "recon", "iters"),
     ("iterations at the default scale (stage 2)", "recon", "act_iters"), ("batch", "recon", "batch_size"),
-    ("rounding lr (Adam)", "recon", "lr_weight"), ("rounding lr schedule", "recon", "lr_weight_schedule"),
+    ("learned rounding (AdaRound)", "recon", "learn_rounding"), ("rounding lr (Adam)", "recon", "lr_weight"), ("rounding lr schedule", "recon", "lr_weight_schedule"),
     ("rounding regulariser weight", "recon", "round_weight"), ("regulariser beta", "recon", "b_start"),
     ("regulariser warm-up", "recon", "warmup"), ("step-size lr (Adam, cosine)", "recon", "lr_act"),
     ("step-size lr relative to the initial step", "recon", "lr_act_relative"),
@@ -36,12 +36,14 @@ def markdown_table() -> str:
     cfgs = {n: (QuantConfig(method=n, weight_bits=4), QuantConfig(method=n, weight_bits=8)) for n in order}
     stage2 = {"reference_act_iters", "act_iters", "act_loss_p"}
     rounding_reg = {"b_start", "warmup"}
+    rounding = {"lr_weight", "lr_weight_schedule", "round_weight", "b_start", "warmup"}
 
     def value(c, section, key):
         r = c.recon
         if section == "recon" and key != "enabled" and not r.enabled:
             return "-"  # no reconstruction: its knobs do not apply
-        if (key in stage2 and r.stages != "two-stage") or (key in rounding_reg and r.round_weight == 0):
+        if (key in stage2 and r.stages != "two-stage") or (key in rounding_reg and r.round_weight == 0) or (
+                key in rounding and not r.learn_rounding):
             return "-"
         if (key == "uniform_steps" and c.calib.strategy != "uniform") or (
                 key in ("tdac_lambda", "tdac_radius") and c.calib.strategy != "tdac"):

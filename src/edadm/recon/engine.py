@@ -303,7 +303,8 @@ def reconstruct_unit(model: nn.Module, fp_model: nn.Module, name: str, kind: str
     if stage not in STAGES:
         raise ValueError(f"unknown reconstruction stage {stage!r}")
     cfg.fill_defaults()
-    learn_round, learn_act = stage in ("joint", "weights"), stage in ("joint", "acts") and cfg.learn_act_scale
+    learn_round = stage in ("joint", "weights") and bool(cfg.learn_rounding)
+    learn_act = stage in ("joint", "acts") and cfg.learn_act_scale
     unit, fp_unit = model.get_submodule(name), fp_model.get_submodule(name)
     dev = next(model.parameters()).device
     t0 = time.time()
