@@ -510,6 +510,7 @@ def _choose_metrics(args, clip_reason: str | None, image_shape: tuple | None = N
     without prompts), each named on stderr; an explicit fid without --reference or
     --inception-weights, or an explicit fid-digits on other images, is an error later, not a
     skip. Nothing left is an error unless `compare` (PSNR / MSE vs a reference model) runs."""
+    from .eval.evaluate import digits_problem
     from .eval.standard import missing_extra
 
     auto = args.metrics is None
@@ -517,9 +518,8 @@ def _choose_metrics(args, clip_reason: str | None, image_shape: tuple | None = N
     for m in ["fid-digits", "fid", "sfid", "is", "clip"] if auto else list(args.metrics):
         why = None
         if m == "fid-digits":
-            if auto and image_shape is not None and tuple(image_shape) != (1, 32, 32):
-                why = (f"fid-digits applies to 1x32x32 digits models, not images of shape {tuple(image_shape)}; "
-                       "skipped")
+            if auto and image_shape is not None and digits_problem(image_shape):
+                why = digits_problem(image_shape) + "; skipped"
         else:
             why = missing_extra(m) or (clip_reason if m == "clip" else None)
         if why is None and auto and m in ("fid", "sfid", "is") and args.inception_weights is None:

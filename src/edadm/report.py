@@ -181,7 +181,9 @@ def build_report(qdir: str | Path, fp_model: str | Path | None = None, num: int 
         figures["samples"] = samples_png(fp_imgs, q_imgs, f"{label} ({engine} engine)")
         metrics["PSNR vs FP, same noise (dB)"] = psnr(q_imgs, fp_imgs)
         metrics["samples / seed"] = f"{num} / {seed}"
-        if tuple(q_imgs.shape[1:]) == (1, 32, 32) and num >= 2:
+        from .eval.evaluate import digits_problem
+
+        if digits_problem(q_imgs.shape[1:]) is None and num >= 2:
             from .eval.digits import digits_metrics
 
             for name, imgs in (("FP", fp_imgs), ("quantized", q_imgs)):

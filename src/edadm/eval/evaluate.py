@@ -19,6 +19,18 @@ SUMMARY_KEYS = ("fid_digits", "is_digits", "confidence", "class_agreement", "fid
                 "sample_seconds")
 
 
+DIGITS_SHAPE = (1, 32, 32)
+
+
+def digits_problem(shape) -> str | None:
+    """Why the digits metrics do not apply to images of shape (C, H, W), or None: the one rule
+    that both the metric chooser (before sampling, when the shape is known) and image_metrics
+    (on the sampled images) follow."""
+    if tuple(shape) != DIGITS_SHAPE:
+        return f"fid-digits applies to 1x32x32 digits models, not images of shape {tuple(shape)}"
+    return None
+
+
 def image_metrics(images: torch.Tensor, digits: bool | str = True, standard: Callable[[torch.Tensor], dict] | None = None,
                   labels: torch.Tensor | None = None) -> dict:
     """The metrics asked for: the digits ones (1x32x32 models; digits="auto": only if the
@@ -26,8 +38,8 @@ def image_metrics(images: torch.Tensor, digits: bool | str = True, standard: Cal
     (eval.standard, passed in as a callable)."""
     out: dict = {"num_samples": len(images)}
     if digits:
-        if tuple(images.shape[1:]) != (1, 32, 32):
-            why = f"fid-digits applies to 1x32x32 digits models, not images of shape {tuple(images.shape[1:])}"
+        why = digits_problem(images.shape[1:])
+        if why is not None:
             if digits == "auto":  # asked for by default: skipped, and the caller names it
                 out["digits_skipped"] = why + "; skipped"
                 return out if standard is None else {**out, **standard(images)}
