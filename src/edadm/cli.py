@@ -518,8 +518,9 @@ def _choose_metrics(args, clip_reason: str | None, image_shape: tuple | None = N
     for m in ["fid-digits", "fid", "sfid", "is", "clip"] if auto else list(args.metrics):
         why = None
         if m == "fid-digits":
-            if auto and image_shape is not None and digits_problem(image_shape):
-                why = digits_problem(image_shape) + "; skipped"
+            problem = digits_problem(image_shape) if auto and image_shape is not None else None
+            if problem:
+                why = problem + "; skipped"
         else:
             why = missing_extra(m) or (clip_reason if m == "clip" else None)
         if why is None and auto and m in ("fid", "sfid", "is") and args.inception_weights is None:
