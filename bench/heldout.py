@@ -25,6 +25,7 @@ from common import metadata, write_json, write_text  # noqa: E402
 from edadm.api import quantize  # noqa: E402
 from edadm.calib import collect_trajectories  # noqa: E402
 from edadm.config import QuantConfig  # noqa: E402
+from edadm.eval.digits import digits_metrics  # noqa: E402
 from edadm.eval.metrics import psnr  # noqa: E402
 from edadm.loading import load_pipeline  # noqa: E402
 from edadm.sampling import generate, sampling_defaults  # noqa: E402
@@ -100,6 +101,8 @@ def main(argv=None) -> None:
     ap.add_argument("--set", action="append", default=[], help="config override key=value (recon.iters=200)")
     ap.add_argument("--heldout", type=int, default=128, help="held-out trajectories")
     ap.add_argument("--images", type=int, default=200, help="images for end-to-end PSNR")
+    ap.add_argument("--fid", action="store_true",
+                    help="also FID-digits of the images and its difference to FP's (same noise; needs --images >= 500 to mean much)")
     ap.add_argument("--name", default="heldout")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -107,6 +110,7 @@ def main(argv=None) -> None:
     base = load_pipeline(args.model)
     traj = heldout_trajectories(base, args.heldout)
     fp_imgs = generate(base, args.images, seed=55, progress=False)
+    fp_fid = digits_metrics(fp_imgs)["fid_digits"] if args.fid else None
     rows = []
     for method in args.configs.split(","):
         pipe = copy.deepcopy(base)
@@ -123,19 +127,25 @@ def main(argv=None) -> None:
                "eps_mse": sum(err) / len(err), "eps_mse_thirds": thirds(err),
                "x_step_mse": sum(xe) / len(xe), "x_step_mse_thirds": thirds(xe), "psnr_vs_fp": psnr(imgs, fp_imgs),
                "recon_after_over_before": ratio}
+        if args.fid:
+            row["fid_digits"] = digits_metrics(imgs)["fid_digits"]
+            row["delta_fid"] = row["fid_digits"] - fp_fid
         rows.append(row)
         print(json.dumps(row), flush=True)
-    res = {**metadata(argv), "heldout_trajectories": args.heldout, "images": args.images, "rows": rows}
+    res = {**metadata(argv), "heldout_trajectories": args.heldout, "images": args.images, "fp_fid_digits": fp_fid,
+           "rows": rows}
     out = Path(__file__).parent / "results" / "heldout" / args.name
     write_json(out.with_suffix(".json"), res)
     lines = [f"# {args.name}", "", f"`{res['command']}` at {res['date']}, commit {res['git_commit']}", "",
-             "| method | overrides | eps MSE | first / mid / last third | x_t-1 MSE (thirds) | PSNR vs FP (dB) | recon after/before | s |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| method | overrides | eps MSE | first / mid / last third | x_t-1 MSE (thirds) | PSNR vs FP (dB) | "
+             "ΔFID-digits vs FP | recon after/before | s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         th = " / ".join(f"{x:.4g}" for x in r["eps_mse_thirds"])
         rr = "-" if r["recon_after_over_before"] is None else f"{r['recon_after_over_before']:.3f}"
+        dfid = f"{r['delta_fid']:+.2f}" if "delta_fid" in r else "-"
         lines.append(f"| {r['method']} | {' '.join(r['overrides']) or '-'} | {r['eps_mse']:.4g} | {th} | {' / '.join(f'{v:.3g}' for v in r['x_step_mse_thirds'])} | "
-                     f"{r['psnr_vs_fp']:.2f} | {rr} | {r['quantize_seconds']} |")
+                     f"{r['psnr_vs_fp']:.2f} | {dfid} | {rr} | {r['quantize_seconds']} |")
     write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
 
 

@@ -43,3 +43,16 @@ def test_quantize_to_dir_saves_what_quantize_gives_and_refuses_a_quantized_sourc
     assert not any(p.name.endswith(".ckpt") for p in tmp_path.iterdir())  # the checkpoint is removed once saved
     with pytest.raises(EdadmError, match="already quantized"):
         quantize_to_dir(out, _cfg(8), tmp_path / "again", device="cpu", progress=False)
+
+
+def test_two_stage_without_learned_rounding_runs_only_the_activation_stage(tiny_pipe_dir):
+    """A two-stage recipe with learn_rounding=False: the weight stage has nothing to learn, so
+    it is skipped (no input capture per unit), and every logged unit is the activation stage's."""
+    from edadm.config import ReconConfig
+
+    cfg = QuantConfig(method="qdiffusion", weight_bits=8, act_bits=8,
+                      calib=CalibConfig(num_samples=8, num_trajectories=8, uniform_steps=4, batch_size=8),
+                      recon=ReconConfig(learn_rounding=False, iters=2, act_iters=2, batch_size=8))
+    q = quantize(load(tiny_pipe_dir, device="cpu"), cfg, progress=False)
+    assert q.report.recon and {u["stage"] for u in q.report.recon} == {"acts"}
+    assert "reconstruction_weights" in q.report.seconds

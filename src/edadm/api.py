@@ -155,7 +155,9 @@ def quantize(pipe, config: QuantConfig | None = None, progress: bool = True, che
             recon_logs = [asdict(u) for u in reconstruct(unet, calib, r, done=done, **kw)]
         else:
             fp_model = full_precision_copy(unet)
-            w_logs = reconstruct(unet, calib, r, done=done, stage="weights", fp_model=fp_model, **kw)
+            # without learned rounding the weight stage has nothing to learn: skip its input capture
+            w_logs = (reconstruct(unet, calib, r, done=done, stage="weights", fp_model=fp_model, **kw)
+                      if r.learn_rounding else [])
             seconds["reconstruction_weights"] = time.time() - t0
             t1 = time.time()
             _init_act_ranges(unet, calib, config, progress)  # on the weight-reconstructed model

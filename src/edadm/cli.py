@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--round-weight", type=float, default=None, help="AdaRound regulariser weight")
     q.add_argument("--step-balance", choices=STEP_BALANCE, default=None,
                    help="reconstruction loss over timesteps: none (pooled MSE, the methods' own) or relative "
-                        "(each timestep's error relative to its error before reconstruction)")
+                        "(each timestep's error relative to its error before reconstruction); default: the recipe's")
     q.add_argument("--qdrop", type=float, default=None, help="QDrop input mixing probability")
     q.add_argument("--seed", type=int, default=None)
     q.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,

@@ -178,13 +178,13 @@ class ReconConfig:
     # "none": one pooled MSE over the calibration samples (BRECQ, Q-Diffusion, EDA-DM);
     # "relative": each sample's error weighted by 1 / its timestep's error before
     # reconstruction (every timestep counts equally; recon.engine.step_balance_weights)
-    step_balance: str = "none"
+    step_balance: str | None = None
     seed: int | None = None            # None: QuantConfig.seed (one seed for the whole quantization)
 
     _FALLBACK = {"enabled": False, "stages": "joint", "reference_iters": 1000, "reference_act_iters": 1000,
                  "learn_rounding": True, "lr_weight": 0.1, "lr_weight_schedule": "cosine", "lr_act": 1e-3, "lr_act_relative": True,
                  "act_loss_p": 2.0, "add_loss": 0.0, "round_weight": 0.01, "input_mix_prob": 0.5,
-                 "act_drop_prob": 0.5}
+                 "act_drop_prob": 0.5, "step_balance": "none"}
 
     def fill_defaults(self, seed: int = 0) -> "ReconConfig":
         """Fields still at None (no recipe named them) take _FALLBACK, the seed `seed`, and the
@@ -220,7 +220,7 @@ class ReconConfig:
         if self.lr_weight_schedule is not None and self.lr_weight_schedule not in LR_SCHEDULES:
             raise EdadmError(f"lr_weight_schedule must be one of {', '.join(LR_SCHEDULES)}, "
                              f"got {self.lr_weight_schedule!r}")
-        if self.step_balance not in STEP_BALANCE:
+        if self.step_balance is not None and self.step_balance not in STEP_BALANCE:
             raise EdadmError(f"step_balance must be one of {', '.join(STEP_BALANCE)}, got {self.step_balance!r}")
 
 

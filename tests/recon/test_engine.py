@@ -254,3 +254,12 @@ def test_eda_dm_plus_learns_rounding_below_8_bits_only():
     assert QuantConfig(method="eda-dm-plus", weight_bits=4).recon.learn_rounding is True
     assert QuantConfig(method="eda-dm-plus", weight_bits=8).recon.learn_rounding is False
     assert QuantConfig(method="eda-dm", weight_bits=8).recon.learn_rounding is True
+
+
+def test_eda_dm_plus_balances_timesteps_below_8_bits_only_and_the_references_never():
+    assert QuantConfig(method="eda-dm-plus", weight_bits=4).recon.step_balance == "relative"
+    assert QuantConfig(method="eda-dm-plus", weight_bits=8).recon.step_balance == "none"
+    for ref in ("eda-dm", "qdiffusion", "naive"):
+        assert QuantConfig(method=ref, weight_bits=4).recon.step_balance == "none"
+    # what the user sets wins over the recipe
+    assert QuantConfig(method="eda-dm-plus", weight_bits=4, recon={"step_balance": "none"}).recon.step_balance == "none"

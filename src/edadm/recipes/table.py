@@ -23,7 +23,7 @@ KNOBS = [
     ("rounding regulariser weight", "recon", "round_weight"), ("regulariser beta", "recon", "b_start"),
     ("regulariser warm-up", "recon", "warmup"), ("step-size lr (Adam, cosine)", "recon", "lr_act"),
     ("step-size lr relative to the initial step", "recon", "lr_act_relative"),
-    ("stage-2 loss exponent p", "recon", "act_loss_p"), ("FBR inner-layer weight", "recon", "add_loss"),
+    ("stage-2 loss exponent p", "recon", "act_loss_p"), ("loss balance over timesteps", "recon", "step_balance"), ("FBR inner-layer weight", "recon", "add_loss"),
     ("QDrop input mixing", "recon", "input_mix_prob"), ("QDrop activation drop", "recon", "act_drop_prob"),
 ]
 
