@@ -25,14 +25,15 @@ from pathlib import Path
 
 from common import metadata, write_json, write_text  # noqa: E402
 from quality import quantize_subprocess  # noqa: E402
-from recipes import MAIN_METHODS, RESULTS  # noqa: E402
+import recipes  # noqa: E402
+from recipes import MAIN_METHODS  # noqa: E402
 
 log = logging.getLogger("bench.quant_cost")
 STAGES = ("trajectories", "calibration", "scales", "reconstruction_weights", "reconstruction")
 
 
 def cost_dir(model: str) -> Path:
-    return RESULTS / model / "cost"
+    return recipes.RESULTS / model / "cost"
 
 
 def run_entry(model: str, setting: str, method: str, seed: int, cache: Path) -> dict:
@@ -79,11 +80,11 @@ def build_page(model: str) -> None:
             lines.append(f"| {s.upper()} | {m} | {e['wall_seconds']:.0f} | {e['peak_memory_mb']:.0f} | "
                          f"{sec.get('trajectories', 0):.0f} | {sec.get('scales', 0):.0f} | "
                          f"{sec.get('reconstruction', 0):.0f} | {mach.get('loadavg_1m')} | "
-                         f"{mach.get('cpu')}, {mach.get('threads')} threads ({mach.get('isa')}) | {e['git_commit']} |")
+                         f"{mach.get('cpu')}, threads {mach.get('threads')} ({mach.get('isa')}) | {e['git_commit']} |")
     busy = [f"{e['setting']} {e['method']}" for e in es if (e["machine"].get("loadavg_1m") or 0) > 0.7]
     lines += ["", ("Started while the machine was busy (1-minute load above 0.7), so not alone timings: "
                    + ", ".join(busy) + ".") if busy else "Every entry started on an idle machine.", ""]
-    write_text(RESULTS / model / "cost.md", "\n".join(lines))
+    write_text(recipes.RESULTS / model / "cost.md", "\n".join(lines))
 
 
 def main(argv=None) -> int:
@@ -97,7 +98,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "edadm-bench-cache")
     ap.add_argument("--fresh", action="store_true", help="measure finished entries again")
     ap.add_argument("--tables-only", action="store_true")
+    ap.add_argument("--results", type=Path, default=recipes.RESULTS, help="results root (a scratch directory for trials)")
     args = ap.parse_args(argv)
+    recipes.RESULTS = args.results
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for setting in ([] if args.tables_only else args.settings.split(",")):
         for method in args.methods.split(","):
