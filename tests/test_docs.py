@@ -16,9 +16,9 @@ def test_readme_is_a_front_page():
 def test_readme_python_example_runs(tmp_path, monkeypatch):
     text = (ROOT / "README.md").read_text()
     code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
-    full = 'QuantConfig(method="eda-dm", weight_bits=4, act_bits=8)'
+    full = 'QuantConfig(method="eda-dm-plus", weight_bits=4, act_bits=8)'
     assert full in code
-    tiny = ('QuantConfig(method="eda-dm", weight_bits=4, act_bits=8, steps=4, '
+    tiny = ('QuantConfig(method="eda-dm-plus", weight_bits=4, act_bits=8, steps=4, '
             'calib={"num_samples": 8, "num_trajectories": 8, "batch_size": 8}, recon={"iters": 2, "batch_size": 4})')
     monkeypatch.chdir(tmp_path)
     ns = {}

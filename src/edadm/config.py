@@ -21,7 +21,7 @@ RANGE_METHODS = ("mse", "minmax")
 # set, range kind, reconstruction stages and optimiser); a config field left at None takes
 # the recipe's value, and a field the recipe does not name takes the fallback below.
 METHODS = recipes.names()
-DEFAULT_METHOD = "eda-dm"
+DEFAULT_METHOD = "eda-dm-plus"  # the best measured recipe (docs/recipes.md, "Measured")
 ACT_RANGE_KINDS = ("free", "symmetric")
 RECON_STAGES = ("joint", "two-stage")
 LR_SCHEDULES = ("cosine", "constant")
