@@ -29,7 +29,6 @@ import recipes  # noqa: E402
 from recipes import MAIN_METHODS  # noqa: E402
 
 log = logging.getLogger("bench.quant_cost")
-STAGES = ("trajectories", "calibration", "scales", "reconstruction_weights", "reconstruction")
 
 
 def others_running(samples: int = 10) -> int:
