@@ -24,14 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
-from common import fmt, metadata, write_json, write_text  # noqa: E402
+from common import fmt, fp_reference, metadata, write_json, write_text  # noqa: E402
 
 from edadm.eval.evaluate import add_paired_delta, evaluate_pipeline, paired_delta  # noqa: E402
-from edadm.eval.metrics import mean_std  # noqa: E402
 from edadm.loading import load_pipeline  # noqa: E402
-from edadm.utils import atomic_file  # noqa: E402
 
 log = logging.getLogger("bench.quality")
 RESULTS = Path(__file__).parent / "results" / "quality"
@@ -59,39 +55,6 @@ def fp_json(model: str, num: int, seeds: list[int]) -> Path:
     if not plain.is_file() or json.loads(plain.read_text()).get("seeds") == seeds:
         return plain
     return run_dir(model) / f"fp-{num}-seeds{'_'.join(map(str, seeds))}.json"
-
-
-def fp_images(cache: Path, model: str, num: int, seeds: list[int]) -> Path:
-    """Local cache file of the FP images per seed (not committed)."""
-    return cache / f"fp-{model}-{num}-{'_'.join(map(str, seeds))}.pt"
-
-
-def fp_reference(model: str, num: int, seeds: list[int], cache: Path, batch_size: int) -> tuple[dict, dict]:
-    """FP metrics and images per seed (images cached on local disk, not committed)."""
-    f = fp_images(cache, model, num, seeds)
-    res_f = fp_json(model, num, seeds)
-    if f.is_file() and res_f.is_file():
-        return json.loads(res_f.read_text()), torch.load(f)
-    # a check run on some of the reference's seeds reuses their images and per-seed metrics
-    # (each seed's images depend on that seed alone) instead of sampling FP again
-    full_f = run_dir(model) / f"fp-{num}.json"
-    full = json.loads(full_f.read_text()) if full_f.is_file() else {}
-    full_imgs = fp_images(cache, model, num, full.get("seeds", []))
-    if full and set(seeds) < set(full["seeds"]) and full_imgs.is_file():
-        per_seed = [m for m in full["per_seed"] if m["seed"] in seeds]
-        res = {**full, "seeds": seeds, "per_seed": per_seed, "subset_of": full_f.name,
-               "summary": {k: mean_std(m[k] for m in per_seed) for k in full["summary"]}}
-        imgs = {sd: im for sd, im in torch.load(full_imgs).items() if sd in seeds}
-        write_json(res_f, res)
-        return res, imgs
-    pipe = load_pipeline(model)
-    t0 = time.time()
-    res, imgs = evaluate_pipeline(pipe, num, seeds, batch_size=batch_size, progress=True)
-    res.update(metadata(), eval_seconds=round(time.time() - t0, 1))
-    with atomic_file(f) as tmp:  # another bench job may be waiting for this file
-        torch.save(imgs, tmp)
-    write_json(res_f, res)
-    return res, imgs
 
 
 def quantize_subprocess(model: str, method: str, w: int, a: int, out: Path, extra: list[str]) -> dict:
@@ -154,7 +117,10 @@ def main(argv=None) -> int:
     # The FP reference is fetched when first needed, after the first quantization: a second
     # job started beside a first one quantizes while the first samples FP, then finds its
     # cached images instead of sampling them again.
-    fp_ref = functools.cache(lambda: fp_reference(args.model, args.num, seeds, args.cache, args.batch_size))
+    # a check run on some of the reference's seeds reuses their metrics and images
+    fp_ref = functools.cache(lambda: fp_reference(args.model, args.num, seeds, fp_json(args.model, args.num, seeds),
+                                                  args.cache, args.batch_size,
+                                                  source_f=rdir / f"fp-{args.num}.json"))
     for setting in settings:
         w, a = (int(v) for v in setting.lstrip("w").split("a"))
         for method in methods:

@@ -19,7 +19,6 @@ finished entries: bench/results/recipes/MODEL/table.{json,md}.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import logging
 import shutil
@@ -28,16 +27,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
-from common import fmt, metadata, write_json, write_text  # noqa: E402
+from common import fmt, fp_reference, metadata, write_json, write_text  # noqa: E402
 from quality import quantize_subprocess  # noqa: E402
 
 from edadm.config import DEFAULT_ITERS_SCALE  # noqa: E402
 from edadm.eval.evaluate import evaluate_pipeline  # noqa: E402
 from edadm.eval.metrics import mean_std  # noqa: E402
 from edadm.loading import load_pipeline  # noqa: E402
-from edadm.utils import atomic_file  # noqa: E402
 
 log = logging.getLogger("bench.recipes")
 RESULTS = Path(__file__).parent / "results" / "recipes"
@@ -47,40 +43,6 @@ ONE_SEED_METHODS = ["ptq4dm", "eda-dm-tdac-only", "eda-dm-fbr-only"]
 
 def model_dir(model: str) -> Path:
     return RESULTS / model
-
-
-def fp_reference(model: str, num: int, seeds: list[int], sample_seed: int, cache: Path,
-                 batch_size: int) -> tuple[dict, dict]:
-    """FP metrics per sampling seed (committed) and the images of `sample_seed` (local cache).
-
-    The full run (every seed) happens once. A new machine or session that has the committed
-    metrics but not the cached images regenerates only `sample_seed`'s images (a third of the
-    cost) and logs how far their FID-digits lands from the committed one (float sums differ
-    between CPUs); the committed metrics stay the table's reference."""
-    res_f = model_dir(model) / f"fp-{num}.json"
-    img_f = cache / f"fp-{model}-{num}-seed{sample_seed}.pt"
-    cache.mkdir(parents=True, exist_ok=True)
-    with open(cache / f"fp-{model}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # a second job waits here for the first one's FP run
-        committed = json.loads(res_f.read_text()) if res_f.is_file() else None
-        if committed is not None and committed["seeds"] == seeds:
-            if img_f.is_file():
-                return committed, {sample_seed: torch.load(img_f)}
-            pipe = load_pipeline(model)
-            res, imgs = evaluate_pipeline(pipe, num, [sample_seed], batch_size=batch_size, progress=True)
-            ref = next(m for m in committed["per_seed"] if m["seed"] == sample_seed)
-            log.info("FP seed %d regenerated here: FID-digits %.3f (committed %.3f, %s)", sample_seed,
-                     res["per_seed"][0]["fid_digits"], ref["fid_digits"], committed["machine"].get("isa"))
-        else:
-            pipe = load_pipeline(model)
-            t0 = time.time()
-            res, imgs = evaluate_pipeline(pipe, num, seeds, batch_size=batch_size, progress=True)
-            res.update(metadata(), num=num, seeds=seeds, eval_seconds=round(time.time() - t0, 1))
-            write_json(res_f, res)
-            committed = res
-        with atomic_file(img_f) as tmp:
-            torch.save(imgs[sample_seed], tmp)
-        return committed, {sample_seed: imgs[sample_seed]}
 
 
 def quantize(model: str, method: str, w: int, a: int, qseed: int, out: Path, extra: list[str]) -> dict:
@@ -236,7 +198,8 @@ def main(argv=None) -> int:
     fp_seeds = [int(s) for s in args.fp_seeds.split(",")]
     if args.sample_seed not in fp_seeds:
         ap.error("--sample-seed must be one of --fp-seeds (the quantized models are paired with FP)")
-    fp_res, fp_imgs = fp_reference(args.model, args.num, fp_seeds, args.sample_seed, args.cache, args.batch_size)
+    fp_res, fp_imgs = fp_reference(args.model, args.num, fp_seeds, model_dir(args.model) / f"fp-{args.num}.json",
+                                   args.cache, args.batch_size, keep=[args.sample_seed])
     for setting in args.settings.split(","):
         for qseed in (int(s) for s in args.qseeds.split(",")):  # seed-major: all methods of seed 0 first
             for method in args.methods.split(","):
