@@ -19,6 +19,7 @@ finished entries: bench/results/recipes/MODEL/table.{json,md}.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import shutil
@@ -56,11 +57,14 @@ def quantize(model: str, method: str, w: int, a: int, qseed: int, out: Path, ext
                       for u in rep.get("recon") or []]}
 
 
-def run_entry(args, setting: str, method: str, qseed: int, fp_res: dict, fp_imgs: dict) -> dict:
+def run_entry(args, setting: str, method: str, qseed: int, fp_ref) -> dict:
+    """One entry; `fp_ref()` gives FP's (metrics, images), fetched after the quantization so
+    that a second job started beside a first quantizes while the first samples FP."""
     w, a = (int(v) for v in setting.lstrip("w").split("a"))
     qdir = args.cache / f"q-{args.model}-{setting}-{method}-q{qseed}"
     started = metadata()
     q = quantize(args.model, method, w, a, qseed, qdir, args.quantize_args.split())
+    fp_res, fp_imgs = fp_ref()
     pipe = load_pipeline(qdir, engine=args.engine)
     t0 = time.time()
     res, _ = evaluate_pipeline(pipe, args.num, [args.sample_seed], batch_size=args.batch_size,
@@ -198,8 +202,9 @@ def main(argv=None) -> int:
     fp_seeds = [int(s) for s in args.fp_seeds.split(",")]
     if args.sample_seed not in fp_seeds:
         ap.error("--sample-seed must be one of --fp-seeds (the quantized models are paired with FP)")
-    fp_res, fp_imgs = fp_reference(args.model, args.num, fp_seeds, model_dir(args.model) / f"fp-{args.num}.json",
-                                   args.cache, args.batch_size, keep=[args.sample_seed])
+    fp_ref = functools.cache(lambda: fp_reference(args.model, args.num, fp_seeds,
+                                                  model_dir(args.model) / f"fp-{args.num}.json", args.cache,
+                                                  args.batch_size, keep=[args.sample_seed]))
     for setting in args.settings.split(","):
         for qseed in (int(s) for s in args.qseeds.split(",")):  # seed-major: all methods of seed 0 first
             for method in args.methods.split(","):
@@ -208,7 +213,7 @@ def main(argv=None) -> int:
                     log.info("skip %s %s q%d (done)", setting, method, qseed)
                     continue
                 log.info("== %s %s qseed %d", setting, method, qseed)
-                entry = run_entry(args, setting, method, qseed, fp_res, fp_imgs)
+                entry = run_entry(args, setting, method, qseed, fp_ref)
                 write_json(f, entry)
                 log.info("%s %s q%d: FID-digits %.2f (ΔFID %+.2f), PSNR %.2f dB, quantize %.0f s", setting, method,
                          qseed, entry["metrics"]["fid_digits"], entry["delta_fid"], entry["metrics"]["psnr_vs_ref"],
