@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import hashlib
 import json
 import logging
 import shutil
@@ -61,7 +62,10 @@ def run_entry(args, setting: str, method: str, qseed: int, fp_ref) -> dict:
     """One entry; `fp_ref()` gives FP's (metrics, images), fetched after the quantization so
     that a second job started beside a first quantizes while the first samples FP."""
     w, a = (int(v) for v in setting.lstrip("w").split("a"))
-    qdir = args.cache / f"q-{args.model}-{setting}-{method}-q{qseed}"
+    # Trials with other --quantize-args get their own directory: a checkpoint left by an
+    # interrupted run is resumed only by the same command (edadm refuses a mismatched one).
+    tag = "-" + hashlib.sha1(args.quantize_args.encode()).hexdigest()[:8] if args.quantize_args.split() else ""
+    qdir = args.cache / f"q-{args.model}-{setting}-{method}-q{qseed}{tag}"
     started = metadata()
     q = quantize(args.model, method, w, a, qseed, qdir, args.quantize_args.split())
     fp_res, fp_imgs = fp_ref()
@@ -202,9 +206,14 @@ def main(argv=None) -> int:
     fp_seeds = [int(s) for s in args.fp_seeds.split(",")]
     if args.sample_seed not in fp_seeds:
         ap.error("--sample-seed must be one of --fp-seeds (the quantized models are paired with FP)")
-    fp_ref = functools.cache(lambda: fp_reference(args.model, args.num, fp_seeds,
-                                                  model_dir(args.model) / f"fp-{args.num}.json", args.cache,
-                                                  args.batch_size, keep=[args.sample_seed]))
+    # A scratch --results directory takes FP's metrics from the committed reference (FP does not
+    # depend on the trial), so a trial pairs with the same FP as the table and samples FP only
+    # for images missing from the local cache.
+    fp_f = model_dir(args.model) / f"fp-{args.num}.json"
+    committed_fp = Path(__file__).parent / "results" / "recipes" / args.model / f"fp-{args.num}.json"
+    fp_ref = functools.cache(lambda: fp_reference(args.model, args.num, fp_seeds, fp_f, args.cache,
+                                                  args.batch_size, keep=[args.sample_seed],
+                                                  source_f=committed_fp if committed_fp.is_file() else fp_f))
     for setting in args.settings.split(","):
         for qseed in (int(s) for s in args.qseeds.split(",")):  # seed-major: all methods of seed 0 first
             for method in args.methods.split(","):
