@@ -176,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--tdac-lambda", type=float, default=None, help="TDAC variety weight (default 1.2)")
     q.add_argument("--tdac-radius", type=_radius, default=None,
                    help="TDAC density radius: 'auto' (0.2 quantile of step distances) or a number")
+    q.add_argument("--tdac-uniform-share", type=float, default=None,
+                   help="TDAC: share of the calibration samples placed uniformly (on --uniform-steps steps), "
+                        "the rest by TDAC (default 0, the reference)")
     q.add_argument("--recon", action=argparse.BooleanOptionalAction, default=None,
                    help="block reconstruction (default: the method's)")
     q.add_argument("--iters", type=_positive_int, default=None,
@@ -196,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--step-balance", choices=STEP_BALANCE, default=None,
                    help="reconstruction loss over timesteps: none (pooled MSE, the methods' own) or relative "
                         "(each timestep's error relative to its error before reconstruction); default: the recipe's")
+    q.add_argument("--step-balance-bins", type=int, default=None,
+                   help="relative step balance: weigh by the error of K equal stretches of the trajectory "
+                        "instead of each timestep's own (0: per timestep, the default)")
     q.add_argument("--qdrop", type=float, default=None, help="QDrop input mixing probability")
     q.add_argument("--seed", type=int, default=None)
     q.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
@@ -300,11 +306,13 @@ _CONFIG_FLAGS = {
     "strategy": ("calib", "strategy"), "num_samples": ("calib", "num_samples"),
     "num_trajectories": ("calib", "num_trajectories"), "uniform_steps": ("calib", "uniform_steps"),
     "batch_size": ("calib", "batch_size"), "tdac_lambda": ("calib", "tdac_lambda"),
-    "tdac_radius": ("calib", "tdac_radius"), "recon": ("recon", "enabled"), "iters": ("recon", "iters"),
+    "tdac_radius": ("calib", "tdac_radius"),
+    "tdac_uniform_share": ("calib", "tdac_uniform_share"), "recon": ("recon", "enabled"), "iters": ("recon", "iters"),
     "act_iters": ("recon", "act_iters"), "iters_scale": ("recon", "iters_scale"), "act_range_kind": (None, "act_range_kind"),
     "recon_batch_size": ("recon", "batch_size"), "lr_weight": ("recon", "lr_weight"), "lr_act": ("recon", "lr_act"),
     "add_loss": ("recon", "add_loss"), "round_weight": ("recon", "round_weight"),
     "qdrop": ("recon", "input_mix_prob"), "step_balance": ("recon", "step_balance"),
+    "step_balance_bins": ("recon", "step_balance_bins"),
 }
 
 

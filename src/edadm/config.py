@@ -111,6 +111,10 @@ class CalibConfig:
     tdac_lambda: float | None = None  # weight of variety against density (reference: 1.2 CIFAR-10 / ImageNet)
     tdac_radius: float | str = "auto"   # number, or "auto": a quantile of pairwise step distances
     tdac_radius_quantile: float = 0.2
+    # TDAC: share of N placed as uniform calibration (on uniform_steps evenly spaced steps), the
+    # rest by TDAC; 0 is the reference. TDAC's min-max weights can leave whole stretches of the
+    # trajectory with no sample; this is a floor under them.
+    tdac_uniform_share: float = 0.0
     ptq4dm_mean: float = 0.4      # PTQ4DM: timesteps ~ N(mean*T, std*T)
     ptq4dm_std: float = 0.4
 
@@ -135,6 +139,7 @@ class CalibConfig:
         if self.tdac_radius != "auto":
             _check_number("tdac_radius", self.tdac_radius, 0.0)
         _check_number("tdac_radius_quantile", self.tdac_radius_quantile, 0.0, 1.0)
+        _check_number("tdac_uniform_share", self.tdac_uniform_share, 0.0, 1.0)
         _check_number("ptq4dm_std", self.ptq4dm_std, 1e-6)
         _check_number("ptq4dm_mean", self.ptq4dm_mean, 0.0, 1.0)
 
@@ -179,6 +184,10 @@ class ReconConfig:
     # "relative": each sample's error weighted by 1 / its timestep's error before
     # reconstruction (every timestep counts equally; recon.engine.step_balance_weights)
     step_balance: str | None = None
+    # "relative" only: 0 weighs by each timestep's own error; K > 0 by the error of the
+    # sample's K-th of the trajectory (K equal stretches of sampler steps), so a step with a
+    # handful of samples (TDAC spreads N over every step) does not get a noisy weight.
+    step_balance_bins: int = 0
     seed: int | None = None            # None: QuantConfig.seed (one seed for the whole quantization)
 
     _FALLBACK = {"enabled": False, "stages": "joint", "reference_iters": 1000, "reference_act_iters": 1000,
@@ -220,6 +229,9 @@ class ReconConfig:
         if self.lr_weight_schedule is not None and self.lr_weight_schedule not in LR_SCHEDULES:
             raise EdadmError(f"lr_weight_schedule must be one of {', '.join(LR_SCHEDULES)}, "
                              f"got {self.lr_weight_schedule!r}")
+        if isinstance(self.step_balance_bins, bool) or not isinstance(self.step_balance_bins, int) \
+                or self.step_balance_bins < 0:
+            raise EdadmError(f"step-balance-bins must be an integer >= 0, got {self.step_balance_bins!r}")
         if self.step_balance is not None and self.step_balance not in STEP_BALANCE:
             raise EdadmError(f"step_balance must be one of {', '.join(STEP_BALANCE)}, got {self.step_balance!r}")
 

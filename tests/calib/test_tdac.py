@@ -90,3 +90,26 @@ def test_tdac_set_uses_distinct_trajectories():
     cs = assemble(traj, res.counts, seed=0)
     assert len(set(cs.trajectory.tolist())) == 64
     assert torch.bincount(cs.step, minlength=20).tolist() == res.counts.tolist()
+
+
+@pytest.mark.parametrize("share", [0.0, 0.25, 0.5, 1.0])
+def test_uniform_share_is_a_floor_under_tdac(share):
+    """calib.tdac_uniform_share: that share of N sits on the evenly spaced steps, the rest is
+    TDAC's allocation of the remaining samples; 0 is the reference allocation itself."""
+    from edadm.calib import strategies, uniform_counts
+    from edadm.config import QuantConfig
+
+    acc = TdacAccumulator()
+    g = torch.Generator().manual_seed(5)
+    acc.add([torch.randn(2, 4, 2, 2, generator=g) * (1 + s) for s in range(20)])
+    traj = Trajectories(xs=torch.zeros(20, 1, 1, 1, 1), ts=torch.arange(20).flip(0), features=acc)
+    cfg = QuantConfig()
+    cfg.calib.strategy, cfg.calib.num_samples, cfg.calib.uniform_steps = "tdac", 100, 5
+    cfg.calib.tdac_lambda, cfg.calib.tdac_uniform_share = 1.2, share
+    counts, details = strategies.get("tdac").allocate(traj, cfg, 1000)
+    n_u = round(100 * share)
+    expect = tdac_allocation(acc.distances(), acc.variety_pairs(), 100 - n_u).counts + uniform_counts(20, n_u, num_used=5)
+    assert counts.tolist() == expect.tolist() and int(counts.sum()) == 100
+    assert details["uniform_share"] == share
+    if share == 1.0:
+        assert counts.tolist() == uniform_counts(20, 100, num_used=5).tolist()

@@ -71,6 +71,23 @@ def test_step_balance_weights_give_every_timestep_the_same_total_say():
     assert torch.allclose(step_balance_weights(torch.full((4,), 2.0), torch.tensor([1, 1, 2, 2])), torch.ones(4))
 
 
+def test_trajectory_bins_group_steps_into_equal_stretches():
+    from types import SimpleNamespace
+
+    from edadm.recon.engine import trajectory_bins
+
+    # 10 sampler steps, timesteps 900, 800, ..., 0; samples from steps 0, 1, 4, 5, 9
+    calib = SimpleNamespace(t=torch.tensor([900, 800, 500, 400, 0]), step=torch.tensor([0, 1, 4, 5, 9]),
+                            counts=torch.ones(10, dtype=torch.long))
+    t = torch.tensor([0, 900, 400, 500, 800, 900])
+    assert trajectory_bins(t, calib, 2).tolist() == [1, 0, 1, 0, 0, 0]
+    assert trajectory_bins(t, calib, 10).tolist() == [9, 0, 5, 4, 1, 0]  # one step per bin: the steps
+    # binned weights: steps 4 and 5 (one bin of 5) share one weight
+    err = torch.tensor([1.0, 2.0, 4.0, 0.5, 0.25, 1.0])
+    w = step_balance_weights(err, trajectory_bins(t, calib, 2))
+    assert torch.allclose(w[[0, 2]], w[0].expand(2)) and torch.allclose(w[[1, 3, 4, 5]], w[1].expand(4))
+
+
 def test_timestep_balanced_reconstruction_lowers_block_error(make_tiny_unet):
     torch.manual_seed(0)
     unet, calib = _quantized_tiny(make_tiny_unet, wbits=3)

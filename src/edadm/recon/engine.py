@@ -41,7 +41,7 @@ from ..quant.modules import QuantMixin
 from ..quant.quantizer import UniformQuantizer
 from ..quant.wrap import set_quant_state
 from .adaround import AdaRoundQuantizer
-from .fbr import channel_mse, fbr_loss, per_sample_mse, step_balance_weights  # noqa: F401 - re-exported
+from .fbr import channel_mse, fbr_loss, per_sample_mse, step_balance_weights, trajectory_bins  # noqa: F401 - re-exported
 
 log = logging.getLogger("edadm")
 
@@ -319,6 +319,8 @@ def reconstruct_unit(model: nn.Module, fp_model: nn.Module, name: str, kind: str
     ulog.before = float(err0.mean())
     if cfg.step_balance == "relative":
         ts = torch.cat([args[1].reshape(-1).cpu() for args, _ in calib.model_inputs(calib_batch, "cpu")])
+        if cfg.step_balance_bins:
+            ts = trajectory_bins(ts, calib, cfg.step_balance_bins)
         w = step_balance_weights(err0, ts)
         data.weights = list(w.split([y.shape[0] for y, _ in data.targets]))
     saved_scales = [q.scale.detach().clone() for q in act_qs]
