@@ -38,7 +38,8 @@ from edadm.eval.metrics import mean_std  # noqa: E402
 from edadm.loading import load_pipeline  # noqa: E402
 
 log = logging.getLogger("bench.recipes")
-RESULTS = Path(__file__).parent / "results" / "recipes"
+COMMITTED = Path(__file__).parent / "results" / "recipes"
+RESULTS = COMMITTED  # --results moves it to a scratch directory
 MAIN_METHODS = ["naive", "qdiffusion", "eda-dm", "eda-dm-plus"]
 ONE_SEED_METHODS = ["ptq4dm", "eda-dm-tdac-only", "eda-dm-fbr-only"]
 
@@ -195,7 +196,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quantize-args", default="", help="extra flags for edadm quantize (same for every method)")
     ap.add_argument("--engine", choices=["int", "fake"], default="int")
     ap.add_argument("--tables-only", action="store_true")
-    ap.add_argument("--results", type=Path, default=RESULTS, help="results root (a scratch directory for trials)")
+    ap.add_argument("--results", type=Path, default=COMMITTED, help="results root (a scratch directory for trials)")
     ap.add_argument("--note", action="append", default=[], help="a note kept with MODEL's table (notes.json)")
     args = ap.parse_args(argv)
     globals()["RESULTS"] = args.results
@@ -209,11 +210,11 @@ def main(argv=None) -> int:
     # A scratch --results directory takes FP's metrics from the committed reference (FP does not
     # depend on the trial), so a trial pairs with the same FP as the table and samples FP only
     # for images missing from the local cache.
-    fp_f = model_dir(args.model) / f"fp-{args.num}.json"
-    committed_fp = Path(__file__).parent / "results" / "recipes" / args.model / f"fp-{args.num}.json"
-    fp_ref = functools.cache(lambda: fp_reference(args.model, args.num, fp_seeds, fp_f, args.cache,
+    committed_fp = COMMITTED / args.model / f"fp-{args.num}.json"
+    fp_ref = functools.cache(lambda: fp_reference(args.model, args.num, fp_seeds,
+                                                  model_dir(args.model) / f"fp-{args.num}.json", args.cache,
                                                   args.batch_size, keep=[args.sample_seed],
-                                                  source_f=committed_fp if committed_fp.is_file() else fp_f))
+                                                  source_f=committed_fp if committed_fp.is_file() else None))
     for setting in args.settings.split(","):
         for qseed in (int(s) for s in args.qseeds.split(",")):  # seed-major: all methods of seed 0 first
             for method in args.methods.split(","):

@@ -88,3 +88,19 @@ def test_strategies_come_from_one_registry():
     assert strategies.get("tdac").needs_features and not strategies.get("uniform").needs_features
     with pytest.raises(EdadmError, match="unknown calibration strategy"):
         strategies.get("nope")
+
+
+@pytest.mark.parametrize("guidance", [1.0, 1.5])
+def test_input_rows_line_up_with_the_denoiser_batches(guidance):
+    """input_rows lays per-sample values out as model_inputs' rows (CFG doubles each batch)."""
+    from edadm.calib import CalibrationSet
+
+    n = 7
+    cs = CalibrationSet(x=torch.randn(n, 1, 2, 2), t=torch.arange(n) * 10, step=torch.arange(n),
+                        trajectory=torch.arange(n), counts=torch.ones(n, dtype=torch.long),
+                        cond={"class_labels": torch.arange(n)}, uncond={"class_labels": torch.full((n,), 10)},
+                        guidance_scale=guidance)
+    t_rows = torch.cat([args[1] for args, _ in cs.model_inputs(3, "cpu")])
+    assert torch.equal(cs.input_rows(cs.t, 3), t_rows)
+    assert len(t_rows) == (2 * n if guidance != 1.0 else n)
+    assert torch.equal(cs.input_rows(cs.step, 3), t_rows // 10)

@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from edadm.calib import TdacAccumulator, assemble, auto_radius, tdac_allocation
+from edadm.calib import TdacAccumulator, assemble, auto_radius, strategies, tdac_allocation, uniform_counts
 from edadm.calib.trajectories import Trajectories
+from edadm.config import QuantConfig
 
 
 def _feats(vals):
@@ -96,9 +97,6 @@ def test_tdac_set_uses_distinct_trajectories():
 def test_uniform_share_is_a_floor_under_tdac(share):
     """calib.tdac_uniform_share: that share of N sits on the evenly spaced steps, the rest is
     TDAC's allocation of the remaining samples; 0 is the reference allocation itself."""
-    from edadm.calib import strategies, uniform_counts
-    from edadm.config import QuantConfig
-
     acc = TdacAccumulator()
     g = torch.Generator().manual_seed(5)
     acc.add([torch.randn(2, 4, 2, 2, generator=g) * (1 + s) for s in range(20)])

@@ -76,15 +76,13 @@ def test_trajectory_bins_group_steps_into_equal_stretches():
 
     from edadm.recon.engine import trajectory_bins
 
-    # 10 sampler steps, timesteps 900, 800, ..., 0; samples from steps 0, 1, 4, 5, 9
-    calib = SimpleNamespace(t=torch.tensor([900, 800, 500, 400, 0]), step=torch.tensor([0, 1, 4, 5, 9]),
-                            counts=torch.ones(10, dtype=torch.long))
-    t = torch.tensor([0, 900, 400, 500, 800, 900])
-    assert trajectory_bins(t, calib, 2).tolist() == [1, 0, 1, 0, 0, 0]
-    assert trajectory_bins(t, calib, 10).tolist() == [9, 0, 5, 4, 1, 0]  # one step per bin: the steps
+    # 10 sampler steps; samples from steps 9, 0, 5, 4, 1, 0
+    calib = SimpleNamespace(step=torch.tensor([9, 0, 5, 4, 1, 0]), counts=torch.ones(10, dtype=torch.long))
+    assert trajectory_bins(calib, 2).tolist() == [1, 0, 1, 0, 0, 0]
+    assert trajectory_bins(calib, 10).tolist() == [9, 0, 5, 4, 1, 0]  # one step per bin: the steps
     # binned weights: steps 4 and 5 (one bin of 5) share one weight
     err = torch.tensor([1.0, 2.0, 4.0, 0.5, 0.25, 1.0])
-    w = step_balance_weights(err, trajectory_bins(t, calib, 2))
+    w = step_balance_weights(err, trajectory_bins(calib, 2))
     assert torch.allclose(w[[0, 2]], w[0].expand(2)) and torch.allclose(w[[1, 3, 4, 5]], w[1].expand(4))
 
 

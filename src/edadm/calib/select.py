@@ -86,6 +86,13 @@ class CalibrationSet:
         for i in range(0, len(self), batch_size):
             yield self.x[i:i + batch_size], self.t[i:i + batch_size]
 
+    def input_rows(self, values: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """Per-sample `values` [N] laid out as the rows of the denoiser batches `model_inputs`
+        yields: doubled batch by batch under classifier-free guidance (unconditional half, then
+        conditional), so row i of the result goes with row i of the denoiser's outputs."""
+        cfg = bool(self.uncond) and self.guidance_scale != 1.0
+        return torch.cat([torch.cat([v, v]) if cfg else v for v in values.split(batch_size)])
+
     def model_inputs(self, batch_size: int, device):
         """(args, kwargs) for the denoiser, batch by batch, on `device`. Under classifier-free
         guidance each batch holds what the denoiser sees while sampling: the unconditional

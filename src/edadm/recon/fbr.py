@@ -53,10 +53,8 @@ def step_balance_weights(err: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return w
 
 
-def trajectory_bins(t: torch.Tensor, calib, bins: int) -> torch.Tensor:
-    """For each timestep value in `t`, which of `bins` equal stretches of the calibration set's
-    sampler steps it lies in (0 = the first, x_T end): the groups step_balance_weights
-    averages over when ReconConfig.step_balance_bins is set."""
-    step_of = {float(v): int(i) for v, i in zip(calib.t.tolist(), calib.step.tolist())}
-    n = calib.counts.numel()
-    return torch.tensor([step_of[float(v)] * bins // n for v in t.tolist()], dtype=torch.long)
+def trajectory_bins(calib, bins: int) -> torch.Tensor:
+    """For each calibration sample, which of `bins` equal stretches of the sampler steps it
+    comes from (0 = the first, x_T end): the groups step_balance_weights averages over when
+    ReconConfig.step_balance_bins is set."""
+    return calib.step.long() * bins // calib.counts.numel()
