@@ -104,6 +104,8 @@ def main(argv=None) -> None:
     ap.add_argument("--fid", action="store_true",
                     help="also FID-digits of the images and its difference to FP's (same noise; needs --images >= 500 to mean much)")
     ap.add_argument("--name", default="heldout")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "heldout",
+                    help="directory for NAME.json / NAME.md (one-off investigations: somewhere uncommitted)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     w, a = (int(p) for p in args.bits.lower().lstrip("w").split("a"))
@@ -126,7 +128,8 @@ def main(argv=None) -> None:
         row = {"method": method, "bits": args.bits, "overrides": args.set, "quantize_seconds": round(secs, 1),
                "eps_mse": sum(err) / len(err), "eps_mse_thirds": thirds(err),
                "x_step_mse": sum(xe) / len(xe), "x_step_mse_thirds": thirds(xe), "psnr_vs_fp": psnr(imgs, fp_imgs),
-               "recon_after_over_before": ratio}
+               "recon_after_over_before": ratio, "eps_mse_per_step": err, "x_step_mse_per_step": xe,
+               "calib_counts": rep.counts}
         if args.fid:
             row["fid_digits"] = digits_metrics(imgs)["fid_digits"]
             row["delta_fid"] = row["fid_digits"] - fp_fid
@@ -134,7 +137,7 @@ def main(argv=None) -> None:
         print(json.dumps(row), flush=True)
     res = {**metadata(argv), "heldout_trajectories": args.heldout, "images": args.images, "fp_fid_digits": fp_fid,
            "rows": rows}
-    out = Path(__file__).parent / "results" / "heldout" / args.name
+    out = args.out / args.name
     write_json(out.with_suffix(".json"), res)
     lines = [f"# {args.name}", "", f"`{res['command']}` at {res['date']}, commit {res['git_commit']}", "",
              "| method | overrides | eps MSE | first / mid / last third | x_t-1 MSE (thirds) | PSNR vs FP (dB) | "
