@@ -32,15 +32,17 @@ log = logging.getLogger("bench.quant_cost")
 
 
 def others_running(samples: int = 10) -> int:
-    """Runnable processes besides this one, the most seen over `samples` looks 0.1 s apart
-    (/proc/loadavg's running count; the 1-minute load average still counts a process that
-    ended a minute ago, such as this script's previous entry)."""
+    """Runnable processes besides this one that stay runnable: the fewest seen over `samples`
+    looks 0.1 s apart (/proc/loadavg's running count). A competing job is runnable at every
+    look; a short command (a shell's `cat`, the previous entry's exiting subprocess) is seen
+    at one look and was enough to abort a whole run when this took the most. The 1-minute
+    load average is not used: it still counts a process that ended a minute ago."""
     try:
         seen = []
         for _ in range(samples):
             seen.append(int(Path("/proc/loadavg").read_text().split()[3].split("/")[0]) - 1)
             time.sleep(0.1)
-        return max(seen)
+        return min(seen)
     except (OSError, ValueError, IndexError):  # not Linux: fall back to the load average
         return round(os.getloadavg()[0])
 
