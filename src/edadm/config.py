@@ -87,9 +87,10 @@ def preset_config(name: str, method: str = "eda-dm", weight_bits: int = 8) -> di
     return out
 
 
-def _check_positive_int(owner: str, name: str, v) -> None:
-    if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-        raise EdadmError(f"{owner}{name.replace('_', '-')} must be a positive integer, got {v!r}")
+def _check_int(owner: str, name: str, v, lo: int = 1) -> None:
+    if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+        what = "a positive integer" if lo == 1 else f"an integer >= {lo}"
+        raise EdadmError(f"{owner}{name.replace('_', '-')} must be {what}, got {v!r}")
 
 
 def _check_number(name: str, v, lo: float | None = None, hi: float | None = None) -> None:
@@ -133,7 +134,7 @@ class CalibConfig:
             raise EdadmError(f"unknown calibration strategy {self.strategy!r}; choose from {', '.join(CALIB_STRATEGIES)}")
         for name in ("num_samples", "num_trajectories", "uniform_steps", "batch_size"):
             if getattr(self, name) is not None:
-                _check_positive_int("calibration ", name, getattr(self, name))
+                _check_int("calibration ", name, getattr(self, name))
         if self.tdac_lambda is not None:
             _check_number("tdac_lambda", self.tdac_lambda, 0.0)
         if self.tdac_radius != "auto":
@@ -214,7 +215,7 @@ class ReconConfig:
         """Checks the values that are set (None: still to come from the recipe)."""
         for name in ("iters", "act_iters", "reference_iters", "reference_act_iters", "batch_size"):
             if getattr(self, name) is not None:
-                _check_positive_int("reconstruction ", name, getattr(self, name))
+                _check_int("reconstruction ", name, getattr(self, name))
         _check_number("iters_scale", self.iters_scale, 1e-6, 100.0)
         for name in ("lr_weight", "lr_act", "round_weight", "b_start", "b_end", "add_loss"):
             if getattr(self, name) is not None:
@@ -229,9 +230,7 @@ class ReconConfig:
         if self.lr_weight_schedule is not None and self.lr_weight_schedule not in LR_SCHEDULES:
             raise EdadmError(f"lr_weight_schedule must be one of {', '.join(LR_SCHEDULES)}, "
                              f"got {self.lr_weight_schedule!r}")
-        if isinstance(self.step_balance_bins, bool) or not isinstance(self.step_balance_bins, int) \
-                or self.step_balance_bins < 0:
-            raise EdadmError(f"step-balance-bins must be an integer >= 0, got {self.step_balance_bins!r}")
+        _check_int("", "step_balance_bins", self.step_balance_bins, lo=0)
         if self.step_balance is not None and self.step_balance not in STEP_BALANCE:
             raise EdadmError(f"step_balance must be one of {', '.join(STEP_BALANCE)}, got {self.step_balance!r}")
 
@@ -336,7 +335,7 @@ class QuantConfig:
         self.calib.validate()
         self.recon.validate()
         if self.steps is not None:
-            _check_positive_int("", "steps", self.steps)
+            _check_int("", "steps", self.steps)
         if self.eta is not None:
             _check_number("eta", self.eta, 0.0, 1.0)
         if self.guidance_scale is not None:

@@ -319,8 +319,8 @@ def reconstruct_unit(model: nn.Module, fp_model: nn.Module, name: str, kind: str
     ulog.before = float(err0.mean())
     if cfg.step_balance == "relative":
         # group by timestep, or by stretch of the trajectory (step_balance_bins)
-        groups = trajectory_bins(calib, cfg.step_balance_bins) if cfg.step_balance_bins else calib.t
-        w = step_balance_weights(err0, calib.input_rows(groups.reshape(-1).cpu(), calib_batch))
+        by = trajectory_bins(calib, cfg.step_balance_bins) if cfg.step_balance_bins else calib.t
+        w = step_balance_weights(err0, calib.input_rows(by.reshape(-1).cpu(), calib_batch))
         data.weights = list(w.split([y.shape[0] for y, _ in data.targets]))
     saved_scales = [q.scale.detach().clone() for q in act_qs]
     groups, shapes = _param_groups(qlayers, act_qs, cfg, learn_round, learn_act, dev)
