@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from edadm import load
-from edadm.deploy import kernels
+from edadm.deploy import backends, kernels
 from edadm.deploy.intengine import IntLayer, convert_to_int, int_layer_from_quant, onednn_available
 from edadm.errors import EdadmError
 from edadm.quant.modules import LayerSpec, QConv2d, QLinear
@@ -57,7 +57,7 @@ def _expected_kernel(il: IntLayer, i: int = 0) -> str:
     w_absmax = int(il.weight_int(i).to(torch.int16).abs().max())
     if kernels.isa_info()["int32_dot"] or not kernels.can_saturate(il.acts[i].qmax, w_absmax):
         return "onednn"
-    return kernels.SATURATING_FALLBACK[0]
+    return "dequant"
 
 
 @pytest.mark.parametrize("kind,spec", CASES)
@@ -71,26 +71,26 @@ def test_layer_matches_fake_quant(kind, spec):
     assert out.dtype == x.dtype and out.shape == ref.shape
     assert float((out - ref).abs().max() / ref.abs().max()) < 1e-5
     # the float fallback computes the same numbers
-    il.backend = "dequant" if spec.act_bits else "float"
-    il._wf = [il._float_weight(i) for i in range(il.num_parts)]
+    il.set_kernels("dequant" if spec.act_bits else "float")
     with torch.no_grad():
         assert float((il(x) - ref).abs().max() / ref.abs().max()) < 1e-5
 
 
 @needs_onednn
-@pytest.mark.parametrize("kernel", kernels.KERNELS)
+@pytest.mark.parametrize("kernel", [k for k in backends.names() if k != "float"])
 @pytest.mark.parametrize("kind,spec", [c for c in CASES if c[1].act_bits is not None])
 def test_every_kernel_the_guard_passes_is_exact_on_full_range_codes(kind, spec, kernel, monkeypatch):
     """Force each kernel: where the guard lets it serve the layer, the layer matches the
     simulation to 1e-5 on inputs that use the whole code range (clipped at both ends)."""
-    monkeypatch.setenv(kernels.KERNEL_ENV, kernel)
+    monkeypatch.setenv(backends.KERNEL_ENV, kernel)
     layer, x = _layer_case(kind)
     x = x * 4  # well past the calibrated range: codes at qmin and qmax in every layer
     q = _calibrated(layer, spec, x / 4)
     il = int_layer_from_quant("l", q)
-    a, w = il.acts[0], il.weight_int(0)
-    w_absmax = int(w.to(torch.int16).abs().max())
-    passes = kernels.verified(kernel, il.kind, il._geometry(0), a.qmin, a.qmax, a.zero_point, w_absmax)
+    part = il.part(0)
+    b = backends.get(kernel)
+    runs = b.serves(part, True) is not None
+    passes = runs and (b.verify is None or b.verify(part))
     assert il.kernel_list[0] == (kernel if passes else _expected_kernel(il))
     with torch.no_grad():
         ref, out = q(x), il(x)
@@ -108,29 +108,59 @@ def test_bf16_input_gives_bf16_output_close_to_fp32():
     assert float((y16.float() - y32).abs().max() / y32.abs().max()) < 2e-2
 
 
-def test_int_mm_arithmetic_matches_dequant():
-    """The CUDA Linear path (torch._int_mm with the zero-point correction), run on CPU."""
+@pytest.mark.parametrize("rows", [1, 7, 16, 17, 40, 250])
+@pytest.mark.parametrize("spec", [LayerSpec(4, 8, False), LayerSpec(8, 8, True)])
+def test_int_mm_arithmetic_matches_dequant_at_every_row_count(rows, spec):
+    """The CUDA Linear path (torch._int_mm with the zero-point correction and padded rows),
+    run on CPU: any batch, including the 250 rows cuBLASLt refused unpadded."""
     layer = nn.Linear(32, 24)
-    x = torch.randn(40, 32, generator=torch.Generator().manual_seed(2)) + 0.5
-    il = int_layer_from_quant("l", _calibrated(layer, LayerSpec(4, 8, False), x))
-    il.backend = "dequant"
-    il._wf = [il._float_weight(0)]
+    x = torch.randn(rows, 32, generator=torch.Generator().manual_seed(2)) + 0.5
+    il = int_layer_from_quant("l", _calibrated(layer, spec, x))
+    if not backends.get("int-mm").verify(il.part(0)):
+        # the CPU's int8 GEMM sums int16 pairs (no VNNI / AMX) and 8-bit codes saturate them
+        assert not kernels.isa_info()["int32_dot"] and spec.weight_bits == 8
+        return
+    il.set_kernels("dequant")
     with torch.no_grad():
         ref = il(x)
-        got = il._run_int_mm(x, 0, il.bias)
+        il.set_kernels("int-mm")
+        got = il(x)
+    assert got.shape == ref.shape
     assert float((got - ref).abs().max() / ref.abs().max()) < 1e-5
 
 
-def test_int_mm_small_batches_fall_back_to_the_same_numbers():
-    """torch._int_mm takes only m > 16 rows: smaller inputs run the dequant arithmetic, whose
-    float weights the int_mm kernel did not prepare (it used to fail on them)."""
-    layer = nn.Linear(32, 24)
-    x = torch.randn(40, 32, generator=torch.Generator().manual_seed(2)) + 0.5
-    il = int_layer_from_quant("l", _calibrated(layer, LayerSpec(8, 8, True), x))
-    ref = il(x[:4])
-    il.backend, il._wf = "int_mm", None
-    with torch.no_grad():
-        assert float((il(x[:4]) - ref).abs().max() / ref.abs().max()) < 1e-5
+def test_int_mm_shape_rule():
+    """What torch._int_mm / cuBLASLt take: rows padded to a multiple of 8 above 16, channel
+    counts multiples of 8 (else the layer is not served by int-mm)."""
+    from edadm.deploy.backends import int_mm
+
+    for m in range(1, 300):
+        r = int_mm.padded_rows(m)
+        assert r >= m and r > 16 and r % 8 == 0 and r - m < max(8, 24)
+    assert int_mm.fits(16, 64) and int_mm.fits(320, 1280)
+    assert not int_mm.fits(12, 64) and not int_mm.fits(16, 250) and not int_mm.fits(0, 8)
+    part = backends.Part("linear", torch.device("cuda"), object(), 7, (12, 64))
+    assert backends.get("int-mm").serves(part, True) is None  # 12 input channels: not served
+
+
+def test_cuda_default_is_the_float_path_and_int_mm_is_opt_in(monkeypatch):
+    """On CUDA every quantized part runs `dequant` (fp16 / bf16 math on the simulation's
+    numbers) unless EDADM_INT_KERNEL names another backend that can run it."""
+    from edadm.deploy.intengine import ActQuant
+
+    act = ActQuant(0.1, 10.0, 3, 0, 255)
+    cuda = torch.device("cuda")
+    assert backends.choose(backends.Part("linear", cuda, act, 127, (64, 64)))[0] == "dequant"
+    assert backends.choose(backends.Part("conv", cuda, act, 127, (64, 64, 3, 3, (1, 1), (1, 1), (1, 1), 1)))[0] == "dequant"
+    assert backends.choose(backends.Part("linear", cuda, None, 127, (64, 64)))[0] == "float"
+    from edadm.deploy.backends import int_mm
+
+    monkeypatch.setattr(int_mm, "_exact", lambda *a: True)  # its guard's probe needs a real GPU
+    monkeypatch.setenv(backends.KERNEL_ENV, "int-mm")
+    assert backends.choose(backends.Part("linear", cuda, act, 127, (64, 64)))[0] == "int-mm"
+    assert backends.choose(backends.Part("linear", cuda, act, 127, (60, 64)))[0] == "dequant"
+    monkeypatch.setenv(backends.KERNEL_ENV, "onednn")  # a CPU kernel forced on CUDA: not used
+    assert backends.choose(backends.Part("linear", cuda, act, 127, (64, 64)))[0] == "dequant"
 
 
 def test_int_engine_loads_integer_weights_and_matches_fake(tiny_quant_dir):
@@ -141,8 +171,8 @@ def test_int_engine_loads_integer_weights_and_matches_fake(tiny_quant_dir):
     assert not list(quant_modules(intp.unet))
     for m in int_layers:  # integer weights, no float copy kept for layers with quantized inputs
         assert all(m.weight_int(i).dtype == torch.int8 for i in range(m.num_parts))
-        assert m.backend == "float" or not onednn_available() or all(w is None for w in m._wf) or (
-            "dequant" in m.kernel_list and kernels.SATURATING_FALLBACK[0] == "dequant")
+        assert m.backend == "float" or not onednn_available() or "dequant" in m.kernel_list or all(
+            k.startswith("onednn") for k in m.kernel_list)
     x, t = torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([999, 600, 200, 1])
     with torch.no_grad():
         a, b = fake.unet(x, t).sample, intp.unet(x, t).sample

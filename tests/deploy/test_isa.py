@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edadm.deploy import kernels
+from edadm.deploy import backends, kernels
 
 from conftest import TRAINED_Q_ENV
 
@@ -32,7 +32,7 @@ def test_integer_kernels_under_isa_cap(isa, trained_quant_dirs):
     # the child loads the quantized digits-ddpm directories made once here (conftest.trained_quant_dirs)
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": isa, CHILD: "1",
            TRAINED_Q_ENV: str(trained_quant_dirs["w8a8"].parent)}
-    env.pop(kernels.KERNEL_ENV, None)
+    env.pop(backends.KERNEL_ENV, None)
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "isa", "-p", "no:cacheprovider",
                            str(tests / "test_intengine.py"), str(tests / "test_kernels.py")],
                           capture_output=True, text=True, env=env, cwd=tests.parent.parent, timeout=1200)

@@ -4,13 +4,18 @@ import logging
 import pytest
 import torch
 
-from edadm.deploy import kernels
-from edadm.deploy.intengine import onednn_available
+from edadm.deploy import backends, kernels
+from edadm.deploy.intengine import ActQuant, onednn_available
 
 needs_onednn = pytest.mark.skipif(not onednn_available(), reason="no oneDNN int8 ops on this machine")
 pytestmark = pytest.mark.isa  # also run in a subprocess per reachable ISA (test_isa.py)
 
 FULL_CONV = (64, 16, 3, 3, (1, 1), (1, 1), (1, 1), 1)
+U8 = ActQuant(0.05, 20.0, 0, 0, 255)  # full-range uint8 input codes
+
+
+def _first_cpu_kernel(w_absmax: int) -> str:
+    return backends.candidates(backends.Part("conv", torch.device("cpu"), U8, w_absmax, FULL_CONV))[0][0]
 
 
 def test_split_weight_halves_fit_int16_pairs_and_add_up():
@@ -50,9 +55,9 @@ def test_cap_lowers_the_effective_isa(monkeypatch, cap, int32, bf16):
         assert info["isa"] == cap and info["machine_isa"] == "AVX512_CORE_AMX"
         assert info["int32_dot"] is int32 and info["native_bf16"] is bf16
         assert kernels.fast_float_dtype() == (torch.bfloat16 if bf16 else torch.float32)
-        first = kernels.candidates(255, 127)[0][0]
-        assert first == ("onednn" if int32 else kernels.SATURATING_FALLBACK[0])
-        assert kernels.candidates(255, 8)[0][0] == "onednn"  # 4-bit codes cannot saturate anywhere
+        if onednn_available():
+            assert _first_cpu_kernel(127) == ("onednn" if int32 else "dequant")
+            assert _first_cpu_kernel(8) == "onednn"  # 4-bit codes cannot saturate anywhere
         assert ("capped" in kernels.isa_summary()) is (cap != "AVX512_CORE_AMX")
     finally:
         monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
@@ -62,12 +67,14 @@ def test_cap_lowers_the_effective_isa(monkeypatch, cap, int32, bf16):
 def test_forced_kernel_comes_first_and_bad_values_are_refused(monkeypatch):
     from edadm.errors import EdadmError
 
-    monkeypatch.setenv(kernels.KERNEL_ENV, "onednn")
-    assert kernels.candidates(255, 127)[0] == ("onednn", f"forced by {kernels.KERNEL_ENV}")
-    assert "dequant" in [k for k, _ in kernels.candidates(255, 127)]  # always exact: the last resort
-    monkeypatch.setenv(kernels.KERNEL_ENV, "fastest")
-    with pytest.raises(EdadmError, match=kernels.KERNEL_ENV):
-        kernels.candidates(255, 127)
+    part = backends.Part("conv", torch.device("cpu"), U8, 127, FULL_CONV)
+    monkeypatch.setenv(backends.KERNEL_ENV, "onednn-split")
+    if onednn_available():
+        assert backends.candidates(part)[0] == ("onednn-split", f"forced by {backends.KERNEL_ENV}")
+    assert "dequant" in [k for k, _ in backends.candidates(part)]  # always exact: the last resort
+    monkeypatch.setenv(backends.KERNEL_ENV, "fastest")
+    with pytest.raises(EdadmError, match=backends.KERNEL_ENV):
+        backends.candidates(part)
 
 
 @needs_onednn
@@ -114,13 +121,13 @@ def test_forcing_the_unsafe_kernel_warns_and_images_stay_right(tmp_path, monkeyp
     save(pipe, tmp_path / "q")
     kernels._verdicts.clear()
     kernels._warned.clear()
-    monkeypatch.setenv(kernels.KERNEL_ENV, "onednn")
+    monkeypatch.setenv(backends.KERNEL_ENV, "onednn")
     with caplog.at_level(logging.INFO, logger="edadm"):
         intp = load(tmp_path / "q", device="cpu", engine="int")
     warned = [r for r in caplog.records if r.levelno == logging.WARNING and "kernel onednn is not exact" in r.message]
     assert len(warned) == 1
     summary = [r.message for r in caplog.records if "integer engine on" in r.message]
-    assert summary and kernels.SATURATING_FALLBACK[0] in summary[-1] and "0 onednn " not in summary[-1]
+    assert summary and "dequant" in summary[-1] and "0 onednn " not in summary[-1]
     fake = load(tmp_path / "q", device="cpu", engine="fake")
     x = torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(0))
     t = torch.tensor([999, 500, 100, 10])

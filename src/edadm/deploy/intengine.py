@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import EdadmError
-from . import kernels
+from . import backends, kernels
 
 log = logging.getLogger("edadm")
 
@@ -42,13 +42,7 @@ _warned: set[str] = set()
 def onednn_available() -> bool:
     """True on x86 when this PyTorch build has the oneDNN integer conv / linear ops used on CPU
     (elsewhere, e.g. ARM, the layers run the float path with one warning line)."""
-    ops = getattr(torch.ops, "onednn", None)
-    try:
-        return kernels.isa_info()["x86"] and all(
-            hasattr(ops, n) for n in ("qconv_prepack", "qconv_pointwise", "qlinear_prepack", "qlinear_pointwise")
-        ) and torch.backends.mkldnn.is_available()
-    except Exception:  # pragma: no cover - exotic builds
-        return False
+    return backends.onednn.available()
 
 
 def _warn_once(key: str, msg: str) -> None:
@@ -98,12 +92,20 @@ class ActQuant:
         qmax = 2 ** (bits - 1) - 1 if symmetric else 2 ** bits - 1
         return cls(scale=s, inv_scale=inv, zero_point=z + shift, qmin=qmin + shift, qmax=qmax + shift)
 
+    @property
+    def fusable(self) -> bool:
+        """Whether torch's fused fake-quant kernel takes these numbers (it needs qmin <= z <= qmax)."""
+        return self.qmin <= self.zero_point <= self.qmax
+
 
 class IntLayer(nn.Module):
     """A Conv2d or Linear run with integer weights and static input quantization.
 
-    `parts` splits the input channels (Q-Diffusion's split shortcut: the skip and the
-    upsampled path have their own input and weight scales); the outputs of the parts add up.
+    Holds the codes, the scales and the choice of kernel backend per part (`deploy.backends`:
+    one file per backend, chosen by `backends.choose` for the layer's device and codes, each
+    preparing its weights once per device / dtype). `parts` splits the input channels
+    (Q-Diffusion's split shortcut: the skip and the upsampled path have their own input and
+    weight scales); the outputs of the parts add up.
     """
 
     def __init__(self, kind: str, weights: list[torch.Tensor], w_scales: list[torch.Tensor],
@@ -125,10 +127,13 @@ class IntLayer(nn.Module):
             start += w.shape[1]
         self.in_channels = start
         self.register_buffer("bias", None if bias is None else bias.detach().clone(), persistent=True)
-        self._packed: list | None = None   # oneDNN prepacked weights (opaque, not in the state dict)
-        self._wf: list | None = None       # float32 weights for the float / dequant backends
-        self._zeros: torch.Tensor | None = None
-        self.backend = "dequant"
+        # the float dtype the model was cast to: float backends rebuild their weights in it
+        self.compute_dtype = torch.float32 if bias is None or not bias.is_floating_point() else bias.dtype
+        self.part_kernels: list[str] = ["dequant"] * len(weights)
+        self.kernel_reasons: list[str] = [""] * len(weights)
+        self._state: list = [None] * len(weights)   # each part's prepared state (its backend's)
+        self._runs: list = []                        # (run, state) per part, built by prepare
+        self.zero_offsets: torch.Tensor | None = None
         self.released = False               # plain int8 weights dropped after prepacking
         self._prepared = False
         if prepare:
@@ -137,6 +142,15 @@ class IntLayer(nn.Module):
     @property
     def num_parts(self) -> int:
         return len(self.bounds)
+
+    @property
+    def backend(self) -> str:
+        """The kernel of every part, or "mixed"."""
+        return self.part_kernels[0] if len(set(self.part_kernels)) == 1 else "mixed"
+
+    @property
+    def kernel_list(self) -> list[str]:
+        return list(self.part_kernels)
 
     def weight_int(self, i: int) -> torch.Tensor:
         return getattr(self, f"w{i}")
@@ -149,36 +163,37 @@ class IntLayer(nn.Module):
         return f"{self.kind}, in={self.in_channels}, out={w.shape[0]}, parts={self.num_parts}, backend={self.backend}"
 
     # -- backend selection -------------------------------------------------------------------
+    def part(self, i: int) -> backends.Part:
+        w = self.weight_int(i)
+        w_absmax = int(w.to(torch.int16).abs().max()) if w.numel() and not w.is_meta else 0
+        return backends.Part(self.kind, w.device, self.acts[i], w_absmax, self._geometry(i))
+
     def prepare(self) -> str:
-        """Choose the kernel of each part for the layer's current device and prepack weights
-        once. On x86 CPUs each part takes the first kernel of `kernels.candidates` (exact for
-        its code ranges on this ISA) that passes the exactness guard `kernels.verified`."""
+        """Choose each part's backend for the layer's current device (`backends.choose`: a
+        forced one, then by priority, each guarded where it has a guard) and let it prepare
+        its weights once."""
         if self.released:
             return self.backend  # prepacked for the CPU, where it stays (see _apply)
-        dev = self.weight_int(0).device
-        self._packed, self._wf = None, None
-        if dev.type == "meta":
+        if self.weight_int(0).device.type == "meta":
             return self.backend
         self._prepared = True
-        self._zeros = torch.zeros(self.weight_int(0).shape[0], dtype=torch.long)
-        n = self.num_parts
-        if any(a is None for a in self.acts):
-            chosen = [("float", "input kept in float by the method")] * n
-        elif dev.type == "cpu" and onednn_available():
-            chosen = [self._choose_cpu(i) for i in range(n)]
-        elif dev.type == "cuda" and self.kind == "linear":
-            chosen = [("int_mm", "CUDA int8 GEMM, int32 accumulation")] * n
-        else:
-            chosen = [("dequant", f"no integer kernel for {self.kind} on {dev.type}")] * n
+        self.zero_offsets = torch.zeros(self.weight_int(0).shape[0], dtype=torch.long)
+        chosen = [backends.choose(self.part(i)) for i in range(self.num_parts)]
         self.part_kernels = [k for k, _ in chosen]
         self.kernel_reasons = [r for _, r in chosen]
-        self.backend = self.part_kernels[0] if len(set(self.part_kernels)) == 1 else "mixed"
-        self._packed = [kernels.prepack(k, self.kind, self.weight_int(i), self.weight_scale(i), self.acts[i].scale,
-                                        self.acts[i].zero_point, self.conv) if k.startswith("onednn") else None
-                        for i, k in enumerate(self.part_kernels)]
-        self._wf = [self._float_weight(i) if k in ("float", "dequant") else None
-                    for i, k in enumerate(self.part_kernels)]
+        self._build()
         return self.backend
+
+    def set_kernels(self, name: str) -> None:
+        """Run every part on backend `name`, unguarded (tests and benchmarks compare backends)."""
+        self.part_kernels = [name] * self.num_parts
+        self.kernel_reasons = [f"set by hand ({name})"] * self.num_parts
+        self._build()
+
+    def _build(self) -> None:
+        bs = [backends.get(k) for k in self.part_kernels]
+        self._state = [b.prepare(self, i) for i, b in enumerate(bs)]
+        self._runs = [(b.run, st) for b, st in zip(bs, self._state)]
 
     def _geometry(self, i: int) -> tuple:
         w = self.weight_int(i)
@@ -188,28 +203,12 @@ class IntLayer(nn.Module):
         return (w.shape[1] * c["groups"], w.shape[0], w.shape[2], w.shape[3], tuple(c["stride"]), tuple(c["padding"]),
                 tuple(c["dilation"]), c["groups"])
 
-    def _choose_cpu(self, i: int) -> tuple[str, str]:
-        a, w = self.acts[i], self.weight_int(i)
-        w_absmax = int(w.to(torch.int16).abs().max()) if w.numel() else 0
-        geom = self._geometry(i)
-        for k, reason in kernels.candidates(a.qmax, w_absmax):
-            if kernels.verified(k, self.kind, geom, a.qmin, a.qmax, a.zero_point, w_absmax):
-                return k, reason
-        return "dequant", "no exact integer kernel"  # pragma: no cover - candidates end with dequant
-
-    @property
-    def kernel_list(self) -> list[str]:
-        """The kernel of each part (a backend set by hand applies to every part)."""
-        if self.backend != "mixed":
-            return [self.backend] * self.num_parts
-        return list(self.part_kernels)
-
     def release_int_weights(self) -> int:
         """Drop the plain int8 weights once oneDNN holds its prepacked copy (which is all the
         CPU kernels read), keeping their shapes on the meta device; returns the bytes freed.
         The layer then stays on the CPU: moving it elsewhere raises (reload the directory with
         the device instead). Other kernels keep their weights (they compute from them)."""
-        if self.released or not all(k.startswith("onednn") for k in self.kernel_list):
+        if self.released or not self._prepared or not all(k.startswith("onednn") for k in self.kernel_list):
             return 0
         freed = 0
         for i in range(self.num_parts):
@@ -221,13 +220,16 @@ class IntLayer(nn.Module):
 
     def _apply(self, fn, recurse=True):
         # Scales stay float32 whatever dtype the model is cast to (a bfloat16 scale has 8
-        # significant bits); only their device follows the module.
+        # significant bits); only their device follows the module. The cast's float dtype
+        # becomes the compute dtype the float backends rebuild their weights in.
         scales = [self.weight_scale(i) for i in range(self.num_parts)]
+        probe = fn(torch.zeros(1))
+        if probe.is_floating_point():
+            self.compute_dtype = probe.dtype
         if self.released:
-            target = fn(torch.zeros(1)).device
-            if target.type != "cpu":
+            if probe.device.type != "cpu":
                 raise EdadmError(f"integer layer {self.name}: its int8 weights were released after prepacking for "
-                                 f"the CPU; load the directory with device={target.type!r} instead of moving it")
+                                 f"the CPU; load the directory with device={probe.device.type!r} instead of moving it")
             ws = {f"w{i}": self._buffers.pop(f"w{i}") for i in range(self.num_parts)}  # meta: nothing to move
             out = super()._apply(fn, recurse)
             self._buffers.update(ws)
@@ -238,27 +240,33 @@ class IntLayer(nn.Module):
         for i, sc in enumerate(scales):
             setattr(self, f"s{i}", sc.to(self.weight_int(i).device, torch.float32))
         if self._prepared:
-            self.prepare()  # device moved: reselect the backend, repack
+            self.prepare()  # device or dtype changed: reselect the backend, prepare again
         return out
 
-    # -- arithmetic ----------------------------------------------------------------------------
-    def _quant_u8(self, x: torch.Tensor, a: ActQuant) -> torch.Tensor:
-        return _codes_(_scaled(x, a.inv_scale), a.zero_point, a.qmin, a.qmax).to(torch.uint8)
+    # -- arithmetic shared by the backends -----------------------------------------------------
+    def quant_codes(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        """Input codes of part i (uint8 domain) as float32: the simulation's float32 operations."""
+        a = self.acts[i]
+        return _codes_(_scaled(x, a.inv_scale), a.zero_point, a.qmin, a.qmax)
 
-    def _weight_float(self, i: int) -> torch.Tensor:
-        """The float32 weight of part i, made on first use where the kernel did not prepare
-        it (int_mm's fallback for shapes torch._int_mm does not take)."""
-        if self._wf is None:
-            self._wf = [None] * self.num_parts
-        if self._wf[i] is None:
-            self._wf[i] = self._float_weight(i)
-        return self._wf[i]
+    def quant_u8(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        return self.quant_codes(x, i).to(torch.uint8)
 
-    def _float_weight(self, i: int) -> torch.Tensor:
+    def qdq_input(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        """Part i's input quantize-dequantized, in x's dtype: one fused kernel
+        (fake_quantize_per_tensor_affine computes float32 x * (1 / scale), rounds half to
+        even, shifts, clamps: the simulation's operations) where it takes the zero point."""
+        a = self.acts[i]
+        if a.fusable:
+            return torch.fake_quantize_per_tensor_affine(x, a.scale, a.zero_point, a.qmin, a.qmax)
+        return ((self.quant_codes(x, i) - a.zero_point) * a.scale).to(x.dtype)
+
+    def dequantized_weight(self, i: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Part i's weight rebuilt from its codes (float32 arithmetic), in `dtype`."""
         w = self.weight_int(i)
-        return w.float() * self.weight_scale(i).reshape(-1, *([1] * (w.dim() - 1)))
+        return (w.float() * self.weight_scale(i).reshape(-1, *([1] * (w.dim() - 1)))).to(dtype)
 
-    def _float_op(self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def float_op(self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if self.kind == "linear":
             return F.linear(x, w, bias)
         c = self.conv
@@ -271,47 +279,17 @@ class IntLayer(nn.Module):
         return x[:, lo:hi] if self.kind == "conv" else x[..., lo:hi]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self.bias
+        if bias is not None and bias.dtype != x.dtype:
+            bias = bias.to(x.dtype)
+        if len(self._runs) == 1:  # the common case, kept lean: launch overhead rules small GPU layers
+            run, state = self._runs[0]
+            return run(self, x, 0, bias, state)
         out = None
-        for i, k in enumerate(self.kernel_list):
-            xi = self._part_input(x, i)
-            bias = self.bias.to(x.dtype) if (self.bias is not None and i == 0) else None
-            y = getattr(self, "_run_" + k.replace("-", "_"))(xi, i, bias)
+        for i, (run, state) in enumerate(self._runs):
+            y = run(self, self._part_input(x, i), i, bias if i == 0 else None, state)
             out = y if out is None else out + y
         return out
-
-    def _run_float(self, x, i, bias):
-        return self._float_op(x, self._weight_float(i).to(x.dtype), bias)
-
-    def _run_dequant(self, x, i, bias):
-        a = self.acts[i]
-        xq = ((self._quant_u8(x, a).float() - a.zero_point) * a.scale).to(x.dtype)
-        return self._float_op(xq, self._weight_float(i).to(x.dtype), bias)
-
-    def _run_onednn(self, x, i, bias):
-        a = self.acts[i]
-        q = self._quant_u8(x, a)
-        if self.kind == "conv":
-            q = q.contiguous(memory_format=torch.channels_last)
-        return kernels.run_packed(self.kind, q, self._packed[i], self.weight_scale(i), a.scale, a.zero_point,
-                                  self._zeros, bias, self.conv, x.dtype)
-
-    _run_onednn_split = _run_onednn  # the two prepacked halves of kernels.prepack, added
-
-    def _run_int_mm(self, x, i, bias):
-        """int8 GEMM: y = s_x * s_w * (q_x' @ W^T - z' * rowsum(W)), q_x' = q_x - 128 (int8)."""
-        a = self.acts[i]
-        shape = x.shape
-        q = (self._quant_u8(x, a).reshape(-1, shape[-1]).to(torch.int16) - 128).to(torch.int8)
-        w = self.weight_int(i)
-        m = q.shape[0]
-        if m <= 16 or q.shape[1] % 8 or w.shape[0] % 8:  # _int_mm's shape constraints
-            return self._run_dequant(x, i, bias)
-        acc = torch._int_mm(q, w.t().contiguous())
-        corr = (a.zero_point - 128) * w.to(torch.int32).sum(1)
-        y = (acc - corr).float() * (a.scale * self.weight_scale(i))
-        if bias is not None:
-            y = y + bias.float()
-        return y.to(x.dtype).reshape(*shape[:-1], w.shape[0])
 
 
 class StaticQuant(nn.Module):
@@ -331,6 +309,9 @@ class StaticQuant(nn.Module):
         return f"scale={self.scale:.4g}, zero_point={self.zero_point}, range=[{self.qmin}, {self.qmax}]"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" and self.qmin <= self.zero_point <= self.qmax:
+            # one fused kernel, same float32 operations (launches dominate small GPU layers)
+            return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, self.qmin, self.qmax)
         return self._finish_(_scaled(x, self.inv_scale)).to(x.dtype)
 
     def _finish_(self, q: torch.Tensor) -> torch.Tensor:
@@ -384,23 +365,37 @@ def int_weight(codes: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor | 
     return w.to(torch.int8)
 
 
+def build_int_layer(name: str, mod: nn.Module, weights: list[tuple], acts: list[tuple] | None, act_bits: int | None,
+                    act_symmetric: bool, bias: torch.Tensor | None, prepare: bool = True) -> IntLayer | None:
+    """The one builder of IntLayers, for the loader and the in-memory conversion alike.
+
+    weights: per part (signed codes, per-channel scale, zero point); acts: per part (scale,
+    zero point) of the input quantizer, or None where the method keeps the input in float.
+    None when the weight codes minus their zero point do not fit int8."""
+    ints = [int_weight(codes, zp) for codes, _, zp in weights]
+    if any(w is None for w in ints):
+        return None
+    act_q = ([ActQuant.from_params(s, z, act_bits, act_symmetric) for s, z in acts] if acts
+             else [None] * len(ints))
+    kind = "conv" if isinstance(mod, nn.Conv2d) else "linear"
+    return IntLayer(kind, ints, [s.detach().float() for _, s, _ in weights], act_q, bias,
+                    _conv_args(mod) if kind == "conv" else None, name=name, prepare=prepare)
+
+
 def int_layer_from_quant(name: str, mod) -> IntLayer | None:
     """An IntLayer with the same parameters as a calibrated fake-quant QConv2d / QLinear, or
     None when its weight codes do not fit int8 (8-bit asymmetric weights)."""
-    weights, scales, acts = [], [], []
-    act_qs = mod.act_quantizers() if mod.act_quantizer is not None else [None] * len(mod.weight_quantizers())
-    for (wq, sl), aq in zip(mod.weight_quantizers(), act_qs):
+    weights = []
+    for wq, sl in mod.weight_quantizers():
         w = mod.weight.detach()[:, sl] if mod.split else mod.weight.detach()
-        wi = int_weight(wq.quantize_int(w.float()), wq.zero_point.detach())
-        if wi is None:
-            return None
-        weights.append(wi.cpu())
-        scales.append(wq.scale.detach().float().cpu())
-        acts.append(None if aq is None else ActQuant.from_params(aq.scale, aq.zero_point, aq.bits, aq.symmetric))
-    kind = "conv" if isinstance(mod, nn.Conv2d) else "linear"
+        weights.append((wq.quantize_int(w.float()).cpu(), wq.scale.detach().float().cpu(),
+                        wq.zero_point.detach().cpu()))
+    acts, bits, sym = None, None, False
+    if mod.act_quantizer is not None:
+        aqs = mod.act_quantizers()
+        acts, bits, sym = [(aq.scale, aq.zero_point) for aq in aqs], aqs[0].bits, aqs[0].symmetric
     bias = None if mod.bias is None else mod.bias.detach().cpu()
-    layer = IntLayer(kind, weights, scales, acts, bias, _conv_args(mod) if kind == "conv" else None, name=name)
-    return layer
+    return build_int_layer(name, mod, weights, acts, bits, sym, bias)
 
 
 def kernel_summary(model: nn.Module) -> dict[str, dict]:

@@ -9,16 +9,10 @@ while codes with ``act_qmax * 2 * max|w| <= 32767`` (4-bit weights, 6-bit activa
 cannot saturate. ONNX Runtime (``reduce_range``, U8U8) and OpenVINO (``OverflowFix``) carry
 fixes for the same hardware fact.
 
-Per layer, :func:`plan` picks, in order of preference, kernels that are exact for that
-layer's code ranges on this machine:
-
-- ``onednn``: the int8 kernel as is (int32 accumulation, or codes that cannot saturate);
-- ``onednn-split``: 8-bit weight codes split into two halves ``w = floor(w / 2) + ceil(w / 2)``
-  whose codes fit ``[-64, 64]``, so every pair fits int16; two kernel calls on the same
-  uint8 input, outputs added. Exact, at twice the integer work;
-- ``dequant``: the same arithmetic in float32 from the integer codes.
-
-Between the last two the order follows measurement; see ``SATURATING_FALLBACK``.
+Which kernel serves a layer is decided in ``edadm.deploy.backends`` (``backends/onednn.py``
+registers ``onednn`` and ``onednn-split``: 8-bit weight codes split into two halves
+``w = floor(w / 2) + ceil(w / 2)`` whose codes fit ``[-64, 64]``, so every pair fits int16);
+this module holds the CPU facts those choices read, the guard, and the oneDNN calls.
 
 :func:`verified` is the guard that cannot be fooled by a new CPU: before a kernel serves a
 layer geometry the first time in a process, it runs on worst-case codes (the layer's
@@ -41,19 +35,8 @@ import torch.nn.functional as F
 
 log = logging.getLogger("edadm")
 
-KERNELS = ("onednn", "onednn-split", "dequant")
-KERNEL_ENV = "EDADM_INT_KERNEL"   # force a kernel (tests, benchmarks); the guard still applies
 INT16_MAX = 32767
 RTOL = 1e-5
-# Order of the exact kernels for layers whose codes would saturate int16 pairs (full-range
-# 8-bit weights) on CPUs without int32 accumulation, by measurement: the split kernel is two
-# int8 products, and int8 without VNNI is only about twice as fast as float32 FMA, so it
-# ties with float32 (AMD EPYC Zen 4 capped by ONEDNN_MAX_CPU_ISA=AVX2, 2 threads: one
-# 16x128x32x32 3x3 conv 27 ms split vs 26 ms float32, the native (inexact) kernel 14 ms;
-# CIFAR-10 UNet W8A8 batch 16, median of 5: 1404 ms split vs 1278 ms float32). Float32 is
-# first; the split kernel (less memory: int8 instead of float32 weights) is one
-# EDADM_INT_KERNEL=onednn-split away. docs/kernels.md has the table.
-SATURATING_FALLBACK = ("dequant", "onednn-split")
 
 # oneDNN's ONEDNN_MAX_CPU_ISA values, lowest first, and what each allows.
 _ISA_ORDER = ["SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI",
@@ -138,40 +121,6 @@ def fast_float_dtype() -> torch.dtype:
 def can_saturate(act_qmax: int, w_absmax: int) -> bool:
     """Whether a pair of u8 x s8 products with these code bounds overflows int16."""
     return 2 * int(act_qmax) * int(w_absmax) > INT16_MAX
-
-
-def forced_kernel() -> str | None:
-    v = os.environ.get(KERNEL_ENV, "").strip().lower()
-    if v in ("", "auto"):
-        return None
-    if v not in KERNELS:
-        from ..errors import EdadmError
-
-        raise EdadmError(f"{KERNEL_ENV}={v!r}: choose from auto, {', '.join(KERNELS)}")
-    return v
-
-
-def candidates(act_qmax: int, w_absmax: int) -> list[tuple[str, str]]:
-    """(kernel, reason) in order of preference for a layer part with these code bounds on
-    this CPU; the first that passes :func:`verified` is used ('dequant' always does)."""
-    out = []
-    forced = forced_kernel()
-    if forced:
-        out.append((forced, f"forced by {KERNEL_ENV}"))
-    info = isa_info()
-    if info["int32_dot"]:
-        out.append(("onednn", "int8 sums accumulate in int32"))
-    elif not can_saturate(act_qmax, w_absmax):
-        out.append(("onednn", "codes cannot saturate int16 pairs"))
-    else:
-        reasons = {"onednn-split": "8-bit weight codes split in two halves (int16 pairs would saturate)",
-                   "dequant": "float32 from the integer codes (int16 pairs would saturate)"}
-        out += [(k, reasons[k]) for k in SATURATING_FALLBACK]
-    out.append(("dequant", "no exact integer kernel"))
-    first: dict[str, str] = {}
-    for k, r in out:
-        first.setdefault(k, r)  # a kernel keeps its first (most specific) reason
-    return list(first.items())
 
 
 def split_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

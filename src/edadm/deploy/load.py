@@ -221,7 +221,7 @@ def load_int_unet(path: str | Path, device: torch.device | str = "cpu"):
     quantized Conv2d / Linear becomes an IntLayer holding int8 weights; no float copy of a
     quantized weight is made (except for layers the method keeps in float input)."""
     from ..quant.wrap import _set_submodule
-    from .intengine import ActQuant, IntLayer, _conv_args, freeze_attention_quantizers, int_weight, prepare_int
+    from .intengine import build_int_layer, freeze_attention_quantizers, prepare_int
 
     path = Path(path)
     meta, config, cls, unet, tensors = _read_quant_files(path)
@@ -247,15 +247,11 @@ def load_int_unet(path: str | Path, device: torch.device | str = "cpu"):
             bias = tensors.pop(f"{name}.bias", None)
         except (KeyError, AttributeError, TypeError, ValueError) as exc:
             raise EdadmError(f"{path}: layer {name}: {exc} missing or inconsistent in {TENSOR_FILE}") from exc
-        ints = [int_weight(c, zp) for c, _, zp in weights]
-        if any(w is None for w in ints):  # the spec allows int8, so the stored codes are corrupt
+        layer = build_int_layer(name, mod, weights, acts or None, spec.act_bits, spec.act_symmetric, bias,
+                                prepare=early)
+        if layer is None:  # the spec allows int8, so the stored codes are corrupt
             raise EdadmError(f"{path}: layer {name}: weight codes minus zero point exceed int8 (inconsistent "
                              f"{TENSOR_FILE})")
-        act_q = ([ActQuant.from_params(s, z, spec.act_bits, spec.act_symmetric) for s, z in acts] if acts
-                 else [None] * len(ints))
-        kind = "conv" if isinstance(mod, torch.nn.Conv2d) else "linear"
-        layer = IntLayer(kind, ints, [s for _, s, _ in weights], act_q, bias,
-                         _conv_args(mod) if kind == "conv" else None, name=name, prepare=early)
         if early:
             layer.release_int_weights()
         _set_submodule(unet, name, layer)
