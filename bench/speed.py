@@ -34,6 +34,7 @@ size.
     python bench/speed.py                                   # digits-ddpm and ddpm-cifar10
     python bench/speed.py --models ddpm-cifar10 --batches 16 --isas native,AVX2 --name speed_isa
     python bench/speed.py --models sd-v1-4 --batches 1 --repeats 3 --name speed_sd
+    python bench/speed.py --device cuda                     # the CUDA table (bench/speed_cuda.py)
 """
 from __future__ import annotations
 
@@ -422,6 +423,11 @@ def profile_tables(rows: list[dict]) -> list[str]:
 
 
 def main(argv=None) -> None:
+    given = list(sys.argv[1:] if argv is None else argv)
+    if "--device" in given and given[given.index("--device") + 1:][:1] == ["cuda"]:
+        import speed_cuda  # the CUDA table: one process, CUDA events, GPU memory (its docstring)
+
+        return speed_cuda.main(given)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=",".join(DEFAULT_MODELS))
     ap.add_argument("--variants", default=",".join(VARIANTS))

@@ -133,6 +133,7 @@ class IntLayer(nn.Module):
         self.kernel_reasons: list[str] = [""] * len(weights)
         self._state: list = [None] * len(weights)   # each part's prepared state (its backend's)
         self._runs: list = []                        # (run, state) per part, built by prepare
+        self.channels_last = False          # conv weights rebuilt channels_last (the model was cast so)
         self.zero_offsets: torch.Tensor | None = None
         self.released = False               # plain int8 weights dropped after prepacking
         self._prepared = False
@@ -223,9 +224,10 @@ class IntLayer(nn.Module):
         # significant bits); only their device follows the module. The cast's float dtype
         # becomes the compute dtype the float backends rebuild their weights in.
         scales = [self.weight_scale(i) for i in range(self.num_parts)]
-        probe = fn(torch.zeros(1))
+        probe = fn(torch.zeros(1, 2, 2, 2))  # what the cast does to a float conv weight
         if probe.is_floating_point():
             self.compute_dtype = probe.dtype
+        self.channels_last = not probe.is_contiguous() and probe.is_contiguous(memory_format=torch.channels_last)
         if self.released:
             if probe.device.type != "cpu":
                 raise EdadmError(f"integer layer {self.name}: its int8 weights were released after prepacking for "
@@ -264,7 +266,8 @@ class IntLayer(nn.Module):
     def dequantized_weight(self, i: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Part i's weight rebuilt from its codes (float32 arithmetic), in `dtype`."""
         w = self.weight_int(i)
-        return (w.float() * self.weight_scale(i).reshape(-1, *([1] * (w.dim() - 1)))).to(dtype)
+        out = (w.float() * self.weight_scale(i).reshape(-1, *([1] * (w.dim() - 1)))).to(dtype)
+        return out.contiguous(memory_format=torch.channels_last) if self.channels_last and out.dim() == 4 else out
 
     def float_op(self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if self.kind == "linear":
