@@ -90,7 +90,7 @@ def test_every_qdq_node_follows_tensorrts_rules(t2i):
     dq_nodes = [n for n in m.graph.node if n.op_type == "DequantizeLinear"]
     weight_dq = [n for n in dq_nodes if n.input[0] in inits]
     parts = sum(len(q.weight_quantizers()) for q in den.modules() if isinstance(q, QuantMixin))
-    assert len(weight_dq) == parts == info["folded_weights"] == info["tensorrt"]["weights"]["layers"]
+    assert len(weight_dq) == parts == info["folded_weights"] == info["tensorrt"]["weights"]["parts"]
     acts = sum(1 for q in den.modules() if isinstance(q, UniformQuantizer) and q.role == "act" and bool(q.initialized))
     assert sum(info["tensorrt"]["activations"].values()) == acts
     # one QDQ pair per activation quantizer, as in the plain export; quantizers that read the same

@@ -115,7 +115,7 @@ def plan_model(model: torch.nn.Module, symmetrize: bool, source: str, pipe=None)
     EdadmError when the activation ranges are asymmetric (and symmetrize is off) or a weight's
     codes cannot be int8 [-127, 127]. Returns the counts export_onnx reports."""
     acts: dict[str, ActPlan] = {}
-    weights = {"layers": 0, "clipped_layers": 0, "clipped_codes": 0, "codes": 0}
+    weights = {"parts": 0, "clipped_parts": 0, "clipped_codes": 0, "codes": 0}
     for name, m in model.named_modules():
         if isinstance(m, UniformQuantizer) and m.role == "act" and m.enabled and bool(m.initialized):
             acts[name] = act_plan(m, symmetrize)
@@ -127,10 +127,10 @@ def plan_model(model: torch.nn.Module, symmetrize: bool, source: str, pipe=None)
                     continue
                 part = qw[:, sl] if m.split else qw
                 _, moved = weight_for_tensorrt(wq, part, name if not m.split else f"{name} (part {i + 1})")
-                weights["layers"] += 1
+                weights["parts"] += 1
                 weights["codes"] += part.numel()
                 weights["clipped_codes"] += moved
-                weights["clipped_layers"] += moved > 0
+                weights["clipped_parts"] += moved > 0
     bad = [(n, p) for n, p in acts.items() if p.kind == "asymmetric"]
     if bad:
         first, p = bad[0]
