@@ -16,6 +16,7 @@ from pathlib import Path
 from .config import (ACT_RANGE_KINDS, CALIB_STRATEGIES, DEFAULT_ITERS_SCALE, DEFAULT_METHOD, METHODS, RANGE_METHODS,
                      STEP_BALANCE)
 from .deploy.engines import DEFAULT_ENGINE, ENGINES
+from .deploy.onnx_export import TARGETS as EXPORT_TARGETS
 from .errors import EdadmError
 from .state import pipeline_class
 
@@ -284,6 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--format", choices=["onnx"], default="onnx")
     x.add_argument("--out", required=True, type=Path, help="output file, e.g. denoiser.onnx")
     x.add_argument("--opset", type=_positive_int, default=17, help="ONNX opset (>= 13: per-axis DequantizeLinear)")
+    x.add_argument("--target", choices=EXPORT_TARGETS, default="onnx",
+                   help="onnx: edadm's numbers as they are (ONNX Runtime, OpenVINO); tensorrt: TensorRT's "
+                        "explicit quantization (int8, zero point 0; docs/deployment.md)")
+    x.add_argument("--symmetrize", action=argparse.BooleanOptionalAction, default=False,
+                   help="--target tensorrt: re-derive asymmetric activation ranges (free recipes such as naive, "
+                        "eda-dm-plus) as symmetric ones covering the same range, at one bit less resolution; "
+                        "default: refuse them")
 
     z = sub.add_parser("zoo", help="list or train the shipped demo models")
     zsub = z.add_subparsers(dest="zoo_command", required=True, parser_class=_Parser)
@@ -645,6 +653,12 @@ def cmd_export(args) -> int:
         raise EdadmError(f"{args.model} is not an edadm quantized directory (write one with edadm quantize --out)")
     if args.opset < 13:
         raise EdadmError(f"--opset {args.opset}: per-axis DequantizeLinear needs opset 13 or later")
+    if args.symmetrize and args.target != "tensorrt":
+        raise EdadmError("--symmetrize re-derives activation ranges for --target tensorrt; the onnx target keeps "
+                         "edadm's own ranges")
+    if args.target == "tensorrt" and args.opset > 20:
+        raise EdadmError(f"--opset {args.opset}: TensorRT 10 and 11 parse opsets up to 20 with per-axis "
+                         "DequantizeLinear (TensorRT 10.0's newest); use 17 (the default)")
     if args.out.suffix != ".onnx":
         raise EdadmError(f"--out {args.out} should end in .onnx")
     _check_writable(args.out)
@@ -653,13 +667,18 @@ def cmd_export(args) -> int:
     if importlib.util.find_spec("onnx") is None:
         raise EdadmError("export needs the onnx package: pip install 'edadm[onnx]'")
     t0 = time.time()
-    info = export_onnx(path, args.out, opset=args.opset)
+    info = export_onnx(path, args.out, opset=args.opset, target=args.target, symmetrize=args.symmetrize)
     q, dq = info["ops"].get("QuantizeLinear", 0), info["ops"].get("DequantizeLinear", 0)
     files = [Path(f) for f in info["files"]]
     size = sum(f.stat().st_size for f in files) / 2**20
     print(f"wrote {', '.join(map(str, files))} ({size:.1f} MiB): "
           f"inputs {', '.join(info['inputs'])}; {info['folded_weights']} integer weights, {q} QuantizeLinear, "
           f"{dq} DequantizeLinear, opset {info['opset']} ({time.time() - t0:.1f}s)")
+    if "tensorrt" in info:  # what TensorRT's form changed, so that nobody has to read the graph to know
+        t, w = info["tensorrt"], info["tensorrt"]["weights"]
+        acts = ", ".join(f"{n} {k}" for k, n in t["activations"].items())
+        print(f"TensorRT form (int8, zero point 0): activation quantizers {acts} ({t['rederived']} re-derived, "
+              f"docs/deployment.md); {w['clipped_codes']} of {w['codes']} weight codes -128 clipped to -127")
     return 0
 
 

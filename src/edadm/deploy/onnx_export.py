@@ -16,6 +16,11 @@ exporter writes as QuantizeLinear / DequantizeLinear), then each QuantizeLinear 
 constant weight is folded into an integer initializer. Written by hand because no exporter
 takes a model's own fake-quant parameters to integer ONNX initializers (torch.ao's flow
 recalibrates, ModelOpt / NNCF calibrate their own scales).
+
+target "tensorrt" writes the same graph in TensorRT's explicit-quantization form (int8 with
+zero point 0 everywhere, weights in [-127, 127] on their output-channel axis): TensorRT's
+parser rejects the uint8 codes and zero points that edadm's affine quantizers give ONNX
+Runtime and OpenVINO. deploy/tensorrt.py decides how each quantizer maps and checks the graph.
 """
 from __future__ import annotations
 
@@ -31,16 +36,27 @@ from torch import nn
 from ..errors import EdadmError
 from ..quant.modules import QConv2d, QLinear, QuantMixin
 from ..quant.quantizer import UniformQuantizer
+from . import tensorrt
 
 log = logging.getLogger("edadm")
 OPSET = 17
+TARGETS = ("onnx", "tensorrt")  # tensorrt: TensorRT's explicit-quantization form (deploy/tensorrt.py)
 EXTERNAL_DATA_BYTES = 1 << 30  # above this the weights go to FILE.onnx.data (protobuf's 2 GiB limit)
 
 
-def _act_qdq(q: UniformQuantizer | None):
-    """x -> QDQ(x) with q's frozen scale and zero point (identity when q is None or off)."""
+def _act_qdq(q: UniformQuantizer | None, target: str = "onnx", symmetrize: bool = False):
+    """x -> QDQ(x) with q's frozen scale and zero point (identity when q is None or off).
+    target "tensorrt": int8 with zero point 0 in TensorRT's form (tensorrt.act_plan)."""
     if q is None or not q.enabled or not bool(q.initialized):
         return lambda x: x
+    if target == "tensorrt":
+        p = tensorrt.act_plan(q, symmetrize)
+
+        def f_trt(x):
+            if p.clip:  # the calibrated range, where it is narrower than the int8 codes
+                x = torch.clamp(x, p.lo, p.hi)
+            return torch.fake_quantize_per_tensor_affine(x, p.scale, 0, *tensorrt.ACT_CODES)
+        return f_trt
     scale, zp = float(q.scale.detach().reshape(-1)[0]), int(round(float(q.zero_point.reshape(-1)[0])))
     # ONNX QuantizeLinear has 8-bit codes: the container range, and narrower codes clipped in float first
     cmin, cmax = (-128, 127) if q.qmin < 0 else (0, 255)
@@ -65,12 +81,11 @@ def _weight_params(wq: UniformQuantizer) -> tuple[torch.Tensor, torch.Tensor, in
 
 def _export_forward(mod: QuantMixin, x: torch.Tensor) -> torch.Tensor:
     parts = mod.weight_quantizers()
-    aqs = [mod.act_quantizer, getattr(mod, "act_quantizer2", None)] if mod.split else [mod.act_quantizer]
     outs = []
     for i, (wq, sl) in enumerate(parts):
         xi = x[:, sl] if mod.split else x
         wi = mod.weight[:, sl] if mod.split else mod.weight
-        xi = _act_qdq(aqs[i])(xi)
+        xi = mod._export_act[i](xi)
         bias = mod.bias if i == 0 else None  # one bias for the sum of the parts
         op = (lambda a, w, b: mod._conv_forward(a, w, b)) if isinstance(mod, QConv2d) else F.linear
         if mod._export_halves[i]:  # overflow fix: two half-range weights, two integer ops, summed
@@ -103,44 +118,74 @@ def _halves(mod: QuantMixin, i: int, wq: UniformQuantizer, act: UniformQuantizer
     return (lo * scale).contiguous(), ((codes - lo) * scale).contiguous()
 
 
+def _tensorrt_weight(m: QuantMixin, name: str) -> tuple[torch.Tensor, list]:
+    """The on-grid weight of `m` with every part's codes in TensorRT's int8 [-127, 127] and the
+    parts' (scale, zero point 0, int8 container): asymmetric 4-bit codes minus their zero
+    point are the same numbers with zero point 0 (tensorrt.weight_for_tensorrt)."""
+    qw = m.quant_weight().detach()
+    parts, params = [], []
+    for i, (wq, sl) in enumerate(m.weight_quantizers()):
+        part = qw[:, sl] if m.split else qw
+        if not (wq.enabled and bool(wq.initialized)):
+            parts.append(part)
+            params.append(None)
+            continue
+        parts.append(tensorrt.weight_for_tensorrt(wq, part, name)[0])
+        s = wq.scale.detach().float().reshape(-1).clone()
+        # the int8 container; the codes themselves stay in [-127, 127]
+        params.append((s, torch.zeros_like(s, dtype=torch.int32), *tensorrt.ACT_CODES))
+    return (torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]).contiguous(), params
+
+
 @contextlib.contextmanager
-def export_mode(model: nn.Module, overflow_fix: bool = False):
+def export_mode(model: nn.Module, overflow_fix: bool = False, target: str = "onnx", symmetrize: bool = False):
     """Layers and attention quantizers of `model` as constant QDQ while tracing. overflow_fix:
     weights whose 8-bit codes could saturate a CPU's int16 pair sums (no VNNI / AMX) are
-    written as two half-range weights, as the integer engine's onednn-split kernel does."""
+    written as two half-range weights, as the integer engine's onednn-split kernel does.
+    target "tensorrt": every QDQ int8 with zero point 0 (tensorrt.py; plan_model first)."""
+    if target == "tensorrt" and overflow_fix:
+        raise EdadmError("the overflow fix is for CPU int8 kernels; --target tensorrt does not take it")
     patched = []
-    for m in model.modules():
-        if isinstance(m, (QConv2d, QLinear)):
-            m._export_w = [_weight_params(wq) if wq.enabled and bool(wq.initialized) else None
-                           for wq, _ in m.weight_quantizers()]
-            # trace the simulation's own quantized weight (on its grid, clamped to its range), so
-            # that re-quantizing it in the 8-bit container gives exactly the simulation's codes
-            m._export_saved = m.weight.data
-            with torch.no_grad():
-                m.weight.data = m.quant_weight().detach().clone()
-                aqs = [m.act_quantizer, getattr(m, "act_quantizer2", None)] if m.split else [m.act_quantizer]
-                m._export_halves = []
-                for i, (wq, _) in enumerate(m.weight_quantizers()):
-                    h = _halves(m, i, wq, aqs[i]) if overflow_fix and m._export_w[i] is not None else None
-                    m._export_halves.append(h is not None)
-                    for k, t in zip("ab", h or ()):  # buffers: ONNX initializers the exporter does not fold away
-                        m.register_buffer(f"_export_half{i}{k}", t)
-            m.forward = _export_forward.__get__(m)
-            patched.append(m)
-        elif isinstance(m, UniformQuantizer) and m.role == "act":
-            # attention quantizers (q, k, v, probs) are called directly
-            m.forward = (lambda q: (lambda x: _act_qdq(q)(x)))(m)
-            patched.append(m)
     try:
+        for name, m in model.named_modules():
+            if isinstance(m, (QConv2d, QLinear)):
+                aqs = [m.act_quantizer, getattr(m, "act_quantizer2", None)] if m.split else [m.act_quantizer]
+                m._export_act = [_act_qdq(q, target, symmetrize) for q in aqs]
+                m._export_saved = m.weight.data
+                patched.append(m)
+                if target == "tensorrt":
+                    with torch.no_grad():
+                        m.weight.data, m._export_w = _tensorrt_weight(m, name)
+                    m._export_halves = [False] * len(m._export_w)
+                    m.forward = _export_forward.__get__(m)
+                    continue
+                m._export_w = [_weight_params(wq) if wq.enabled and bool(wq.initialized) else None
+                               for wq, _ in m.weight_quantizers()]
+                # trace the simulation's own quantized weight (on its grid, clamped to its range), so
+                # that re-quantizing it in the 8-bit container gives exactly the simulation's codes
+                with torch.no_grad():
+                    m.weight.data = m.quant_weight().detach().clone()
+                    m._export_halves = []
+                    for i, (wq, _) in enumerate(m.weight_quantizers()):
+                        h = _halves(m, i, wq, aqs[i]) if overflow_fix and m._export_w[i] is not None else None
+                        m._export_halves.append(h is not None)
+                        for k, t in zip("ab", h or ()):  # buffers: ONNX initializers the exporter does not fold away
+                            m.register_buffer(f"_export_half{i}{k}", t)
+                m.forward = _export_forward.__get__(m)
+            elif isinstance(m, UniformQuantizer) and m.role == "act":
+                # attention quantizers (q, k, v, probs) are called directly
+                m.forward = _act_qdq(m, target, symmetrize)
+                patched.append(m)
         yield model
     finally:
-        for m in patched:
-            del m.forward
-            if hasattr(m, "_export_w"):
+        for m in patched:  # also after a failure half-way through patching
+            m.__dict__.pop("forward", None)
+            if hasattr(m, "_export_saved"):
                 m.weight.data = m._export_saved
                 for name in [b for b in m._buffers if b.startswith("_export_half")]:
                     del m._buffers[name]
-                del m._export_w, m._export_saved, m._export_halves
+                for attr in ("_export_w", "_export_saved", "_export_halves", "_export_act"):
+                    m.__dict__.pop(attr, None)
 
 
 class Signature(nn.Module):
@@ -264,13 +309,20 @@ def export_files(onnx_file: str | Path) -> list[Path]:
     return [f for f in (Path(onnx_file), external_data_path(onnx_file)) if f.is_file()]
 
 
-def export_onnx(source, out: str | Path, batch: int = 2, opset: int = OPSET, overflow_fix: bool = False) -> dict:
+def export_onnx(source, out: str | Path, batch: int = 2, opset: int = OPSET, overflow_fix: bool = False,
+                target: str = "onnx", symmetrize: bool = False) -> dict:
     """Write the quantized denoiser of `source` (a quantized directory, or a pipeline quantized
     in this process / loaded with engine "fake") to `out` (.onnx; weights over 1 GiB go to
     out + ".data"). Returns what was written (inputs, node counts, folded weights).
 
     overflow_fix: for CPUs whose int8 kernels sum u8 x s8 products in int16 pairs (AVX2,
-    AVX-512 without VNNI): full-range 8-bit weights as two half-range weights (export_mode)."""
+    AVX-512 without VNNI): full-range 8-bit weights as two half-range weights (export_mode).
+
+    target "tensorrt": a graph in TensorRT's explicit-quantization form (deploy/tensorrt.py):
+    every QuantizeLinear / DequantizeLinear int8 with zero point 0, weights int8 in [-127, 127]
+    per output channel; one-sided activation ranges re-derived on the signed grid; asymmetric
+    activation ranges refused, or re-derived symmetric with `symmetrize`. The graph is checked
+    against the rules before it is written; info["tensorrt"] counts what was re-derived."""
     import onnx
 
     from ..model.families import get_denoiser
@@ -278,6 +330,17 @@ def export_onnx(source, out: str | Path, batch: int = 2, opset: int = OPSET, ove
     from .layout import QUANT_FILE, is_quantized_dir
     from .load import load_quantized
 
+    if target not in TARGETS:
+        raise EdadmError(f"unknown export target {target!r}; choose from {', '.join(TARGETS)}")
+    if symmetrize and target != "tensorrt":
+        raise EdadmError("symmetrize re-derives activation ranges for --target tensorrt; the onnx target keeps "
+                         "edadm's own asymmetric ranges")
+    if target == "tensorrt":
+        if not tensorrt.OPSETS[0] <= opset <= tensorrt.OPSETS[1]:
+            raise EdadmError(f"--opset {opset}: TensorRT 10 and 11 parse opsets {tensorrt.OPSETS[0]}-"
+                             f"{tensorrt.OPSETS[1]} with per-axis DequantizeLinear (default {OPSET})")
+        if overflow_fix:
+            raise EdadmError("the overflow fix is for CPU int8 kernels; --target tensorrt does not take it")
     if isinstance(source, (str, Path)) and not is_quantized_dir(source):
         raise EdadmError(f"{source} is not an edadm quantized directory (no {QUANT_FILE} in its denoiser folder): "
                          "export a directory written by edadm quantize")
@@ -295,15 +358,27 @@ def export_onnx(source, out: str | Path, batch: int = 2, opset: int = OPSET, ove
         if not any(isinstance(m, QuantMixin) for m in model.modules()):
             raise EdadmError("the denoiser has no quantized layers: export a directory written by edadm quantize")
         names, args = example_inputs(model, batch)
+        trt = None
+        if target == "tensorrt":  # refuse before tracing: the user's answer comes in seconds
+            trt = tensorrt.plan_model(model, symmetrize, str(source) if isinstance(source, (str, Path))
+                                      else "this pipeline", pipe)
         dynamic = {n: {0: "batch"} for n in names} | {"out_sample": {0: "batch"}}
         if "encoder_hidden_states" in dynamic:  # prompt length: the text encoder's
             dynamic["encoder_hidden_states"][1] = "sequence"
-        with torch.no_grad(), export_mode(model, overflow_fix=overflow_fix):
+        with torch.no_grad(), export_mode(model, overflow_fix=overflow_fix, target=target, symmetrize=symmetrize):
             torch.onnx.export(Signature(model, names), args, str(raw), input_names=names,
                               output_names=["out_sample"], opset_version=opset, dynamo=False,
                               dynamic_axes=dynamic, do_constant_folding=True)
         proto = onnx.load(str(raw))
         folded = _fold_weight_quantizers(proto)
+        if trt is not None:
+            trt["matmul_weights_transposed"] = tensorrt.fold_matmul_transposes(proto)
+            broken = tensorrt.check_graph(proto)
+            if broken:  # a bug of this exporter, not of the input: still one line, nothing written
+                raise EdadmError(f"the TensorRT export breaks TensorRT's rules in {len(broken)} places "
+                                 f"(first: {broken[0]}); please report it")
+            log.debug("TensorRT form: activation quantizers %s; %d of %d weight codes -128 clipped to -127",
+                     trt["activations"], trt["weights"]["clipped_codes"], trt["weights"]["codes"])
         size = sum(len(i.raw_data) for i in proto.graph.initializer)
         external = size > EXTERNAL_DATA_BYTES
         with atomic_file(out) as tmp:
@@ -323,7 +398,10 @@ def export_onnx(source, out: str | Path, batch: int = 2, opset: int = OPSET, ove
     ops: dict[str, int] = {}
     for n in proto.graph.node:
         ops[n.op_type] = ops.get(n.op_type, 0) + 1
-    return {"path": str(out), "files": [str(f) for f in export_files(out)], "inputs": names, "opset": opset,
+    info = {"path": str(out), "files": [str(f) for f in export_files(out)], "inputs": names, "opset": opset,
             "folded_weights": folded, "external_data": external,
-            "overflow_fix": overflow_fix,
+            "overflow_fix": overflow_fix, "target": target,
             "ops": dict(sorted(ops.items(), key=lambda kv: -kv[1]))}
+    if trt is not None:
+        info["tensorrt"] = trt
+    return info
