@@ -13,12 +13,12 @@ and another exp, so a probability code may differ by one where ``p * inv_scale``
 float32 noise of a rounding tie (x.5). ``test_codes_equal_reference_except_at_ties`` checks
 the codes themselves (V = identity, so the output *is* the quantized map); exact ties are
 checked on uniform attention; the output tests bound the error by a couple of flipped codes'
-worth (``scale * max|v|``), a relative L2 error of 1e-5 (fp32) or the dtype's eps (fp16),
-and 1/100 (1/20) of the quantization's own effect. Measured under the interpreter (triton
-3.9, numpy), fp32 inputs, outputs ~1: no code differs from the float32 or float64
-reference on these shapes; max abs error 0 to 7e-7 (<= 4e-5 codes' worth), relative L2
-error <= 9e-8, against a quantization effect of 7e-3 to 1.5e-2. fp16: max abs error 8.3e-4
-(0.06 codes' worth: the fp16 output's rounding), relative L2 2.1e-4.
+worth (``scale * max|v|``), a relative L2 error of 1e-5 (fp32) or the dtype's eps / 4
+(fp16, bf16), and 1/100 (1/20) of the quantization's own effect. Measured under the
+interpreter (triton 3.9, numpy), fp32 inputs, outputs ~1: no code differs from the float32
+or float64 reference on these shapes; max abs error 0 to 7e-7 (<= 4e-5 codes' worth),
+relative L2 error <= 9e-8, against a quantization effect of 7e-3 to 1.5e-2. fp16: equal,
+bit for bit, to the float32 simulation rounded to fp16.
 """
 import functools
 import importlib.util
@@ -43,10 +43,33 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"   # this process runs th
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available() or INTERPRETED, reason="no CUDA device")
 
 
+def _interpreter_problem() -> str | None:
+    """Why this process's triton interpreter cannot run the kernel, or None. Triton 3.6's
+    interpreter takes int() of a 1-element numpy array for a loop bound given at run time,
+    which numpy >= 2.5 refuses (triton 3.9 squeezes it first)."""
+    import numpy as np
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def loop_to(x_ptr, n):
+        acc = tl.zeros([1], dtype=tl.float32)
+        for _ in range(0, n, 1):
+            acc += 1.0
+        tl.store(x_ptr + tl.arange(0, 1), acc)
+
+    x = torch.zeros(1)
+    try:
+        loop_to[(1,)](x, 3)
+    except Exception as exc:  # noqa: BLE001 - any failure of the probe means the same
+        return f"triton {triton.__version__}'s interpreter fails with numpy {np.__version__}: {exc}"
+    return None if float(x) == 3.0 else f"triton {triton.__version__}'s interpreter miscounts a loop"
+
+
 @functools.lru_cache(maxsize=None)
 def _child_outcomes() -> tuple[dict, str]:
     """Run this file's interpreter tests once in a child pytest under TRITON_INTERPRET=1:
-    ({test name: None if passed, else the failure text}, the child's output tail)."""
+    ({test name: ("passed" | "failed" | "skipped", text)}, the child's output tail)."""
     root = Path(__file__).resolve().parents[2]
     xml = Path(os.environ.get("TMPDIR", "/tmp")) / f"edadm-triton-interp-{os.getpid()}.xml"
     env = {**os.environ, "TRITON_INTERPRET": "1"}
@@ -57,11 +80,14 @@ def _child_outcomes() -> tuple[dict, str]:
     outcomes = {}
     if xml.exists():
         for case in ET.parse(xml).iter("testcase"):
-            bad = case.find("failure") if case.find("failure") is not None else case.find("error")
-            skipped = case.find("skipped")
-            outcomes[case.get("name")] = (bad.text or bad.get("message") if bad is not None
-                                          else f"skipped in the child: {skipped.get('message')}" if skipped is not None
-                                          else None)
+            outcome = ("passed", "")
+            for kind in ("failure", "error", "skipped"):
+                el = case.find(kind)
+                if el is not None:
+                    outcome = ("skipped" if kind == "skipped" else "failed", el.get("message") if kind == "skipped"
+                               else el.text or el.get("message") or "")
+                    break
+            outcomes[case.get("name")] = outcome
         xml.unlink()
     return outcomes, tail
 
@@ -72,14 +98,23 @@ def interpreted(fn):
     @functools.wraps(fn)
     def run(*args, **kwargs):
         if INTERPRETED:
+            problem = _problem()
+            if problem:
+                pytest.skip(problem)
             return fn(*args, **kwargs)
         name = os.environ["PYTEST_CURRENT_TEST"].split("::")[-1].rsplit(" (", 1)[0]
         outcomes, tail = _child_outcomes()
         if name not in outcomes:
             pytest.fail(f"{name} did not run in the interpreter child:\n{tail}", pytrace=False)
-        if outcomes[name] is not None:
-            pytest.fail(f"under TRITON_INTERPRET=1:\n{outcomes[name]}", pytrace=False)
+        outcome, text = outcomes[name]
+        if outcome == "skipped":
+            pytest.skip(text.removeprefix("Skipped: "))
+        if outcome == "failed":
+            pytest.fail(f"under TRITON_INTERPRET=1:\n{text}", pytrace=False)
     return pytest.mark.triton_interpreter(run)
+
+
+_problem = functools.lru_cache(maxsize=None)(_interpreter_problem)
 
 
 def probs_quant(zero_point: int = 0, scale: float = 1 / 255) -> StaticQuant:
@@ -118,29 +153,37 @@ def check_close(out, ref, sq, v, unquantized, flips: float = 2.0, rel_l2: float 
     assert rel < effect / below_effect, (rel, effect)
 
 
+def check_codes(bh, lq, lk, zero_point=0, dtype=torch.float32, device="cpu", tie_rel=1e-5, max_flips=1e-4):
+    """V = identity (head dim = Lk): the output is the quantized probability map itself, so
+    the kernel's codes can be read back and compared with the float32 and float64
+    simulations' one by one. A code may differ by one only at a rounding tie: where
+    x = p * inv_scale (float64) lies within tie_rel * max(x, 1) of x.5 (a relative error
+    of p: the scores' and the row sum's last bits, exp's). At most max_flips of them."""
+    q, k, _ = qkv(bh, lq, lk, lk, dtype=dtype, device=device)
+    v = torch.eye(lk, dtype=dtype, device=device).expand(bh, lk, lk).contiguous()
+    sq, scale = probs_quant(zero_point), lk ** -0.5
+    out = at.quant_attention(q, k, v, scale, params(sq))
+    codes = torch.round(out.double() / sq.scale)   # exact: code * scale is recovered in any dtype here
+    qf, kf = q.float(), k.float()
+    p64 = torch.softmax(torch.bmm(qf.double(), kf.double().transpose(1, 2)) * scale, -1)
+    ref32 = torch.round(reference(qf, kf, v.float(), scale, sq).double() / sq.scale)
+    ref64 = torch.round(sq(p64).double() / sq.scale)
+    assert codes.unique().numel() > 20  # really quantized, many levels
+    x = p64 * sq.inv_scale
+    tie_distance = (x - x.floor() - 0.5).abs()
+    near_tie = tie_distance <= tie_rel * x.clamp(min=1)
+    for name, ref in (("float32", ref32), ("float64", ref64)):
+        diff = codes != ref
+        where = f"vs {name}: {int(diff.sum())} of {diff.numel()} codes differ, at x = {x[diff][:8].tolist()}"
+        assert ((codes - ref).abs() <= 1).all(), where
+        assert (near_tie | ~diff).all(), where
+        assert diff.sum() <= max(2, diff.numel() * max_flips), where
+
+
 @pytest.mark.parametrize("lq,lk,zero_point", [(37, 37, 0), (37, 77, 7), (50, 37, -3)])
 @interpreted
 def test_codes_equal_reference_except_at_ties(lq, lk, zero_point):
-    """V = identity: the output is the quantized probability map itself, so the kernel's codes
-    can be read back and compared with the reference's one by one."""
-    bh, d = 2, lk
-    q, k, _ = qkv(bh, lq, lk, d)
-    v = torch.eye(lk).expand(bh, lk, lk).contiguous()
-    sq = probs_quant(zero_point)
-    scale = d ** -0.5
-    out = at.quant_attention(q, k, v, scale, params(sq))
-    codes = torch.round(out.double() / sq.scale)
-    ref32 = torch.round(reference(q, k, v, scale, sq).double() / sq.scale)
-    p64 = torch.softmax(torch.bmm(q.double(), k.double().transpose(1, 2)) * scale, -1)
-    ref64 = torch.round(reference(q.double(), k.double(), v.double(), scale, sq) / sq.scale)
-    assert codes.unique().numel() > 20  # really quantized, many levels
-    x = p64 * sq.inv_scale
-    near_tie = (x - x.floor() - 0.5).abs() < 1e-4
-    for ref in (ref32, ref64):
-        diff = codes != ref
-        assert ((codes - ref).abs() <= 1).all()
-        assert (near_tie | ~diff).all(), f"{int(diff.sum())} codes differ, {int((diff & ~near_tie).sum())} not at a tie"
-        assert diff.sum() <= max(2, diff.numel() // 10000)
+    check_codes(2, lq, lk, zero_point)
 
 
 @pytest.mark.parametrize("lk,inv_scale,zero_point,codes", [
@@ -182,31 +225,31 @@ def test_matches_materializing_path_fp32(bh, lq, lk, d, zero_point):
 def half_reference(q, k, v, scale: float, sq: StaticQuant, mask=None):
     """The float32 simulation of fp16 / bf16 inputs: scores, softmax and quantizer in fp32,
     the quantized map cast to the inputs' dtype before bmm (as the simulation casts it), bmm
-    in fp32. The kernel matches this up to its own output rounding to the dtype."""
+    in fp32, the output rounded to the dtype (as the kernel rounds its own)."""
     attn = SimpleNamespace(upcast_attention=False, upcast_softmax=False, scale=scale, probs_quantizer=sq)
     with torch.no_grad():
         probs = sq(_attention_probs_inplace(attn, q.float(), k.float(), mask))
-        return torch.bmm(probs.to(q.dtype).float(), v.float())
+        return torch.bmm(probs.to(q.dtype).float(), v.float()).to(q.dtype)
 
 
 def check_half(out, q, k, v, scale, sq, mask=None):
-    """fp16 / bf16 output against half_reference: one flipped code's worth plus the dtype's
-    rounding of the output, relative L2 error below the dtype's eps and far below the
-    quantization's effect."""
-    ref = half_reference(q, k, v, scale, sq, mask)
+    """fp16 / bf16 output against half_reference: within a couple of codes' worth plus one
+    ulp of the dtype (the two roundings of nearly equal fp32 sums can differ by one), with
+    a relative L2 error below the dtype's eps / 4 and far below the quantization's effect."""
+    ref = half_reference(q, k, v, scale, sq, mask).float()
     unquantized = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
                                                                    scale=scale)
     eps = torch.finfo(q.dtype).eps
     vmax = v.float().abs().max().item()
     check_close(out, ref, sq, v.float(), unquantized, flips=2 + eps * ref.abs().max().item() / (sq.scale * vmax),
-                rel_l2=eps, below_effect=20)
+                rel_l2=eps / 4, below_effect=20)
 
 
 @interpreted
 def test_fp16():
-    """Measured (interpreter): max abs error 8.3e-4 (0.06 codes' worth; fp16 output
-    rounding), relative L2 2.1e-4 against a quantization effect of 1.2e-2. (bf16 is
-    compiled-only: the interpreter mishandles it, see available().)"""
+    """Measured (interpreter): bit-identical to the float32 simulation rounded to fp16 (the
+    quantization's effect: 1.2e-2 relative L2). bf16 is compiled-only: the interpreter
+    mishandles it, see available()."""
     q, k, v = qkv(2, 37, 77, 40, dtype=torch.float16)
     sq, scale = probs_quant(), 40 ** -0.5
     out = at.quant_attention(q, k, v, scale, params(sq))
@@ -310,25 +353,48 @@ def test_custom_op_under_torch_compile():
 
 
 @needs_cuda
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_cuda_codes_equal_reference_except_at_ties(dtype):
+    """The compiled kernel's codes (libdevice rint, fast exp, mma sums). Measured on an H200
+    (triton 3.6), 2M codes each: 0 (fp32), 4 (fp16), 1 (bf16) differ from the float32
+    simulation, each by one, at x within 1.7e-6 * x of a tie (x = 1.5, 1.5, 27.5, 81.5, 16.5)."""
+    check_codes(8, 1024, 256, dtype=dtype, device="cuda", tie_rel=5e-5, max_flips=1e-5)
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_cuda_sd_shape(dtype):
     """Stable Diffusion's 64x64 self-attention (8 heads of 40 at batch 2), compiled kernel,
     against the float32 simulation of the same inputs; and SD's cross-attention (77 text
-    tokens, head dim 80) with a padding mask."""
+    tokens, head dim 80) with a padding mask and a zero point. At 268M probabilities a few
+    hundred codes sit at ties, so the relative L2 bound is looser than on CPU. Measured on
+    an H200 (triton 3.6): relative L2 error 8e-5 (fp32) to 1.2e-4 (fp16, bf16), max abs
+    error 0.7 to 1.5 codes' worth, against a quantization effect of 0.58."""
     q, k, v = qkv(16, 4096, 4096, 40, dtype=dtype, device="cuda")
-    q = q * (2 / 3)   # peaked enough at 4096 keys that codes up to ~255 occur
+    q = q * (2 / 3)   # peaked enough at 4096 keys that codes up to ~150 occur
     sq, scale = probs_quant(scale=1 / 4096), 40 ** -0.5
     assert at.available(q, k, v)
     out = at.quant_attention(q, k, v, scale, params(sq))
     assert out.dtype == dtype and out.shape == q.shape
-    check_half(out, q, k, v, scale, sq)
+    check_device(out, q, k, v, scale, sq)
 
     q, k, v = qkv(16, 1024, 77, 80, dtype=dtype, device="cuda")
     mask = torch.zeros(16, 1, 77, device="cuda", dtype=dtype)
     mask[:, :, 70:] = torch.finfo(dtype).min
     sq, scale = probs_quant(5), 80 ** -0.5
     out = at.quant_attention(q, k, v, scale, params(sq), mask=mask)
-    check_half(out, q, k, v, scale, sq, mask.float())
+    check_device(out, q, k, v, scale, sq, mask.float())
+
+
+def check_device(out, q, k, v, scale, sq, mask=None):
+    ref = (reference(q, k, v, scale, sq, mask) if q.dtype == torch.float32
+           else half_reference(q, k, v, scale, sq, mask).float())
+    unquantized = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
+                                                                   scale=scale)
+    eps = torch.finfo(q.dtype).eps
+    vmax = v.float().abs().max().item()
+    check_close(out, ref, sq, v.float(), unquantized, flips=2 + eps * ref.abs().max().item() / (sq.scale * vmax),
+                rel_l2=5e-4, below_effect=20)
 
 
 def graph_recorder(graphs: list):
