@@ -31,6 +31,12 @@ can differ by one where ``p * inv_scale`` lies within ~1e-6 of a rounding tie (x
 everything else is the same arithmetic. ``tests/deploy/test_attention_triton.py`` checks
 the codes themselves and the outputs against float32 / float64 references.
 
+Speed (H200, triton 3.6, fp16, SD 1.5 at 512 px, batch 2, 8 heads of 40 over 4096 tokens):
+0.82 ms against 4.3 ms for the materializing path, with 5 MiB of scratch instead of 2 GiB
+(batch 8: 3.5 ms against 17 ms, 8 GiB). Unquantized flash attention (SDPA) takes 0.16 ms:
+the second pass over K, the head dim padded from 40 to 64 and the quantizer's elementwise
+work per score cost that much.
+
 The op is registered as ``torch.ops.edadm.quant_attention`` (a custom op with a fake
 implementation) so a ``torch.compile``-d UNet calls it without a graph break.
 
@@ -127,17 +133,21 @@ def _check(q, k, v, mask) -> None:
 
 def _blocks(head_dim_block: int, dtype: torch.dtype, interpret: bool) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages). Interpreter: small blocks so that test
-    shapes cross block edges. GPU: flash-attention-like tiles, smaller where the padded head
-    dim or fp32 makes the tiles large (registers: the fp32 accumulator is BLOCK_M x BLOCK_D)."""
+    shapes cross block edges. fp16 / bf16: the fastest of a sweep (2 x 2 x 3 x 2 tile /
+    warp / stage choices) at SD 1.5's shapes, batch 2, 8 heads, on an H200 with triton 3.6:
+    4096 x 4096 x 40: 0.82 ms (flash-attention-like 128 x 64 tiles: 0.90); 1024 x 1024 x 80:
+    0.065 ms (0.121); 256 x 256 x 160: 0.046 ms (0.118). 64-row query blocks keep the grid
+    larger than the 132 SMs at the smaller resolutions. fp32: half-size tiles (4-byte
+    operands, fma-based ieee dots)."""
     if interpret:
         return 32, 32, 4, 1
     if dtype == torch.float32:
         return (64, 32, 4, 2) if head_dim_block <= 64 else (32, 32, 4, 2)
     if head_dim_block <= 64:
-        return 128, 64, 4, 3
+        return 64, 32, 4, 2
     if head_dim_block <= 128:
-        return 128, 64, 8, 3
-    return 64, 32, 8, 2
+        return 64, 64, 4, 2
+    return 64, 64, 4, 3
 
 
 def _launch(q, k, v, mask, scale, p_scale, p_inv_scale, p_zero, p_min, p_max) -> torch.Tensor:
