@@ -99,7 +99,7 @@ def test_cycle_finder_finds_one():
 
 
 def test_every_module_imports():
-    optional = ("onnx", "onnxruntime", "openvino", "torchvision", "torch_fidelity", "matplotlib")
+    optional = ("onnx", "onnxruntime", "openvino", "torchvision", "torch_fidelity", "matplotlib", "triton")
     for mod in _modules():
         if mod.endswith("__main__"):  # runs the CLI
             continue

@@ -60,11 +60,14 @@ class QuantAttnProcessor:
         key = attn.head_to_batch_dim(attn.k_quantizer(key))
         value = attn.head_to_batch_dim(attn.v_quantizer(value))
 
-        if torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
-            probs = attn.probs_quantizer(attn.get_attention_scores(query, key, attention_mask))
-        else:
-            probs = _quantize_probs_inplace(attn, _attention_probs_inplace(attn, query, key, attention_mask))
-        hidden_states = attn.batch_to_head_dim(torch.bmm(probs, value))
+        hidden_states = _fused_quant_attention(attn, query, key, value, attention_mask)
+        if hidden_states is None:
+            if torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export():
+                probs = attn.probs_quantizer(attn.get_attention_scores(query, key, attention_mask))
+            else:
+                probs = _quantize_probs_inplace(attn, _attention_probs_inplace(attn, query, key, attention_mask))
+            hidden_states = torch.bmm(probs, value)
+        hidden_states = attn.batch_to_head_dim(hidden_states)
         hidden_states = attn.to_out[0](hidden_states)
         hidden_states = attn.to_out[1](hidden_states)
         if input_ndim == 4:
@@ -72,6 +75,29 @@ class QuantAttnProcessor:
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
+
+
+def _fused_quant_attention(attn, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                           mask: torch.Tensor | None) -> torch.Tensor | None:
+    """``bmm(probs_quantizer(softmax(q k^T * scale + mask)), v)`` by the fused Triton kernel
+    (edadm.deploy.attention_triton), which never materializes the probability map, or None
+    where it does not apply and the caller materializes: autograd on (training, calibration),
+    ONNX export, a probability quantizer that is not the frozen StaticQuant (fake-quant
+    simulation), or inputs the kernel does not take (CPU, dtypes, head dims, masks).
+
+    The kernel's scores and softmax are fp32 whatever ``upcast_attention`` /
+    ``upcast_softmax`` say (the upcast result, or closer to it)."""
+    if torch.is_grad_enabled() or torch.onnx.is_in_onnx_export():
+        return None
+    pq = attn.probs_quantizer
+    if type(pq).__name__ != "StaticQuant":  # by name: edadm.deploy imports this module
+        return None
+    from ..deploy import attention_triton
+
+    if not attention_triton.available(query, key, value, mask):
+        return None
+    return attention_triton.quant_attention(query, key, value, attn.scale,
+                                            (pq.scale, pq.inv_scale, pq.zero_point, pq.qmin, pq.qmax), mask=mask)
 
 
 def _attention_probs_inplace(attn, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
