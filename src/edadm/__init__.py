@@ -16,15 +16,16 @@ def quantize(pipe, config: QuantConfig | None = None, progress: bool = True, tra
     return _q(pipe, config, progress=progress, trajectories=trajectories)
 
 
-def load(path, device=None, engine: str = "int", compile: bool = False) -> Pipeline:
+def load(path, device=None, engine: str = "int", compile: bool = False, dtype="auto") -> Pipeline:
     """Load a zoo name, a diffusers directory or an edadm quantized directory as a Pipeline.
 
     engine (quantized directories): "int" integer kernels, "fake" the float simulation,
     "onnxruntime" / "openvino" the ONNX export on that runtime (docs/deployment.md); compile: run the denoiser under torch.compile, in bf16 where the hardware has it, else
-    float32 (one compile per input shape)."""
+    float32 (one compile per input shape); dtype (quantized directories): the denoiser's float
+    dtype, "auto" = float16 for the integer engine on CUDA, float32 elsewhere."""
     from .loading import load_pipeline
 
-    return load_pipeline(path, device=device, engine=engine, compile=compile)
+    return load_pipeline(path, device=device, engine=engine, compile=compile, dtype=dtype)
 
 
 def save(pipe, out, **kwargs):

@@ -128,6 +128,18 @@ def _check_writable(path: Path) -> None:
         raise EdadmError(f"output {path} exists and is not a directory")
 
 
+def _dtype(args):
+    import torch
+
+    return args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
+
+
+def _dtype_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto",
+                   help="quantized denoiser's float dtype: auto = float16 for the integer engine on CUDA (weights "
+                        "rebuilt from the codes in it once), float32 elsewhere")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--batch-size", type=_positive_int, default=250, help="images per denoiser call")
@@ -237,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="class-conditional models: comma-separated digits/classes, cycled over the images "
                         "(--labels 7: all sevens; default: image i gets class i mod classes)")
     _common(s)
+    _dtype_flag(s)
 
     e = sub.add_parser("evaluate", help="sample and measure FID-digits / IS-digits over seeds")
     e.add_argument("model")
@@ -258,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--clip-model", type=Path, default=None,
                    help="local transformers CLIPModel directory for --metrics clip (text-to-image pipelines)")
     _common(e)
+    _dtype_flag(e)
 
     sc = sub.add_parser("score", help="metrics of images already sampled (a folder of PNGs or samples.npz)")
     sc.add_argument("samples", type=Path, help="folder written by `edadm sample --out-dir` (or any PNG folder), or an .npz")
@@ -428,6 +442,7 @@ def cmd_sample(args) -> int:
         if p is not None:
             _check_writable(p)
     pipe = _with_prompts(load_pipeline(args.model, device=rank_device(info, args.device), engine=args.engine,
+                                       dtype=_dtype(args),
                                        compile=args.compile),
                          args.prompts)
     labels = _image_labels(pipe, args.labels, args.num)
@@ -463,7 +478,8 @@ def cmd_evaluate(args) -> int:
 
     if args.json:
         _check_writable(args.json)
-    pipe = _with_prompts(load_pipeline(args.model, device=args.device, engine=args.engine, compile=args.compile),
+    pipe = _with_prompts(load_pipeline(args.model, device=args.device, engine=args.engine, compile=args.compile,
+                                       dtype=_dtype(args)),
                          args.prompts)
     clip_reason = None
     if not is_text_conditional(pipe):

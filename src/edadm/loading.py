@@ -41,21 +41,23 @@ def resolve_model_path(model: str | Path) -> Path:
 
 
 def load_pipeline(model: str | Path, device: str | torch.device | None = None, engine: str = "int",
-                  compile: bool = False) -> Pipeline:
+                  compile: bool = False, dtype: torch.dtype | str | None = "auto") -> Pipeline:
     """Load a zoo model, a diffusers pipeline directory, or an edadm quantized directory.
 
     engine (quantized directories only): "int" runs integer kernels (edadm.deploy.intengine),
     "fake" the float simulation used during calibration, "onnxruntime" / "openvino" the
     denoiser exported to ONNX on that runtime (edadm.deploy.runtimes). compile: torch.compile in bf16
     where the hardware computes it, else float32 (compile_denoiser), for long sampling runs.
+    dtype (quantized directories, torch engines): the denoiser's float dtype; "auto" is
+    float16 for the integer engine on CUDA and float32 elsewhere (deploy.load.default_dtype).
     """
     if compile and engine in ("onnxruntime", "openvino"):
         raise EdadmError(f"--compile applies to edadm's own engines; {engine} compiles the ONNX graph itself")
-    pipe = _load_pipeline(model, device, engine)
+    pipe = _load_pipeline(model, device, engine, dtype)
     return compile_denoiser(pipe) if compile else pipe
 
 
-def _load_pipeline(model, device, engine):
+def _load_pipeline(model, device, engine, dtype="auto"):
     dev = resolve_device(device)
     path = resolve_model_path(model)
     if is_quantized_dir(path):
@@ -64,7 +66,7 @@ def _load_pipeline(model, device, engine):
 
         if engine in RUNTIME_ENGINES:
             return load_runtime(path, engine, dev)
-        return load_quantized(path, device=dev, engine=engine)
+        return load_quantized(path, device=dev, engine=engine, dtype=dtype)
     if not (path / "model_index.json").is_file():
         raise EdadmError(f"{path} is not a diffusers pipeline directory (no model_index.json)")
     from diffusers import DiffusionPipeline

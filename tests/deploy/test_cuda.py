@@ -65,8 +65,9 @@ def test_int_mm_on_cuda_is_exact_at_every_row_count(rows, spec, monkeypatch):
 
 @pytest.fixture(scope="module")
 def cuda_pipes(trained_quant_dirs):
-    out = {s: (load(d, device="cuda", engine="fake"), load(d, device="cuda", engine="int"))
+    out = {s: (load(d, device="cuda", engine="fake"), load(d, device="cuda", engine="int", dtype=torch.float32))
            for s, d in trained_quant_dirs.items()}
+    out.update({f"{s}-auto": load(d, device="cuda", engine="int") for s, d in trained_quant_dirs.items()})
     out["fp"] = load("digits-ddpm", device="cuda")
     return out
 
@@ -88,6 +89,23 @@ def test_digits_ddpm_on_cuda_matches_fake_at_odd_batches(cuda_pipes, setting, ba
     print(f"{setting} batch {batch}: mean |int - fake| = {diff:.2e} (max {float((a - b).abs().max()):.2e}), "
           f"mean |fake - fp| = {quant:.2e}")
     assert diff < 0.05 * quant
+
+
+@pytest.mark.parametrize("setting", ["w8a8", "w4a8"])
+def test_default_cuda_engine_is_fp16_and_close_to_the_simulation(cuda_pipes, setting):
+    """The default dtype on CUDA is float16 (deploy.load.default_dtype): weights rebuilt in it,
+    no float32 copy; its images stay much closer to the simulation than to FP."""
+    fake, _ = cuda_pipes[setting]
+    intp = cuda_pipes[f"{setting}-auto"]
+    layers = [m for m in intp.unet.modules() if isinstance(m, IntLayer)]
+    assert layers and all(m.compute_dtype == torch.float16 for m in layers)
+    assert all(w.dtype == torch.float16 for m in layers for st in m._state for w in st.values())
+    a = generate(fake, 64, seed=0, steps=20, batch_size=64, progress=False)
+    b = generate(intp, 64, seed=0, steps=20, batch_size=64, progress=False)
+    fp = generate(cuda_pipes["fp"], 64, seed=0, steps=20, batch_size=64, progress=False)
+    diff, quant = float((a - b).abs().mean()), float((a - fp).abs().mean())
+    print(f"{setting} fp16 engine: mean |int - fake| = {diff:.2e}, mean |fake - fp| = {quant:.2e}")
+    assert diff < 0.3 * quant
 
 
 def test_evaluate_cli_on_cuda(trained_quant_dirs, tmp_path):

@@ -304,3 +304,19 @@ def test_int_kernel_compatibility_is_decided_once_and_obeyed(tiny_pipe_dir, tmp_
         load(tmp_path / "q", engine="int")
     counts = convert_to_int(load(tmp_path / "q", engine="fake").unet)
     assert counts.get("fake", 0) > 0
+
+
+def test_default_dtype_is_fp16_for_the_int_engine_on_cuda_only(tiny_quant_dir):
+    from edadm.deploy.load import default_dtype
+
+    assert default_dtype("cuda", "int") == torch.float16 and default_dtype("cuda:1", "int") == torch.float16
+    assert default_dtype("cpu", "int") is None and default_dtype("cuda", "fake") is None
+    pipe = load(tiny_quant_dir, device="cpu", engine="int", dtype=torch.bfloat16)
+    layers = [m for m in pipe.unet.modules() if isinstance(m, IntLayer)]
+    assert all(m.compute_dtype == torch.bfloat16 for m in layers)
+    x, t = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([999, 10])
+    with torch.no_grad():
+        ref = load(tiny_quant_dir, device="cpu", engine="int").unet(x, t).sample
+        out = pipe.unet(x.bfloat16(), t).sample
+    assert out.dtype == torch.bfloat16
+    assert float((out.float() - ref).norm() / ref.norm()) < 0.05

@@ -23,6 +23,7 @@ from edadm.loading import load_pipeline  # noqa: E402
 from edadm.model.families import get_denoiser  # noqa: E402
 from edadm.quant.modules import QuantMixin  # noqa: E402
 from edadm.quant.wrap import set_quant_state  # noqa: E402
+from onnx_util import ort_float, rel  # noqa: E402  (tests/deploy/onnx_util.py)
 
 CASES = [("digits-ddpm", 8), ("digits-ddpm", 4), ("digits-ldm", 4), ("digits-cond", 8), ("digits-t2i", 8)]
 
@@ -33,16 +34,6 @@ def _quantized(model, wbits):
                       calib={"num_samples": 16, "num_trajectories": 16, "uniform_steps": 4})
     quantize(pipe, cfg, progress=False)
     return pipe
-
-
-def _rel(a, b):
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
-
-
-def _ort_float(path, feeds):
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
 
 
 @pytest.fixture(scope="module", params=CASES, ids=[f"{m}-w{w}a8" for m, w in CASES])
@@ -82,8 +73,8 @@ def test_weight_codes_agree_with_the_simulation_to_float_rounding(exported):
             ref = den(*args[:2], **dict(zip(names[2:], args[2:]))).sample.numpy()
     finally:
         set_quant_state(den, weight=True, act=True)
-    got = _ort_float(path, {n: a.numpy() for n, a in zip(names, args)})
-    assert _rel(got, ref) < 1e-5
+    got = ort_float(path, {n: a.numpy() for n, a in zip(names, args)})
+    assert rel(got, ref) < 1e-5
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime-float", "onnxruntime", "openvino"])
@@ -95,7 +86,7 @@ def test_full_graph_agrees_within_rounding_flips(exported, runtime):
         ref = den(*args[:2], **dict(zip(names[2:], args[2:]))).sample.numpy()
     feeds = {n: a.numpy() for n, a in zip(names, args)}
     if runtime == "onnxruntime-float":
-        got = _ort_float(out, feeds)
+        got = ort_float(out, feeds)
     else:
         from edadm.deploy.runtimes import export_name, needs_overflow_fix
 
@@ -109,7 +100,7 @@ def test_full_graph_agrees_within_rounding_flips(exported, runtime):
         got = run(feeds)
         if runtime == "openvino":  # OpenVINO turns the QDQ convolutions / linears into u8 kernels
             assert any(k.endswith("u8") for k in info["kernels"]), info["kernels"]
-    assert _rel(got, ref) < 0.03
+    assert rel(got, ref) < 0.03
 
 
 def test_cli_export_and_sampling_on_the_runtimes(tmp_path, capsys):
@@ -157,7 +148,7 @@ def test_large_model_weights_go_to_one_external_file(tiny_quant_dir, tmp_path, m
     den = get_denoiser(load_pipeline(tiny_quant_dir, engine="fake")).eval()
     names, args = example_inputs(den, 2)
     feeds = {n: a.numpy() for n, a in zip(names, args)}
-    assert np.array_equal(_ort_float(one, feeds), _ort_float(two, feeds))
+    assert np.array_equal(ort_float(one, feeds), ort_float(two, feeds))
 
 
 @pytest.mark.parametrize("argv,needle", [

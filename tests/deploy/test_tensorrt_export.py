@@ -36,6 +36,7 @@ from edadm.model.families import get_denoiser  # noqa: E402
 from edadm.quant.modules import QuantMixin  # noqa: E402
 from edadm.quant.quantizer import UniformQuantizer  # noqa: E402
 from edadm.quant.wrap import set_quant_state  # noqa: E402
+from onnx_util import ort_float, rel  # noqa: E402  (tests/deploy/onnx_util.py)
 
 # small calibration, no reconstruction: the qdiffusion recipe's symmetric activation ranges and
 # split shortcut in seconds. digits-t2i has Conv, Gemm and MatMul weights and attention.
@@ -47,16 +48,6 @@ def _quantized(model="digits-t2i", method="qdiffusion", wbits=8):
     quantize(pipe, QuantConfig(method=method, weight_bits=wbits, steps=4, calib=CALIB, recon={"enabled": False}),
              progress=False)
     return pipe
-
-
-def _rel(a, b):
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
-
-
-def _ort_float(path, feeds):
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
 
 
 def _call(den, names, args):
@@ -136,7 +127,7 @@ def test_weights_are_the_simulations_codes_with_zero_point_zero(t2i):
     saved = {}
     try:
         export_onnx(pipe, d / "trt_w.onnx", target="tensorrt")
-        got = _ort_float(d / "trt_w.onnx", feeds)
+        got = ort_float(d / "trt_w.onnx", feeds)
         ref = _call(den, names, args)
         with torch.no_grad():
             for name, m in den.named_modules():
@@ -153,8 +144,8 @@ def test_weights_are_the_simulations_codes_with_zero_point_zero(t2i):
         set_quant_state(den, weight=True, act=True)
     w = info["tensorrt"]["weights"]
     assert 0 < w["clipped_codes"] < 0.01 * w["codes"]  # the negative tail of symmetric 8-bit weights
-    assert _rel(got, ref_moved) < 1e-5
-    assert _rel(got, ref) < 0.005  # measured 0.0015
+    assert rel(got, ref_moved) < 1e-5
+    assert rel(got, ref) < 0.005  # measured 0.0015
 
 
 def test_full_graph_agrees_with_the_simulation(t2i):
@@ -166,14 +157,14 @@ def test_full_graph_agrees_with_the_simulation(t2i):
         fp = _call(den, names, args)
     finally:
         set_quant_state(den, weight=True, act=True)
-    got = _ort_float(d / "trt.onnx", feeds)
-    plain = _ort_float(d / "plain.onnx", feeds)
+    got = ort_float(d / "trt.onnx", feeds)
+    plain = ort_float(d / "plain.onnx", feeds)
     counts = info["tensorrt"]["activations"]
     assert counts["exact"] > counts["clipped"] + counts["one-sided"] and counts["symmetrized"] == 0
     assert info["tensorrt"]["rederived"] == counts["one-sided"] > 0  # softmax probabilities at least
-    err, err_plain = _rel(got, ref), _rel(plain, ref)
+    err, err_plain = rel(got, ref), rel(plain, ref)
     assert err < 0.03, (err, err_plain)  # measured 0.009 (plain export: 0.005)
-    assert _rel(got, fp) < 1.1 * _rel(ref, fp)  # measured 0.0245 vs 0.0244
+    assert rel(got, fp) < 1.1 * rel(ref, fp)  # measured 0.0245 vs 0.0244
 
 
 def _sweep(p_lo, p_hi, s):
@@ -272,12 +263,12 @@ def test_symmetrized_free_recipe_stays_near_the_simulation(tiny_quant_dir, tiny_
     ref = _call(den, names, args)
     set_quant_state(den, weight=False, act=False)
     fp = _call(den, names, args)
-    got = _ort_float(d / "sym.onnx", feeds)
+    got = ort_float(d / "sym.onnx", feeds)
     counts = info["tensorrt"]["activations"]
     assert counts["symmetrized"] > counts["exact"] + counts["clipped"] + counts["one-sided"]
     assert info["tensorrt"]["rederived"] == counts["symmetrized"] + counts["one-sided"]
-    assert _rel(got, ref) < 0.1
-    assert _rel(got, fp) < 1.5 * _rel(ref, fp)
+    assert rel(got, ref) < 0.1
+    assert rel(got, fp) < 1.5 * rel(ref, fp)
 
 
 def test_checker_catches_graphs_that_break_the_rules(tiny_free):

@@ -224,14 +224,12 @@ class IntLayer(nn.Module):
         # significant bits); only their device follows the module. The cast's float dtype
         # becomes the compute dtype the float backends rebuild their weights in.
         scales = [self.weight_scale(i) for i in range(self.num_parts)]
-        probe = fn(torch.zeros(1, 2, 2, 2))  # what the cast does to a float conv weight
-        if probe.is_floating_point():
-            self.compute_dtype = probe.dtype
-        self.channels_last = not probe.is_contiguous() and probe.is_contiguous(memory_format=torch.channels_last)
+        self._follow_cast(fn)
         if self.released:
-            if probe.device.type != "cpu":
+            target = fn(torch.zeros(1)).device
+            if target.type != "cpu":
                 raise EdadmError(f"integer layer {self.name}: its int8 weights were released after prepacking for "
-                                 f"the CPU; load the directory with device={probe.device.type!r} instead of moving it")
+                                 f"the CPU; load the directory with device={target.type!r} instead of moving it")
             ws = {f"w{i}": self._buffers.pop(f"w{i}") for i in range(self.num_parts)}  # meta: nothing to move
             out = super()._apply(fn, recurse)
             self._buffers.update(ws)
@@ -244,6 +242,18 @@ class IntLayer(nn.Module):
         if self._prepared:
             self.prepare()  # device or dtype changed: reselect the backend, prepare again
         return out
+
+    def _follow_cast(self, fn) -> None:
+        """Learn from probes what `fn` does to a float conv weight: a dtype cast (both float32
+        and float64 probes come out in one dtype) sets the compute dtype; a memory-format
+        conversion (both layouts come out the same) sets channels_last; a plain move keeps both."""
+        shape = (1, 2, 2, 2)
+        a, b = fn(torch.zeros(shape)), fn(torch.zeros(shape, dtype=torch.float64))
+        if a.dtype == b.dtype and a.is_floating_point():
+            self.compute_dtype = a.dtype
+        c = fn(torch.zeros(shape).contiguous(memory_format=torch.channels_last))
+        if a.is_contiguous() == c.is_contiguous():  # both converted to one layout
+            self.channels_last = not a.is_contiguous()
 
     # -- arithmetic shared by the backends -----------------------------------------------------
     def quant_codes(self, x: torch.Tensor, i: int) -> torch.Tensor:

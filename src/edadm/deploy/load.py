@@ -216,7 +216,7 @@ def load_quantized_unet(path: str | Path, device: torch.device | str = "cpu"):
     return unet.to(device), config, meta
 
 
-def load_int_unet(path: str | Path, device: torch.device | str = "cpu"):
+def load_int_unet(path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None):
     """Rebuild the denoiser for integer execution straight from the stored codes: every
     quantized Conv2d / Linear becomes an IntLayer holding int8 weights; no float copy of a
     quantized weight is made (except for layers the method keeps in float input)."""
@@ -259,15 +259,24 @@ def load_int_unet(path: str | Path, device: torch.device | str = "cpu"):
     state.update(tensors)
     _load_state(unet, state, path)
     freeze_attention_quantizers(unet)
-    unet.to(device)
+    unet.to(device=device, dtype=dtype)  # float backends rebuild their weights in dtype, once
     prepare_int(unet, release=True)
     release_free_memory()  # the per-layer temporaries of the load, back to the OS
     return unet, config, meta
 
 
-def load_quantized(path: str | Path, device: torch.device | str = "cpu", engine: str = "int") -> Pipeline:
+def default_dtype(device: torch.device | str, engine: str) -> torch.dtype | None:
+    """The denoiser's float dtype when none is asked for: float16 for the integer engine on
+    CUDA (its layers run fp16 tensor-core math on the codes' values, docs/kernels.md "CUDA"),
+    else the stored one (float32)."""
+    return torch.float16 if engine == "int" and torch.device(device).type == "cuda" else None
+
+
+def load_quantized(path: str | Path, device: torch.device | str = "cpu", engine: str = "int",
+                   dtype: torch.dtype | str | None = "auto") -> Pipeline:
     """Load a quantized pipeline directory (engine "int": integer kernels, "fake": the float
-    simulation; the same default as edadm.load)."""
+    simulation; the same default as edadm.load). dtype: the denoiser's float dtype ("auto":
+    `default_dtype`; None: as stored)."""
     from diffusers import DiffusionPipeline
 
     from .engines import TORCH_ENGINES as ENGINES
@@ -277,9 +286,15 @@ def load_quantized(path: str | Path, device: torch.device | str = "cpu", engine:
     path = Path(path)
     quiet_diffusers()
     check_component_libraries(path)
-    loader = load_int_unet if engine == "int" else load_quantized_unet
+    if dtype == "auto":
+        dtype = default_dtype(device, engine)
     try:
-        unet, config, meta = loader(path, device)
+        if engine == "int":
+            unet, config, meta = load_int_unet(path, device, dtype)
+        else:
+            unet, config, meta = load_quantized_unet(path, device)
+            if dtype is not None:
+                unet.to(dtype)
     except EdadmError:
         raise
     except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as exc:

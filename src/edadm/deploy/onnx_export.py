@@ -37,6 +37,7 @@ from ..errors import EdadmError
 from ..quant.modules import QConv2d, QLinear, QuantMixin
 from ..quant.quantizer import UniformQuantizer
 from . import tensorrt
+from .onnx_graph import graph_consumers
 
 log = logging.getLogger("edadm")
 OPSET = 17
@@ -232,10 +233,7 @@ def _fold_weight_quantizers(model_proto) -> int:
 
     g = model_proto.graph
     inits = {i.name: i for i in g.initializer}
-    consumers: dict[str, list] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = graph_consumers(g)
     producers = {o: n for n in g.node for o in n.output}
 
     from onnx.helper import tensor_dtype_to_np_dtype

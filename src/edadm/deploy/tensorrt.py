@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import EdadmError
+from .onnx_graph import graph_consumers
 from ..quant.modules import QuantMixin
 from ..quant.quantizer import UniformQuantizer
 
@@ -153,10 +154,7 @@ def fold_matmul_transposes(model_proto) -> int:
 
     g = model_proto.graph
     inits = {i.name: i for i in g.initializer}
-    consumers: dict[str, list] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = graph_consumers(g)
     done, drop = 0, []
     for dq in list(g.node):
         if dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
@@ -215,10 +213,7 @@ def check_graph(model_proto) -> list[str]:
         out.append(f"opset {opset}: TensorRT 10 and 11 parse {OPSETS[0]}-{OPSETS[1]} with per-axis DequantizeLinear")
     inits = {i.name: i for i in g.initializer}
     producers = {o: n for n in g.node for o in n.output}
-    consumers: dict[str, list] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = graph_consumers(g)
 
     def const(name):
         """(array, ONNX data type) of a build-time constant (initializer or Constant node), else None."""
