@@ -12,4 +12,8 @@ def test_digests_unchanged():
     key = digests.machine_key()
     if key not in records:
         pytest.skip(f"no digests recorded for this machine ({key}): float last bits differ between CPUs")
-    assert digests.compute() == records[key]
+    # a machine keeps the cases recorded on it: when a change meant to alter one case's numbers
+    # (issue 34: the reconstruction's random streams) is re-recorded where it was made, that case
+    # is dropped for the machines it could not be recomputed on
+    got = digests.compute()
+    assert {k: got[k] for k in records[key]} == records[key]

@@ -9,14 +9,16 @@ from pathlib import Path
 import torch
 
 from .calib import CalibrationSet, assemble, collect_trajectories, strategies
+from .calib.trajectories import empty_trajectories, trajectory_conditioning
 from .config import QuantConfig
 from .errors import EdadmError
 from .model.families import get_denoiser
 from .model.structure import feature_module
 from .quant.calibrate import init_act_ranges, init_weight_ranges
 from .quant.diagnostics import fp_weights, layer_errors
+from .quant.modules import QuantMixin
 from .quant.wrap import wrap_model
-from .sampling import resolve_sampling, set_sampler
+from .sampling import resolve_sampling, set_sampler, states_at
 from .state import Pipeline, QuantReport, as_pipeline
 from .utils import peak_rss_mb
 
@@ -49,12 +51,46 @@ def calibration_trajectories(pipe, config: QuantConfig, progress: bool = True, d
             fmod = feature_module(get_denoiser(pipe))[1]
         except ValueError as exc:
             raise EdadmError(f"TDAC needs a feature point: {exc}") from exc
-    traj = collect_trajectories(pipe, c.num_trajectories, seed=config.seed + 10_000, steps=steps, eta=eta,
-                                batch_size=c.batch_size, progress=progress, feature_module=fmod,
-                                guidance_scale=config.guidance_scale, dist_info=dist_info)
+    seed = config.seed + 10_000
+    stored = _stored_trajectories(c, fmod is not None, dist_info)
+    if stored:
+        traj = collect_trajectories(pipe, stored, seed=seed, steps=steps, eta=eta, batch_size=c.batch_size,
+                                    progress=progress, feature_module=fmod, guidance_scale=config.guidance_scale,
+                                    dist_info=dist_info)
+    else:
+        traj = empty_trajectories(pipe, steps, config.guidance_scale)
     if not torch.isfinite(traj.xs).all():
         raise EdadmError("full-precision trajectories contain NaN or Inf; check the model and sampler settings")
+    if stored < c.num_trajectories:
+        # the others give one calibration sample each: run each only up to its sample's step
+        traj.total = c.num_trajectories
+        traj.cond, traj.uncond, traj.guidance_scale = trajectory_conditioning(pipe, c.num_trajectories,
+                                                                              config.guidance_scale)
+        den = get_denoiser(pipe)
+
+        def sampler(indices, at_steps):
+            if any(isinstance(m, QuantMixin) for m in den.modules()):
+                raise EdadmError("these calibration trajectories came from a pipeline that has been quantized since; "
+                                 "collect them again from the full-precision one")
+            x = states_at(pipe, indices, at_steps, seed=seed, steps=steps, eta=eta, batch_size=c.batch_size,
+                          guidance_scale=config.guidance_scale, progress=progress)
+            if not torch.isfinite(x).all():
+                raise EdadmError("full-precision trajectories contain NaN or Inf; check the model and sampler settings")
+            return x
+
+        traj.sampler = sampler
     return traj
+
+
+def _stored_trajectories(c, needs_features: bool, dist_info) -> int:
+    """How many trajectories are collected whole: all of them when samples reuse trajectories
+    (N > B, Q-Diffusion's recipe) or under torchrun; else the first tdac_trajectories for TDAC's
+    statistics (every step of theirs is used), none for the other strategies."""
+    if c.num_samples > c.num_trajectories or (dist_info is not None and dist_info.world_size > 1):
+        return c.num_trajectories
+    if not needs_features:
+        return 0
+    return c.num_trajectories if not c.tdac_trajectories else min(c.tdac_trajectories, c.num_trajectories)
 
 
 def _calibration_set(pipe, config: QuantConfig, steps: int, eta: float, progress: bool, seconds: dict,

@@ -282,14 +282,16 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--device", default="auto")
     sc.add_argument("--json", type=Path, default=None)
 
-    d = sub.add_parser("demo", help="FP vs W8A8 vs W4A8 on the shipped digits model, with a report")
+    d = sub.add_parser("demo", help="FP vs W8A8 vs W4A8 on the shipped digits model, with a report "
+                       "(--settings w8a8,w4a8,w4a8:eda-dm-plus adds EDA-DM)")
     d.add_argument("--model", default="digits-ddpm")
     d.add_argument("--out", type=Path, default=Path("edadm-demo"))
     d.add_argument("--num", type=_positive_int, default=200,
                    help="samples per seed per model (200: README command 1 stays under 10 minutes on 2 cores)")
     d.add_argument("--seeds", type=_seeds, default=[0])
-    d.add_argument("--settings", default="w8a8,w4a8", help="comma-separated WxAy settings")
-    d.add_argument("--method", default="naive")
+    d.add_argument("--settings", default="w8a8,w4a8",
+                   help="comma-separated WxAy settings, each optionally with its method (WxAy:method)")
+    d.add_argument("--method", default="naive", help="the method of settings that name none")
     d.add_argument("--num-samples", type=_positive_int, default=None, help="calibration samples N")
     _common(d)
 

@@ -116,6 +116,10 @@ class CalibConfig:
     # rest by TDAC; 0 is the reference. TDAC's min-max weights can leave whole stretches of the
     # trajectory with no sample; this is a floor under them.
     tdac_uniform_share: float = 0.0
+    # TDAC: its statistics come from the first tdac_trajectories trajectories, each collected
+    # whole (every step's features); the others are run only up to the step their calibration
+    # sample is taken at (issue 34). 0: every trajectory whole, the statistics over all B.
+    tdac_trajectories: int = 256
     ptq4dm_mean: float = 0.4      # PTQ4DM: timesteps ~ N(mean*T, std*T)
     ptq4dm_std: float = 0.4
 
@@ -141,6 +145,7 @@ class CalibConfig:
             _check_number("tdac_radius", self.tdac_radius, 0.0)
         _check_number("tdac_radius_quantile", self.tdac_radius_quantile, 0.0, 1.0)
         _check_number("tdac_uniform_share", self.tdac_uniform_share, 0.0, 1.0)
+        _check_int("calibration ", "tdac_trajectories", self.tdac_trajectories, lo=0)
         _check_number("ptq4dm_std", self.ptq4dm_std, 1e-6)
         _check_number("ptq4dm_mean", self.ptq4dm_mean, 0.0, 1.0)
 

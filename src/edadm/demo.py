@@ -19,16 +19,28 @@ from .utils import atomic_dir
 log = logging.getLogger("edadm")
 
 
-def parse_setting(s: str) -> tuple[int, int]:
+def parse_setting(s: str, method: str | None = None):
+    """"w4a8" -> (4, 8); with `method` given, "w4a8" -> (4, 8, method) and "w4a8:eda-dm-plus" ->
+    (4, 8, "eda-dm-plus")."""
     s = s.strip().lower()
+    bits, _, own = s.partition(":")
     try:
-        w, a = s.lstrip("w").split("a")
+        w, a = bits.lstrip("w").split("a")
         w, a = int(w), int(a)
     except ValueError:
-        raise EdadmError(f"bad setting {s!r}: expected WxAy, e.g. w4a8") from None
+        raise EdadmError(f"bad setting {s!r}: expected WxAy, e.g. w4a8, or WxAy:method, e.g. w4a8:eda-dm-plus") from None
     if not (2 <= w <= 8 and 2 <= a <= 8):
         raise EdadmError(f"bad setting {s!r}: bits must be in 2..8")
-    return w, a
+    if method is None:
+        if own:
+            raise EdadmError(f"bad setting {s!r}: no method here, expected WxAy")
+        return w, a
+    from .recipes import names
+
+    m = own.strip() or method
+    if m not in names():
+        raise EdadmError(f"bad setting {s!r}: unknown method {m!r}; choose from {', '.join(names())}")
+    return w, a, m
 
 
 def machine_info() -> dict:
@@ -97,7 +109,7 @@ def run_demo(args) -> dict:
     from .loading import load_pipeline
     from .model.families import get_denoiser
 
-    settings = [parse_setting(s) for s in args.settings.split(",") if s.strip()]
+    settings = [parse_setting(s, args.method) for s in args.settings.split(",") if s.strip()]
     out = Path(args.out)
     commit = git_commit()  # read at the start: the code this run executes
     t_all = time.time()
@@ -111,22 +123,23 @@ def run_demo(args) -> dict:
         timings["fp_sample_eval"] = time.time() - t0
         results["FP32"] = fp_res
         rows.append(("FP32", fp_imgs[args.seeds[0]]))
-        trajectories = None  # the FP calibration trajectories: the same for every setting
-        for w, a in settings:
-            label = f"W{w}A{a} {args.method}"
+        trajectories = {}  # the FP calibration trajectories, one collection per calibration config
+        for w, a, method in settings:
+            label = f"W{w}A{a} {method}"
             t0 = time.time()
             calib = CalibConfig(batch_size=min(args.batch_size, 64))
             if args.num_samples:
                 calib.num_samples = calib.num_trajectories = args.num_samples
-            cfg = QuantConfig(method=args.method, weight_bits=w, act_bits=a, steps=args.steps, eta=args.eta,
+            cfg = QuantConfig(method=method, weight_bits=w, act_bits=a, steps=args.steps, eta=args.eta,
                               calib=calib)
-            if trajectories is None:
-                trajectories = calibration_trajectories(fp, cfg, progress=args.progress)
-                timings["calibration trajectories (once)"] = time.time() - t0
+            key = json.dumps(cfg.resolved_dict()["calib"], sort_keys=True)
+            if key not in trajectories:
+                trajectories[key] = calibration_trajectories(fp, cfg, progress=args.progress)
+                timings[f"calibration trajectories ({method})"] = time.time() - t0
                 t0 = time.time()
-            qpipe = quantize(copy.deepcopy(fp), cfg, progress=args.progress, trajectories=trajectories)
+            qpipe = quantize(copy.deepcopy(fp), cfg, progress=args.progress, trajectories=trajectories[key])
             report = qpipe.report
-            qdir = tmp / "models" / f"w{w}a{a}-{args.method}"
+            qdir = tmp / "models" / f"w{w}a{a}-{method}"
             save_quantized(qpipe, qdir, cfg, report.to_dict())
             timings[f"{label} quantize"] = time.time() - t0
             del qpipe
@@ -154,7 +167,8 @@ def run_demo(args) -> dict:
         report = {**meta, "results": results}
         (tmp / "report.json").write_text(json.dumps(report, indent=2))
         md = [f"# edadm demo: {args.model}", "",
-              f"FP32 against quantized denoisers ({args.method} PTQ), {args.num} samples per seed, seeds {args.seeds}, "
+              f"FP32 against quantized denoisers (method after the setting), {args.num} samples per seed, "
+              f"seeds {args.seeds}, "
               "every model sampled from the same initial noise. Mean ± std over seeds.", "",
               table, "", "![samples, same noise in each column](samples.png)", "",
               f"Engine: {meta['engine']}.", "", *[f"- {k}: {v}" for k, v in engines.items()], "",

@@ -142,8 +142,10 @@ def _cat(a: dict, b: dict) -> dict:
 @torch.no_grad()
 def denoise(unet, scheduler, x: torch.Tensor, steps: int, eta: float = 0.0,
             noise_seeds: list[int] | None = None, callback: StepCallback | None = None,
-            cond: dict | None = None, uncond: dict | None = None, guidance_scale: float = 1.0) -> torch.Tensor:
-    """Run the scheduler loop from x = x_T; returns x_0.
+            cond: dict | None = None, uncond: dict | None = None, guidance_scale: float = 1.0,
+            until: int | None = None) -> torch.Tensor:
+    """Run the scheduler loop from x = x_T; returns x_0 (with `until`: x_t of that step index,
+    the loop stopped after its denoiser call and callback).
 
     callback(step_index, t, x_t, model_output) is called after each denoiser call.
     noise_seeds: one seed per image for stochastic samplers (eta > 0, DDPM).
@@ -167,6 +169,8 @@ def denoise(unet, scheduler, x: torch.Tensor, steps: int, eta: float = 0.0,
             out = call_denoiser(unet, inp, t, **cond)
         if callback is not None:
             callback(i, t, x, out)
+        if until is not None and i >= until:
+            return x
         kwargs = {}
         if "eta" in step_params:
             kwargs["eta"] = eta
@@ -243,3 +247,51 @@ def generate(pipe, num: int, seed: int = 0, steps: int | None = None, eta: float
         bar.update(n)
     bar.close()
     return torch.cat(outs)
+
+
+@torch.no_grad()
+def states_at(pipe, indices, at_steps, seed: int = 0, steps: int | None = None, eta: float | None = None,
+              batch_size: int = 64, guidance_scale: float | None = None, progress: bool = True) -> torch.Tensor:
+    """x_t of image indices[k] of run `seed` at sampler step at_steps[k] (step 0 is x_T), as
+    float [K, ...] on CPU: what `generate`'s callback sees for that image and step.
+
+    Each image is denoised only up to its own step: images are batched in the order of their
+    steps, and a batch stops at its last image's step. A calibration set of one sample per
+    trajectory at uniformly spread steps costs about half of the whole trajectories (issue 34).
+    An image depends only on (seed, index), so the states are those of `generate` up to the
+    float rounding of other batch compositions."""
+    pipe = as_pipeline(pipe)
+    settings = resolve_sampling(pipe, steps, eta, guidance_scale)
+    steps, eta, guidance = settings.steps, settings.eta, settings.guidance_scale
+    idx = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
+    at = torch.as_tensor(at_steps, dtype=torch.long).reshape(-1)
+    sched = copy.deepcopy(pipe.scheduler)
+    sched.set_timesteps(steps)
+    n_steps = len(sched.timesteps)  # PLMS runs one more denoiser call than `steps`
+    if idx.numel() != at.numel() or (at < 0).any() or (at >= n_steps).any():
+        raise EdadmError(f"states_at: {idx.numel()} indices need as many steps in 0..{n_steps - 1}")
+    unet = get_denoiser(pipe)
+    dev = device_of(unet)
+    shape = sample_shape(unet)
+    out = torch.empty((idx.numel(), *shape))
+    order = torch.argsort(at, stable=True)
+    bar = tqdm(total=int((at + 1).sum()), desc="trajectories", unit="step", disable=not progress)
+    for b in range(0, order.numel(), batch_size):
+        sel = order[b:b + batch_size]
+        ids, want = idx[sel].tolist(), at[sel]
+        x = torch.cat([initial_noise(seed, i, 1, shape) for i in ids]).to(dev)
+        seeds = [image_seed(seed, i) ^ 0x5DEECE66D for i in ids]
+        parts = [conditioning(pipe, i, 1, guidance_scale=guidance) for i in ids]
+        cond = {k: torch.cat([c[k] for c, _ in parts]) for k in parts[0][0]}
+        uncond = ({k: torch.cat([u[k] for _, u in parts]) for k in parts[0][1]} if parts[0][1] is not None else None)
+
+        def keep(i, t, xt, o, _sel=sel, _want=want):
+            rows = (_want == i).nonzero().flatten()
+            if rows.numel():
+                out[_sel[rows]] = xt[rows.to(xt.device)].float().cpu()
+            bar.update(int((_want >= i).sum()))
+
+        denoise(unet, pipe.scheduler, x, steps, eta, noise_seeds=seeds, callback=keep, cond=cond, uncond=uncond,
+                guidance_scale=guidance, until=int(want.max()))
+    bar.close()
+    return out

@@ -125,9 +125,60 @@ def test_fused_inference_path_matches_reference_arithmetic(per_channel, bits, sy
         q.set_range(float(x.min()) * 0.7, float(x.max()) * 0.7)
     with torch.no_grad():
         fused = q(x)
-    with torch.enable_grad():
-        ref = q(x.clone().requires_grad_(True)).detach()
+    ref = fake_quantize(x, q._view(q.scale.detach(), x), q._view(q.zero_point, x), q.qmin, q.qmax)
     assert torch.equal(fused, ref)
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("bits,symmetric", [(8, False), (4, True)])
+def test_learned_step_size_path_has_the_straight_through_gradients(per_channel, bits, symmetric):
+    """Reconstruction's fused learnable fake-quant (UniformQuantizer._learnable): the forward
+    values and the gradients to x and to the step size are fake_quantize's (STE, LSQ without
+    gradient scaling); the clamp edges are in the data (a range at 0.7 of the extremes)."""
+    from edadm.quant.quantizer import UniformQuantizer
+
+    x = _tensor(7, (6, 7, 3, 3), 2.0)
+    q = UniformQuantizer(bits, symmetric, per_channel=per_channel, channels=6)
+    q.set_range(x.amin(dim=(1, 2, 3)) * 0.7 if per_channel else float(x.min()) * 0.7,
+                x.amax(dim=(1, 2, 3)) * 0.7 if per_channel else float(x.max()) * 0.7)
+    q.scale.requires_grad_(True)
+    gy = _tensor(8, x.shape)
+    xa = x.clone().requires_grad_(True)
+    ya = q(xa)
+    (ya * gy).sum().backward()
+    ga_x, ga_s = xa.grad.clone(), q.scale.grad.clone()
+    q.scale.grad = None
+    xb = x.clone().requires_grad_(True)
+    yb = fake_quantize(xb, q._view(q.scale, xb), q._view(q.zero_point, xb), q.qmin, q.qmax)
+    (yb * gy).sum().backward()
+    assert torch.equal(ya.detach(), yb.detach())
+    assert torch.equal(ga_x == 0, xb.grad == 0)  # the same elements clamped
+    assert torch.allclose(ga_x, xb.grad, rtol=1e-6, atol=0)  # STE: gy * (1/s) * s in float
+    assert torch.allclose(ga_s, q.scale.grad, rtol=1e-4, atol=1e-6)  # sums in another order
+
+
+def _reference_act_search(x, xmin, xmax, bits, symmetric, grid=20, min_ratio=0.1, p=2.4):
+    """The plain definition of the free 2-D search: every (lower, upper) shrink pair,
+    unfused quantize / dequantize, mean |error|^p, the first minimum."""
+    qmin, qmax = qrange(bits, symmetric)
+    ratios = torch.linspace(1.0, min_ratio, grid)
+    best, arg = float("inf"), None
+    for a in ratios.tolist():
+        for b in ratios.tolist():
+            lo, hi = torch.tensor([xmin * a]), torch.tensor([xmax * b])
+            s, z = choose_qparams(lo, hi, bits, symmetric)
+            e = float(((dequantize(quantize(x, s, z, qmin, qmax), s, z) - x).abs() ** p).mean())
+            if e < best:
+                best, arg = e, (float(lo), float(hi))
+    return arg
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_fused_act_range_search_matches_the_plain_definition(bits):
+    x = torch.cat([_tensor(9, (30000,)) * 0.5 + 0.2, torch.tensor([-3.0, 9.0])])
+    got = search_act_range(x, float(x.min()), float(x.max()), bits, False)
+    ref = _reference_act_search(x, float(x.min()), float(x.max()), bits, False)
+    assert got == pytest.approx(ref, rel=1e-6)
 
 
 def test_symmetric_act_range_kind_is_the_references():

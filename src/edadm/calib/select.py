@@ -129,7 +129,7 @@ def assemble(traj: "Trajectories", counts: torch.Tensor, seed: int = 0) -> Calib
         trajs = torch.arange(n) % traj.num_trajectories  # consecutive within each step (steps sorted)
         perm = torch.randperm(n, generator=g)
         steps, trajs = steps[perm], trajs[perm]
-    return CalibrationSet(x=traj.xs[steps, trajs].clone(), t=traj.ts[steps].clone(), step=steps, trajectory=trajs,
+    return CalibrationSet(x=traj.states(steps, trajs), t=traj.ts[steps].clone(), step=steps, trajectory=trajs,
                           counts=counts, cond={k: v[trajs].clone() for k, v in traj.cond.items()},
                           uncond={k: v[trajs].clone() for k, v in traj.uncond.items()},
                           guidance_scale=traj.guidance_scale)

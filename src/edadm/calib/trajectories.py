@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import nn
@@ -16,6 +17,11 @@ class Trajectories:
 
     ts[s]: the timestep value of step s. Stored on CPU. `features`: TDAC statistics of the
     feature map at every step, when a feature module was given.
+
+    Trajectories need not all be stored whole: with `total` > xs.shape[1] the first
+    xs.shape[1] are, and `states` asks `sampler(indices, steps)` for the others' states at the
+    steps a calibration set takes from them (each run only up to that step, issue 34), keeping
+    what it returned.
     """
 
     xs: torch.Tensor
@@ -24,6 +30,9 @@ class Trajectories:
     cond: dict = field(default_factory=dict)    # per-trajectory denoiser kwargs (class_labels [B])
     uncond: dict = field(default_factory=dict)  # their classifier-free-guidance counterpart (null class)
     guidance_scale: float = 1.0
+    total: int | None = None       # trajectories in all (None: xs.shape[1], every one stored)
+    sampler: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
+    _sampled: dict = field(default_factory=dict, repr=False)  # (trajectory, step) -> x_t from sampler
 
     @property
     def num_steps(self) -> int:
@@ -31,7 +40,31 @@ class Trajectories:
 
     @property
     def num_trajectories(self) -> int:
+        return self.xs.shape[1] if self.total is None else self.total
+
+    @property
+    def stored(self) -> int:
+        """How many trajectories are stored whole (the first ones)."""
         return self.xs.shape[1]
+
+    def states(self, steps: torch.Tensor, trajs: torch.Tensor) -> torch.Tensor:
+        """x_t of trajectory trajs[k] at step steps[k], [K, ...]."""
+        steps, trajs = steps.long(), trajs.long()
+        out = torch.empty((steps.numel(), *self.xs.shape[2:]), dtype=self.xs.dtype)
+        inside = trajs < self.stored
+        out[inside] = self.xs[steps[inside], trajs[inside]]
+        rest = (~inside).nonzero().flatten().tolist()
+        if not rest:
+            return out
+        if self.sampler is None:
+            raise ValueError(f"trajectories {self.stored}.. are not stored and there is no sampler for them")
+        key = lambda r: (int(trajs[r]), int(steps[r]))  # noqa: E731
+        missing = [r for r in rest if key(r) not in self._sampled]
+        if missing:
+            got = self.sampler(trajs[missing], steps[missing])
+            self._sampled.update({key(r): x for r, x in zip(missing, got)})
+        out[rest] = torch.stack([self._sampled[key(r)] for r in rest])
+        return out
 
 
 @torch.no_grad()
@@ -84,6 +117,27 @@ def collect_trajectories(pipe, num: int, seed: int, steps: int | None = None, et
     cond, uncond = conditioning(pipe, 0, num, guidance_scale=guidance)  # what generate() used
     return Trajectories(xs=xs, ts=torch.tensor(ts, dtype=torch.long), features=acc, cond=cond, uncond=uncond or {},
                         guidance_scale=guidance if uncond else 1.0)
+
+
+def trajectory_conditioning(pipe, num: int, guidance_scale: float | None) -> tuple[dict, dict, float]:
+    """(cond, uncond, guidance) of trajectories 0..num-1, as collect_trajectories records them."""
+    guidance = sampling_defaults(pipe).guidance_scale if guidance_scale is None else float(guidance_scale)
+    cond, uncond = conditioning(pipe, 0, num, guidance_scale=guidance)
+    return cond, uncond or {}, guidance if uncond else 1.0
+
+
+def empty_trajectories(pipe, steps: int, guidance_scale: float | None = None) -> Trajectories:
+    """No trajectory stored: the sampler's step count and timestep values only (what the
+    allocation strategies without features need), for trajectories sampled on demand."""
+    import copy
+
+    from ..model.families import get_denoiser, sample_shape
+
+    sched = copy.deepcopy(pipe.scheduler)
+    sched.set_timesteps(steps)
+    ts = sched.timesteps.long().cpu()
+    # conditioning of the trajectories sampled on demand: set by the caller, which knows how many
+    return Trajectories(xs=torch.empty((ts.numel(), 0, *sample_shape(get_denoiser(pipe)))), ts=ts)
 
 
 def _collect_distributed(pipe, num, seed, steps, eta, batch_size, progress, feature_module, guidance_scale,

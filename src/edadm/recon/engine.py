@@ -25,6 +25,7 @@ rounding regulariser while rounding is learned.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import logging
@@ -38,6 +39,7 @@ from tqdm.auto import tqdm
 from ..calib import CalibrationSet
 from ..model.structure import forward_order, reconstruction_units
 from ..quant.modules import QuantMixin
+from ..quant.primitives import keep_mask
 from ..quant.quantizer import UniformQuantizer
 from ..quant.wrap import set_quant_state
 from .adaround import AdaRoundQuantizer
@@ -145,31 +147,93 @@ def _inner_layers(unit: nn.Module) -> list[nn.Module]:
     return layers[:-1]
 
 
-def _run(unit, args, kwargs, inner: list[nn.Module]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    outs: list[torch.Tensor] = []
-    hooks = [m.register_forward_hook(lambda mod, a, o: outs.append(o)) for m in inner]
-    try:
-        y = _first_tensor(unit(*args, **kwargs))
-    finally:
-        for h in hooks:
+class _Recorder:
+    """Forward hooks on a unit's inner layers, registered once for a whole loop: `outs` holds
+    their outputs of the latest forward pass (clear() before each)."""
+
+    def __init__(self, layers: list[nn.Module]):
+        self.layers, self.outs, self.hooks = layers, [], []
+
+    def __enter__(self):
+        self.hooks = [m.register_forward_hook(lambda mod, a, o: self.outs.append(o)) for m in self.layers]
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.hooks:
             h.remove()
-    return y, outs
+        self.hooks = []
+
+    def clear(self):
+        self.outs.clear()
 
 
 STAGES = ("joint", "weights", "acts")
 
 
+def _cat(chunks: list):
+    """The chunks of a nested (args, kwargs) structure joined along the batch dimension; tensors
+    without one (0-d) are taken from the first chunk."""
+    first = chunks[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(chunks) if first.dim() > 0 else first
+    if isinstance(first, (tuple, list)):
+        return type(first)(_cat([c[i] for c in chunks]) for i in range(len(first)))
+    if isinstance(first, dict):
+        return {k: _cat([c[k] for c in chunks]) for k in first}
+    return first
+
+
+def _nbytes(obj) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, (tuple, list)):
+        return sum(_nbytes(o) for o in obj)
+    if isinstance(obj, dict):
+        return sum(_nbytes(o) for o in obj.values())
+    return 0
+
+
+# On an accelerator the unit's cached inputs and targets live on the device when they take at
+# most this share of its free memory (no host-to-device copy per iteration, issue 34); larger
+# caches stay in (pinned) host memory and each iteration copies its batch.
+DEVICE_CACHE_SHARE = 0.5
+
+
+def cache_device(nbytes: int, dev: torch.device) -> torch.device:
+    """Where a unit's reconstruction cache of `nbytes` lives: `dev` itself (the CPU, or an
+    accelerator with room for it), else the CPU."""
+    if dev.type != "cuda":
+        return dev
+    free, _ = torch.cuda.mem_get_info(dev)
+    return dev if nbytes <= DEVICE_CACHE_SHARE * free else torch.device("cpu")
+
+
 @dataclass
 class _UnitData:
     """What one unit's reconstruction runs on, cached once: its inputs from the FP and from
-    the quantized model (chunks of one calibration batch), the FP targets of its output and
-    (FBR) inner layers, and the per-sample loss weights (step_balance)."""
+    the quantized model, the FP targets of its output and (FBR) inner layers, and the
+    per-sample loss weights (step_balance). Every tensor holds the rows of the whole
+    calibration set (in the denoiser's batch layout) on `device`: an iteration draws its batch
+    as one index on that device."""
 
-    fp_in: list
-    q_in: list
-    targets: list               # per chunk: (unit output, [inner-layer outputs]) on FP inputs, CPU
+    fp_in: tuple                # (args, kwargs)
+    q_in: tuple
+    target: torch.Tensor        # unit output on FP inputs
+    inner_targets: list         # [inner-layer outputs] on FP inputs
     inner: list[nn.Module]      # the quantized unit's inner layers with an FBR term
-    weights: list | None = None  # per chunk, per sample
+    chunk: int                  # rows per forward pass outside the loop (one calibration batch)
+    device: torch.device = torch.device("cpu")
+    weights: torch.Tensor | None = None  # per sample
+
+    @property
+    def rows(self) -> int:
+        return self.target.shape[0]
+
+    def chunks(self):
+        """(quantized inputs, target) of consecutive row ranges, on the cache device."""
+        for i in range(0, self.rows, self.chunk):
+            idx = slice(i, i + self.chunk)
+            yield _select(self.q_in, idx), self.target[idx]
 
 
 def _capture(model, fp_model, unit, fp_unit, kind, calib, cfg, calib_batch, dev) -> _UnitData:
@@ -177,19 +241,37 @@ def _capture(model, fp_model, unit, fp_unit, kind, calib, cfg, calib_batch, dev)
     q_in = capture_inputs(model, unit, calib, calib_batch)
     inner = _inner_layers(unit) if cfg.add_loss > 0 and kind == "block" else []
     fp_inner = _inner_layers(fp_unit) if inner else []
-    targets = []
-    with torch.no_grad():
+    targets, inner_targets = [], []
+    with torch.no_grad(), _Recorder(fp_inner) as rec:
         for args, kwargs in fp_in:
-            y, inner_y = _run(fp_unit, _to(args, dev), _to(kwargs, dev), fp_inner)
-            targets.append((y.cpu(), [o.cpu() for o in inner_y]))
-    return _UnitData(fp_in, q_in, targets, inner)
+            rec.clear()
+            targets.append(_first_tensor(fp_unit(*_to(args, dev), **_to(kwargs, dev))).cpu())
+            inner_targets.append([o.cpu() for o in rec.outs])
+    fp_in, q_in, target = _cat(fp_in), _cat(q_in), torch.cat(targets)
+    inner_t = [torch.cat([c[j] for c in inner_targets]) for j in range(len(fp_inner))]
+    where = cache_device(_nbytes((fp_in, q_in, target, inner_t)), dev)
+    if where.type == "cpu" and dev.type != "cpu":
+        fp_in, q_in, target, inner_t = _pin((fp_in, q_in, target, inner_t))
+    else:
+        fp_in, q_in, target, inner_t = _to((fp_in, q_in, target, inner_t), where)
+    return _UnitData(fp_in, q_in, target, inner_t, inner, chunk=calib_batch, device=where)
+
+
+def _pin(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.pin_memory()
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_pin(o) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _pin(v) for k, v in obj.items()}
+    return obj
 
 
 def _unit_error(unit, data: _UnitData, dev) -> torch.Tensor:
     """Per-sample unit output error (channel_mse) over the calibration set, [N] on CPU."""
     errs = []
     with torch.no_grad():
-        for (args, kwargs), (y, _) in zip(data.q_in, data.targets):
+        for (args, kwargs), y in data.chunks():
             out = _first_tensor(unit(*_to(args, dev), **_to(kwargs, dev)))
             errs.append(per_sample_mse(out, y.to(dev)).cpu())
     return torch.cat(errs) if errs else torch.zeros(0)
@@ -229,47 +311,55 @@ def _optimise(unit, name, stage, data: _UnitData, qlayers, act_qs, groups, shape
     sched = torch.optim.lr_scheduler.LambdaLR(opt, [
         (lambda it: 0.5 * (1 + math.cos(math.pi * min(it, T) / T))) if shape == "cosine" else (lambda it: 1.0)
         for shape in shapes])
-    gen = torch.Generator().manual_seed(cfg.seed + sum(map(ord, name)) + (7919 if stage == "acts" else 0))
+    seed = cfg.seed + sum(map(ord, name)) + (7919 if stage == "acts" else 0)
+    # indices drawn where the cache lives, QDrop's input masks where the unit runs: no
+    # host round trip inside the loop
+    gen = torch.Generator(device=data.device).manual_seed(seed)
+    mask_gen = gen if torch.device(dev) == data.device else torch.Generator(device=dev).manual_seed(seed)
     log_every = max(1, iters // 20)
     warm = int(cfg.warmup * iters)
     bar = tqdm(range(iters), desc=f"recon {name}" + ("" if stage == "joint" else f" ({stage})"), leave=False,
                disable=not progress)
-    q_in, fp_in, targets, weights = data.q_in, data.fp_in, data.targets, data.weights
-    for it in bar:
-        c = int(torch.randint(0, len(q_in), (1,), generator=gen))
-        n = targets[c][0].shape[0]
-        idx = torch.randperm(n, generator=gen)[: min(cfg.batch_size, n)]
-        args = _to(_select(q_in[c][0], idx), dev)
-        kwargs = _to(_select(q_in[c][1], idx), dev)
-        if cfg.input_mix_prob > 0:  # QDrop: element-wise mix of quantized and FP inputs
-            x_fp = _to(_select(fp_in[c][0][0], idx), dev)
-            mask = torch.rand(x_fp.shape, generator=gen).to(dev) < cfg.input_mix_prob
-            args = (torch.where(mask, x_fp, args[0]), *args[1:])
-        y_t = targets[c][0][idx].to(dev)
-        out, inner_out = _run(unit, args, kwargs, data.inner)
-        rec_loss, block_loss, inner_loss = fbr_loss(out, y_t, inner_out, [t[idx].to(dev) for t in targets[c][1]],
-                                                    cfg.add_loss,
-                                                    None if weights is None else weights[c][idx].to(dev), p=loss_p)
-        if not learn_round or it < warm or cfg.round_weight == 0:
-            round_loss = torch.zeros((), device=dev)
-        else:
-            frac = (it - warm) / max(1, iters - warm)
-            beta = cfg.b_end + (cfg.b_start - cfg.b_end) * max(0.0, 1 - frac)
-            round_loss = cfg.round_weight * sum(r.round_loss(beta) for m in qlayers for r in m.rounding)
-        loss = rec_loss + round_loss
-        if not torch.isfinite(loss):
-            return f"non-finite loss at iteration {it}"
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        for q in act_qs:  # a step size must stay positive
-            q.scale.data.clamp_(min=1e-8)
-        if it % log_every == 0 or it == iters - 1:
-            rec = {"iter": it, "block": block_loss.item(), "inner": inner_loss.item(),
-                   "round": round_loss.item(), "total": loss.item()}
-            ulog.history.append(rec)
-            bar.set_postfix(block=f"{rec['block']:.4g}", inner=f"{rec['inner']:.4g}")
+    n, bs = data.rows, min(cfg.batch_size, data.rows)
+    weights = None if data.weights is None else data.weights.to(data.device)
+    # a non-finite loss is noticed at the next log step (one host synchronisation per log
+    # step, none per iteration); the unit then falls back to its pre-reconstruction
+    # parameters (_bake), so the iterations in between change nothing that is kept
+    bad = torch.zeros((), dtype=torch.bool, device=dev)
+    with _Recorder(data.inner) as rec:
+        for it in bar:
+            idx = torch.randperm(n, generator=gen, device=data.device)[:bs]
+            args, kwargs = _to(_select(data.q_in, idx), dev)
+            if cfg.input_mix_prob > 0:  # QDrop: element-wise mix of quantized and FP inputs
+                x_fp = _to(_select(data.fp_in[0][0], idx), dev)
+                args = (torch.lerp(args[0], x_fp, keep_mask(x_fp, cfg.input_mix_prob, mask_gen)), *args[1:])
+            rec.clear()
+            out = _first_tensor(unit(*args, **kwargs))
+            rec_loss, block_loss, inner_loss = fbr_loss(
+                out, _to(data.target[idx], dev), rec.outs, [_to(t[idx], dev) for t in data.inner_targets],
+                cfg.add_loss, None if weights is None else _to(weights[idx], dev), p=loss_p)
+            if not learn_round or it < warm or cfg.round_weight == 0:
+                round_loss = torch.zeros((), device=dev)
+            else:
+                frac = (it - warm) / max(1, iters - warm)
+                beta = cfg.b_end + (cfg.b_start - cfg.b_end) * max(0.0, 1 - frac)
+                round_loss = cfg.round_weight * sum(r.round_loss(beta) for m in qlayers for r in m.rounding)
+            loss = rec_loss + round_loss
+            bad |= ~torch.isfinite(loss.detach())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if act_qs:  # a step size must stay positive
+                torch._foreach_clamp_min_([q.scale.data for q in act_qs], 1e-8)
+            if it % log_every == 0 or it == iters - 1:
+                vals = torch.stack([block_loss.detach(), inner_loss.detach(), round_loss.detach(), loss.detach(),
+                                    bad.float()]).tolist()
+                if vals[4]:
+                    return f"non-finite loss by iteration {it}"
+                rec_ = {"iter": it, "block": vals[0], "inner": vals[1], "round": vals[2], "total": vals[3]}
+                ulog.history.append(rec_)
+                bar.set_postfix(block=f"{rec_['block']:.4g}", inner=f"{rec_['inner']:.4g}")
     return None
 
 
@@ -321,7 +411,7 @@ def reconstruct_unit(model: nn.Module, fp_model: nn.Module, name: str, kind: str
         # group by timestep, or by stretch of the trajectory (step_balance_bins)
         by = trajectory_bins(calib, cfg.step_balance_bins) if cfg.step_balance_bins else calib.t
         w = step_balance_weights(err0, calib.input_rows(by.reshape(-1).cpu(), calib_batch))
-        data.weights = list(w.split([y.shape[0] for y, _ in data.targets]))
+        data.weights = w
     saved_scales = [q.scale.detach().clone() for q in act_qs]
     groups, shapes = _param_groups(qlayers, act_qs, cfg, learn_round, learn_act, dev)
     if not groups:  # nothing to learn here (no quantized weights in this stage, no step sizes)
@@ -340,6 +430,22 @@ def reconstruct_unit(model: nn.Module, fp_model: nn.Module, name: str, kind: str
     ulog.after = float(_unit_error(unit, data, dev).mean())
     ulog.seconds = time.time() - t0
     return ulog
+
+
+@contextlib.contextmanager
+def frozen(model: nn.Module):
+    """The model's parameters without gradients inside the block (restored after). Only the
+    rounding and the step sizes are learned (their flags are set per unit): with the model's
+    own weights frozen the backward pass computes no weight gradients, about half of a
+    convolution's backward cost, and no .grad per weight that nothing reads (issue 34)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
 
 
 def reconstruct(model: nn.Module, calib: CalibrationSet, cfg, calib_batch: int = 64,
@@ -378,16 +484,18 @@ def reconstruct(model: nn.Module, calib: CalibrationSet, cfg, calib_batch: int =
         log.info("resuming reconstruction after %d of %d units", len(logs), len(order))
     bar = tqdm(order, desc="reconstruction" + ("" if stage == "joint" else f" ({stage})"), disable=not progress,
                initial=len(logs))
-    for i, name in enumerate(order[len(logs):], start=len(logs)):
-        bar.set_postfix(unit=name)
-        torch.manual_seed(cfg.seed * 100_003 + index_offset + i)
-        ulog = reconstruct_unit(model, fp_model, name, units[name], calib, cfg, calib_batch, progress=progress,
-                                stage=stage)
-        log.debug("%s %s: output MSE %.4g -> %.4g (%.1fs)", units[name], name, ulog.before, ulog.after, ulog.seconds)
-        logs.append(ulog)
-        if on_unit is not None:
-            on_unit(index_offset + i, name, asdict(ulog))
-        bar.update(1)
+    with frozen(model):
+        for i, name in enumerate(order[len(logs):], start=len(logs)):
+            bar.set_postfix(unit=name)
+            torch.manual_seed(cfg.seed * 100_003 + index_offset + i)
+            ulog = reconstruct_unit(model, fp_model, name, units[name], calib, cfg, calib_batch, progress=progress,
+                                    stage=stage)
+            log.debug("%s %s: output MSE %.4g -> %.4g (%.1fs)", units[name], name, ulog.before, ulog.after,
+                      ulog.seconds)
+            logs.append(ulog)
+            if on_unit is not None:
+                on_unit(index_offset + i, name, asdict(ulog))
+            bar.update(1)
     bar.close()
     set_quant_state(model, weight=True, act=True)
     return logs
