@@ -110,7 +110,10 @@ def _calibration_set(pipe, config: QuantConfig, steps: int, eta: float, progress
                              "with its config")
     seconds["trajectories"] = time.time() - t0
     counts, details = allocate(traj, config, pipe.scheduler.config.num_train_timesteps)
+    lazy = traj.sampler_seconds
     calib = assemble(traj, counts, seed=config.seed)
+    # the trajectories not stored whole are run up to their samples' steps inside assemble
+    seconds["trajectories"] += traj.sampler_seconds - lazy
     return calib, counts.tolist(), details, traj.ts.tolist()
 
 

@@ -57,3 +57,21 @@ def test_trajectories_of_a_pipeline_quantized_since_are_refused(tiny_pipe_dir):
     quantize(pipe, _cfg("uniform"), progress=False)  # in place: pipe's denoiser is quantized now
     with pytest.raises(EdadmError, match="quantized since"):
         assemble(traj, torch.tensor([2, 2, 2, 2]), seed=1)
+
+
+def test_on_demand_sampling_counts_as_the_trajectories_stage(tiny_pipe_dir, monkeypatch):
+    """The states sampled inside assemble are part of the reported trajectories seconds."""
+    import time
+
+    pipe = load(tiny_pipe_dir, device="cpu")
+    traj = calibration_trajectories(pipe, _cfg("uniform"), progress=False)
+    inner = traj.sampler
+
+    def slow(idx, at):
+        time.sleep(0.3)
+        return inner(idx, at)
+
+    traj.sampler = slow
+    q = quantize(pipe, _cfg("uniform"), progress=False, trajectories=traj)
+    assert traj.sampler_seconds >= 0.3
+    assert q.report.seconds["trajectories"] >= 0.3

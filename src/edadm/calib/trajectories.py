@@ -1,6 +1,7 @@
 """Full-precision sampling trajectories: every x_t of the evaluation sampler."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -33,6 +34,7 @@ class Trajectories:
     total: int | None = None       # trajectories in all (None: xs.shape[1], every one stored)
     sampler: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
     _sampled: dict = field(default_factory=dict, repr=False)  # (trajectory, step) -> x_t from sampler
+    sampler_seconds: float = 0.0   # wall time spent in `sampler` so far (part of the trajectories stage)
 
     @property
     def num_steps(self) -> int:
@@ -61,7 +63,9 @@ class Trajectories:
         key = lambda r: (int(trajs[r]), int(steps[r]))  # noqa: E731
         missing = [r for r in rest if key(r) not in self._sampled]
         if missing:
+            t0 = time.time()
             got = self.sampler(trajs[missing], steps[missing])
+            self.sampler_seconds += time.time() - t0
             self._sampled.update({key(r): x for r, x in zip(missing, got)})
         out[rest] = torch.stack([self._sampled[key(r)] for r in rest])
         return out
