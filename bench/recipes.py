@@ -98,6 +98,12 @@ def _cell(values: list[float]) -> str:
     return f"{values[0]:.2f} (1 seed)" if len(values) == 1 else fmt(_stat(values), 2)
 
 
+def _scales(es: list[dict]) -> list[float]:
+    """The iteration factors the entries ran with (their saved configs; the default when absent)."""
+    return sorted({(e.get("quantize") or {}).get("config", {}).get("recon", {}).get("iters_scale", DEFAULT_ITERS_SCALE)
+                   for e in es}) or [DEFAULT_ITERS_SCALE]
+
+
 def build_table(model: str, notes: list[str] | None = None) -> None:
     es = entries(model)
     fp_f = model_dir(model) / f"fp-{es[0]['num'] if es else 1000}.json"
@@ -122,8 +128,8 @@ def build_table(model: str, notes: list[str] | None = None) -> None:
              "date, machine, wall time and peak memory are in table.json",
              f"- every quantized model: {es[0]['num'] if es else '?'} samples, integer engine, sampling seed "
              f"{es[0]['sample_seed'] if es else '?'} (the same initial noise as FP); quantization seeds as listed",
-             f"- iterations: every recipe's reference count x {DEFAULT_ITERS_SCALE} (one factor for all; see "
-             "docs/recipes.md), unless the entry's command says otherwise",
+             f"- iterations: every recipe's reference count x {', '.join(map(str, _scales(es)))} (one factor for "
+             "all, as the entries' configs record it; see docs/recipes.md)",
              f"- FP32: FID-digits {fp_mean:.2f}, std over sampling seeds {fp['seeds']}: {fp_std:.2f} (the sampling "
              "noise floor); ΔFID = FID - FP's FID at the same sampling seed (paired, same noise)", "",
              "## FID-digits, ΔFID vs FP and PSNR vs FP: mean ± std over quantization seeds", "",

@@ -6,15 +6,20 @@ from edadm.cli import main
 
 def test_tiny_demo_writes_a_report_naming_engine_and_isa(tmp_path, capsys):
     out = tmp_path / "demo"
-    code = main(["demo", "--num", "8", "--settings", "w8a8,w4a8", "--num-samples", "16", "--steps", "4",
+    # the default settings: naive W8A8 and W4A8, and the default method at W4A8 (tiny budget)
+    code = main(["demo", "--num", "8", "--num-samples", "16", "--steps", "4", "--iters-scale", "0.001",
                  "--out", str(out), "--no-progress"])
     assert code in (0, None)
     report = json.loads((out / "report.json").read_text())
-    assert set(report["results"]) == {"FP32", "W8A8 naive", "W4A8 naive"}
-    # FP calibration trajectories are collected once for both settings (one calibration config)
-    assert [k for k in report["timings_s"] if "trajectories" in k] == ["calibration trajectories (naive)"]
+    assert set(report["results"]) == {"FP32", "W8A8 naive", "W4A8 naive", "W4A8 eda-dm-plus"}
+    # FP calibration trajectories are collected once per calibration config: naive's (both settings), TDAC's
+    assert [k for k in report["timings_s"] if "trajectories" in k] == ["calibration trajectories (naive)",
+                                                                       "calibration trajectories (eda-dm-plus)"]
+    assert report["results"]["W4A8 eda-dm-plus"]["quantize_report"]["seconds"]["reconstruction"] > 0
+    assert report["results"]["W4A8 eda-dm-plus"]["quantize_report"]["iters"] == 5  # 5000 x 0.001
     assert report["machine"]["isa"] and "integer engine on" in report["kernels"]["W8A8 naive"]
-    assert "Engine: int" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "Engine: int" in md and "16 calibration samples, reconstruction at 0.001 x" in md
     assert (out / "samples.png").stat().st_size > 0
 
 

@@ -13,7 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from .config import (ACT_RANGE_KINDS, CALIB_STRATEGIES, DEFAULT_ITERS_SCALE, DEFAULT_METHOD, METHODS, RANGE_METHODS,
+from .config import (ACT_RANGE_KINDS, CALIB_STRATEGIES, DEFAULT_ITERS_SCALE, DEFAULT_METHOD, DEMO_ITERS_SCALE,
+                     DEMO_NUM_SAMPLES, METHODS, RANGE_METHODS,
                      STEP_BALANCE)
 from .deploy.engines import DEFAULT_ENGINE, ENGINES
 from .deploy.onnx_export import TARGETS as EXPORT_TARGETS
@@ -282,17 +283,22 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--device", default="auto")
     sc.add_argument("--json", type=Path, default=None)
 
-    d = sub.add_parser("demo", help="FP vs W8A8 vs W4A8 on the shipped digits model, with a report "
-                       "(--settings w8a8,w4a8,w4a8:eda-dm-plus adds EDA-DM)")
+    d = sub.add_parser("demo", help="FP vs naive W8A8 / W4A8 vs edadm's default method at W4A8 on the shipped "
+                       "digits model, with a report")
     d.add_argument("--model", default="digits-ddpm")
     d.add_argument("--out", type=Path, default=Path("edadm-demo"))
     d.add_argument("--num", type=_positive_int, default=200,
                    help="samples per seed per model (200: README command 1 stays under 10 minutes on 2 cores)")
     d.add_argument("--seeds", type=_seeds, default=[0])
-    d.add_argument("--settings", default="w8a8,w4a8",
+    d.add_argument("--settings", default=f"w8a8,w4a8,w4a8:{DEFAULT_METHOD}",
                    help="comma-separated WxAy settings, each optionally with its method (WxAy:method)")
     d.add_argument("--method", default="naive", help="the method of settings that name none")
-    d.add_argument("--num-samples", type=_positive_int, default=None, help="calibration samples N")
+    # the demo's budget, smaller than `edadm quantize`'s so README command 1 stays under 10 minutes
+    d.add_argument("--num-samples", type=_positive_int, default=DEMO_NUM_SAMPLES,
+                   help=f"calibration samples N (default {DEMO_NUM_SAMPLES}; edadm quantize: 1024)")
+    d.add_argument("--iters-scale", type=float, default=DEMO_ITERS_SCALE,
+                   help=f"reconstruction iterations as a factor of the references' (default {DEMO_ITERS_SCALE}; "
+                        f"edadm quantize: {DEFAULT_ITERS_SCALE})")
     _common(d)
 
     x = sub.add_parser("export", help="write a quantized directory's denoiser as ONNX with its quantization "

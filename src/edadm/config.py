@@ -29,6 +29,10 @@ LR_SCHEDULES = ("cosine", "constant")
 # one factor, the same for every recipe, so CPU runs scale all methods alike; 1.0 is the
 # reference's own count (Q-Diffusion 20000 + 5000, EDA-DM 5000 per unit).
 DEFAULT_ITERS_SCALE = 0.04
+# `edadm demo`'s smaller budget (README command 1 must stay under 10 minutes on 2 cores with
+# four models sampled): calibration samples and iteration factor of the methods it quantizes.
+DEMO_NUM_SAMPLES = 256
+DEMO_ITERS_SCALE = 0.04
 
 # Samplers a preset (or --sampler) can put in place of the pipeline's own scheduler; the
 # scheduler is rebuilt from the pipeline's scheduler config (same betas), so only the update

@@ -130,8 +130,10 @@ def run_demo(args) -> dict:
             calib = CalibConfig(batch_size=min(args.batch_size, 64))
             if args.num_samples:
                 calib.num_samples = calib.num_trajectories = args.num_samples
+            # given at construction: QuantConfig resolves the recipe's iterations from it there
+            recon = {} if args.iters_scale is None else {"iters_scale": args.iters_scale}
             cfg = QuantConfig(method=method, weight_bits=w, act_bits=a, steps=args.steps, eta=args.eta,
-                              calib=calib)
+                              calib=calib, recon=recon)
             key = json.dumps(cfg.resolved_dict()["calib"], sort_keys=True)
             if key not in trajectories:
                 trajectories[key] = calibration_trajectories(fp, cfg, progress=args.progress)
@@ -150,17 +152,18 @@ def run_demo(args) -> dict:
                                           reference=fp_imgs, progress=args.progress)
             add_paired_delta(res, fp_res)
             res["quantize_report"] = {"seconds": report.seconds, "peak_memory_mb": report.peak_memory_mb,
-                                      "counts": report.counts}
+                                      "counts": report.counts, "iters": cfg.recon.iters if cfg.recon.enabled else 0}
             timings[f"{label} sample_eval"] = time.time() - t0
             results[label] = res
             rows.append((label, imgs[args.seeds[0]]))
         comparison_figure(rows, tmp / "samples.png")
         timings["total"] = time.time() - t_all
         keys = ("fid_digits", "fid_digits_delta", "is_digits", "psnr_vs_ref")
+        budget = demo_budget(args)
         table = format_table([(k, v["summary"]) for k, v in results.items()], keys=keys)
         meta = {"command": "edadm demo " + " ".join(_argv_of(args)), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                 "edadm_version": __version__, "git_commit": commit, "machine": machine_info(),
-                "model": args.model, "num": args.num, "seeds": args.seeds, "method": args.method,
+                "model": args.model, "num": args.num, "seeds": args.seeds, "method": args.method, "budget": budget,
                 "timings_s": {k: round(v, 1) for k, v in timings.items()},
                 "engine": f"int (saved directories loaded with integer kernels) on {isa_summary()}",
                 "kernels": engines}
@@ -170,6 +173,7 @@ def run_demo(args) -> dict:
               f"FP32 against quantized denoisers (method after the setting), {args.num} samples per seed, "
               f"seeds {args.seeds}, "
               "every model sampled from the same initial noise. Mean ± std over seeds.", "",
+              f"Quantization budget: {budget}.", "",
               table, "", "![samples, same noise in each column](samples.png)", "",
               f"Engine: {meta['engine']}.", "", *[f"- {k}: {v}" for k, v in engines.items()], "",
               "| step | seconds |", "|---|---|", *[f"| {k} | {v:.1f} |" for k, v in timings.items()], "",
@@ -181,9 +185,21 @@ def run_demo(args) -> dict:
     return report
 
 
+def demo_budget(args) -> str:
+    """The calibration size and reconstruction iterations the demo quantized with, in words."""
+    from .config import DEFAULT_ITERS_SCALE, CalibConfig
+
+    n = args.num_samples or CalibConfig().num_samples
+    scale = DEFAULT_ITERS_SCALE if args.iters_scale is None else args.iters_scale
+    return (f"{n} calibration samples, reconstruction at {scale:g} x the reference iterations per unit "
+            f"(`edadm quantize` defaults: {CalibConfig().num_samples} samples, {DEFAULT_ITERS_SCALE:g} x)")
+
+
 def _argv_of(args) -> list[str]:
     parts = [f"--model {args.model}", f"--num {args.num}", f"--seeds {','.join(map(str, args.seeds))}",
              f"--settings {args.settings}", f"--method {args.method}", f"--out {args.out}"]
     if args.num_samples:
         parts.append(f"--num-samples {args.num_samples}")
+    if args.iters_scale is not None:
+        parts.append(f"--iters-scale {args.iters_scale:g}")
     return parts
