@@ -36,9 +36,11 @@ from edadm.loading import load_pipeline  # noqa: E402
 from edadm.quant.calibrate import init_act_ranges, init_weight_ranges  # noqa: E402
 from edadm.quant.wrap import wrap_model  # noqa: E402
 from edadm.recon.engine import (  # noqa: E402
+    _batched_leaves,
     _first_tensor,
     _inner_layers,
     _run,
+    _select,
     _to,
     capture_inputs,
     channel_mse,
@@ -79,7 +81,9 @@ def unit_errors(model, fp_model, name: str, calib, batch: int) -> tuple[float, f
     blk = inn = 0.0
     n = 0
     dev = next(model.parameters()).device
-    for (qa, qk), (fa, fk) in zip(q_in, fp_in):
+    rows = _batched_leaves(q_in)[0].shape[0]
+    for i in range(0, rows, batch):
+        (qa, qk), (fa, fk) = _select(q_in, slice(i, i + batch)), _select(fp_in, slice(i, i + batch))
         y, ys = _run(unit, _to(qa, dev), _to(qk, dev), inner)
         t, ts = _run(fp_unit, _to(fa, dev), _to(fk, dev), fp_inner)
         b = _first_tensor(y).shape[0]

@@ -9,8 +9,8 @@ from edadm.quant.calibrate import init_act_ranges, init_weight_ranges
 from edadm.quant.modules import QuantMixin
 from edadm.quant.wrap import quant_modules, wrap_model
 from edadm.recon.adaround import AdaRoundQuantizer
-from edadm.recon.engine import (_inner_layers, channel_mse, fbr_loss, full_precision_copy, per_sample_mse,
-                                reconstruct_unit, step_balance_weights)
+from edadm.recon.engine import (_inner_layers, _Rows, capture_inputs, channel_mse, fbr_loss, full_precision_copy,
+                                per_sample_mse, reconstruct_unit, step_balance_weights)
 
 
 def _calib(n=32, seed=0):
@@ -278,3 +278,34 @@ def test_eda_dm_plus_balances_timesteps_below_8_bits_only_and_the_references_nev
         assert QuantConfig(method=ref, weight_bits=4).recon.step_balance == "none"
     # what the user sets wins over the recipe
     assert QuantConfig(method="eda-dm-plus", weight_bits=4, recon={"step_balance": "none"}).recon.step_balance == "none"
+
+
+def test_rows_join_nested_batches_like_cat_in_one_contiguous_buffer():
+    g = torch.Generator().manual_seed(0)
+    batches = [((torch.randn(n, 3, 4, 4, generator=g).to(memory_format=torch.channels_last), torch.tensor(7.0)),
+                {"temb": torch.randn(n, 5, generator=g), "scale": 1.0}) for n in (4, 4, 3)]
+    rows = _Rows(3)
+    for b in batches:
+        rows.add(b)
+    (x, zero_d), kw = rows.result()
+    assert torch.equal(x, torch.cat([b[0][0] for b in batches])) and x.is_contiguous()
+    assert torch.equal(kw["temb"], torch.cat([b[1]["temb"] for b in batches]))
+    assert zero_d is batches[0][0][1] and kw["scale"] == 1.0
+    with pytest.raises(ValueError, match="more rows"):
+        rows.add(batches[0])  # a fourth batch does not fit the three it was sized for
+
+
+def test_capture_inputs_holds_every_calibration_row_once(make_tiny_unet):
+    torch.manual_seed(0)
+    unet = make_tiny_unet()
+    calib = _calib(n=20)
+    name = "down_blocks.0.resnets.0"
+    seen = []
+    h = unet.get_submodule(name).register_forward_pre_hook(lambda m, a: seen.append(a[0].clone()))
+    with torch.no_grad():
+        for x, t in calib.batches(8):
+            unet(x, t)
+    h.remove()
+    args, kwargs = capture_inputs(unet, unet.get_submodule(name), calib, batch_size=8)
+    assert args[0].shape[0] == 20
+    assert torch.equal(args[0], torch.cat(seen))

@@ -82,16 +82,6 @@ def _to(obj, device):
     return obj
 
 
-def _contiguous(obj):
-    if isinstance(obj, torch.Tensor):
-        return obj.contiguous()
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_contiguous(o) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _contiguous(v) for k, v in obj.items()}
-    return obj
-
-
 def _select(obj, idx):
     """Rows idx of every batched tensor in a nested (args, kwargs) structure."""
     if isinstance(obj, torch.Tensor):
@@ -103,19 +93,69 @@ def _select(obj, idx):
     return obj
 
 
+class _Rows:
+    """Batches of a nested (args, kwargs) structure joined along the batch dimension into
+    tensors allocated once, at the first batch, for `batches` batches of its size (the last
+    may be shorter): no list of chunks beside the joined copy, so a unit's cache takes its own
+    size and not twice that while it is built (Q-Diffusion's 5120 samples, issue 34).
+    Tensors without a batch dimension (0-d) are taken from the first batch, as torch.cat
+    would not join them. Hand-written: torch has no preallocated cat over nested structures."""
+
+    def __init__(self, batches: int):
+        self.batches, self.template, self.bufs, self.used = batches, None, [], []
+
+    def add(self, obj) -> None:
+        leaves = _batched_leaves(obj)
+        if self.template is None:
+            self.template = obj
+            # a fresh contiguous buffer: an attention block hands on a channels-last view, and
+            # the float conv backward of torch 2.13 on CPU crashes (segfault) on such inputs
+            # once activations are not fake-quantized before the conv (two-stage weight stage)
+            self.bufs = [torch.empty((t.shape[0] * self.batches,) + tuple(t.shape[1:]), dtype=t.dtype)
+                         for t in leaves]
+            self.used = [0] * len(leaves)
+        for i, t in enumerate(leaves):
+            a, b = self.used[i], self.used[i] + t.shape[0]
+            if b > self.bufs[i].shape[0]:
+                raise ValueError(f"more rows than {self.batches} batches of {self.bufs[i].shape[0] // self.batches}")
+            self.bufs[i][a:b].copy_(t)
+            self.used[i] = b
+
+    def result(self):
+        it = iter(buf[:n] for buf, n in zip(self.bufs, self.used))
+        return _rebuild(self.template, it)
+
+
+def _batched_leaves(obj) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj] if obj.dim() > 0 else []
+    if isinstance(obj, (tuple, list)):
+        return [t for o in obj for t in _batched_leaves(o)]
+    if isinstance(obj, dict):
+        return [t for o in obj.values() for t in _batched_leaves(o)]
+    return []
+
+
+def _rebuild(template, it):
+    if isinstance(template, torch.Tensor):
+        return next(it) if template.dim() > 0 else template
+    if isinstance(template, (tuple, list)):
+        return type(template)(_rebuild(o, it) for o in template)
+    if isinstance(template, dict):
+        return {k: _rebuild(v, it) for k, v in template.items()}
+    return template
+
+
 @torch.no_grad()
-def capture_inputs(model: nn.Module, unit: nn.Module, calib: CalibrationSet,
-                   batch_size: int) -> list[tuple[tuple, dict]]:
-    """The unit's (args, kwargs) for the whole calibration set, one CPU chunk per batch;
-    the forward pass stops at the unit. The model runs in whatever quant state it is in."""
+def capture_inputs(model: nn.Module, unit: nn.Module, calib: CalibrationSet, batch_size: int) -> tuple[tuple, dict]:
+    """The unit's (args, kwargs) for the whole calibration set, joined along the batch
+    dimension in CPU memory (contiguous); the forward pass stops at the unit. The model runs in
+    whatever quant state it is in."""
     dev = next(model.parameters()).device
-    chunks: list[tuple[tuple, dict]] = []
+    rows = _Rows(-(-len(calib) // batch_size))
 
     def hook(mod, args, kwargs):
-        # contiguous: an attention block hands on a channels-last view, and the float conv
-        # backward of torch 2.13 on CPU crashes (segfault) on such inputs once activations are
-        # not fake-quantized before the conv (the two-stage recipe's weight stage)
-        chunks.append((_contiguous(_to(args, "cpu")), _contiguous(_to(kwargs, "cpu"))))
+        rows.add((args, kwargs))
         raise _Stop
 
     h = unit.register_forward_pre_hook(hook, with_kwargs=True)
@@ -127,7 +167,7 @@ def capture_inputs(model: nn.Module, unit: nn.Module, calib: CalibrationSet,
                 pass
     finally:
         h.remove()
-    return chunks
+    return rows.result()
 
 
 def full_precision_copy(model: nn.Module) -> nn.Module:
@@ -168,19 +208,6 @@ class _Recorder:
 
 
 STAGES = ("joint", "weights", "acts")
-
-
-def _cat(chunks: list):
-    """The chunks of a nested (args, kwargs) structure joined along the batch dimension; tensors
-    without one (0-d) are taken from the first chunk."""
-    first = chunks[0]
-    if isinstance(first, torch.Tensor):
-        return torch.cat(chunks) if first.dim() > 0 else first
-    if isinstance(first, (tuple, list)):
-        return type(first)(_cat([c[i] for c in chunks]) for i in range(len(first)))
-    if isinstance(first, dict):
-        return {k: _cat([c[k] for c in chunks]) for k in first}
-    return first
 
 
 def _nbytes(obj) -> int:
@@ -241,14 +268,14 @@ def _capture(model, fp_model, unit, fp_unit, kind, calib, cfg, calib_batch, dev)
     q_in = capture_inputs(model, unit, calib, calib_batch)
     inner = _inner_layers(unit) if cfg.add_loss > 0 and kind == "block" else []
     fp_inner = _inner_layers(fp_unit) if inner else []
-    targets, inner_targets = [], []
+    rows = _batched_leaves(fp_in)[0].shape[0]
+    outs = _Rows(-(-rows // calib_batch))
     with torch.no_grad(), _Recorder(fp_inner) as rec:
-        for args, kwargs in fp_in:
+        for i in range(0, rows, calib_batch):
+            args, kwargs = _select(fp_in, slice(i, i + calib_batch))
             rec.clear()
-            targets.append(_first_tensor(fp_unit(*_to(args, dev), **_to(kwargs, dev))).cpu())
-            inner_targets.append([o.cpu() for o in rec.outs])
-    fp_in, q_in, target = _cat(fp_in), _cat(q_in), torch.cat(targets)
-    inner_t = [torch.cat([c[j] for c in inner_targets]) for j in range(len(fp_inner))]
+            outs.add([_first_tensor(fp_unit(*_to(args, dev), **_to(kwargs, dev)))] + list(rec.outs))
+    target, *inner_t = outs.result()
     where = cache_device(_nbytes((fp_in, q_in, target, inner_t)), dev)
     if where.type == "cpu" and dev.type != "cpu":
         fp_in, q_in, target, inner_t = _pin((fp_in, q_in, target, inner_t))
