@@ -20,6 +20,7 @@ def test_tiny_demo_writes_a_report_naming_engine_and_isa(tmp_path, capsys):
     assert report["machine"]["isa"] and "integer engine on" in report["kernels"]["W8A8 naive"]
     md = (out / "report.md").read_text()
     assert "Engine: int" in md and "16 calibration samples, reconstruction at 0.001 x" in md
+    assert "defaults for eda-dm-plus: 1024 samples, 0.16 x" in md  # what a full `edadm quantize` uses
     assert (out / "samples.png").stat().st_size > 0
 
 

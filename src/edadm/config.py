@@ -27,8 +27,10 @@ RECON_STAGES = ("joint", "two-stage")
 LR_SCHEDULES = ("cosine", "constant")
 # Reconstruction iterations per unit are the reference's (recipe reference_iters) times this
 # one factor, the same for every recipe, so CPU runs scale all methods alike; 1.0 is the
-# reference's own count (Q-Diffusion 20000 + 5000, EDA-DM 5000 per unit).
-DEFAULT_ITERS_SCALE = 0.04
+# reference's own count (Q-Diffusion 20000 + 5000, EDA-DM 5000 per unit). 0.16 (EDA-DM 800
+# per unit) is the largest budget at which `edadm quantize digits-ddpm` with the default method
+# stays under 10 minutes on 2 CPU cores (docs/recipes.md, "Iterations").
+DEFAULT_ITERS_SCALE = 0.16
 # `edadm demo`'s smaller budget (README command 1 must stay under 10 minutes on 2 cores with
 # four models sampled): calibration samples and iteration factor of the methods it quantizes.
 DEMO_NUM_SAMPLES = 256

@@ -187,12 +187,13 @@ def run_demo(args) -> dict:
 
 def demo_budget(args) -> str:
     """The calibration size and reconstruction iterations the demo quantized with, in words."""
-    from .config import DEFAULT_ITERS_SCALE, CalibConfig
+    from .config import DEFAULT_ITERS_SCALE, DEFAULT_METHOD, QuantConfig
 
-    n = args.num_samples or CalibConfig().num_samples
+    full = QuantConfig(method=DEFAULT_METHOD).calib.num_samples  # the recipe's calibration size
+    n = args.num_samples or full
     scale = DEFAULT_ITERS_SCALE if args.iters_scale is None else args.iters_scale
     return (f"{n} calibration samples, reconstruction at {scale:g} x the reference iterations per unit "
-            f"(`edadm quantize` defaults: {CalibConfig().num_samples} samples, {DEFAULT_ITERS_SCALE:g} x)")
+            f"(`edadm quantize` defaults for {DEFAULT_METHOD}: {full} samples, {DEFAULT_ITERS_SCALE:g} x)")
 
 
 def _argv_of(args) -> list[str]:
