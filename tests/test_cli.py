@@ -32,12 +32,18 @@ def test_quantize_sample_evaluate(tiny_pipe_dir, tmp_path, capsys):
 
     js = tmp_path / "ev.json"
     code, out, err = _run(capsys, "evaluate", q, "--num", 8, "--seeds", "0,1", "--compare", tiny_pipe_dir,
-                          "--json", js, "--no-progress")
+                          "--json", js, "--no-progress", "--bootstrap", 20)
     assert code == 0, err
     res = json.loads(js.read_text())
     assert [r["seed"] for r in res["per_seed"]] == [0, 1]
     assert res["summary"]["fid_digits"]["n"] == 2
     assert "psnr_vs_ref" in res["summary"] and "FID-digits" in out
+    # the paired comparison: every difference vs the compared model with its bootstrap interval
+    paired = res["per_seed"][0]["paired"]
+    lo, hi = paired["delta"]["kid_x1e3"]["ci"]
+    assert paired["reps"] == 20 and lo < hi and paired["delta"]["kid_x1e3"]["se"] > 0
+    assert paired["pair"]["psnr"]["value"] == pytest.approx(res["per_seed"][0]["psnr_vs_ref"], abs=1e-6)
+    assert "ΔKID-digits x 10³" in out and "class flips" in out
 
 
 def test_sampling_is_seeded_and_batch_independent(tiny_pipe_dir):

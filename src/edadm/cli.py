@@ -258,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seeds", type=_seeds, default=[0, 1, 2])
     e.add_argument("--compare", default=None, help="another model: PSNR / MSE against its images from the same noise")
     e.add_argument("--json", type=Path, default=None, help="write results as JSON")
+    e.add_argument("--bootstrap", type=_nonneg_int, default=500,
+                   help="digits models with --compare: bootstrap draws for the 95 %% intervals of every metric "
+                        "and of every paired difference vs the compared model (docs/evaluation.md); 0: none")
     e.add_argument("--engine", choices=ENGINE_CHOICES, default=DEFAULT_ENGINE,
                    help="quantized models: integer kernels (int), float simulation (fake), or the ONNX export on "
                         "onnxruntime / openvino (docs/deployment.md)")
@@ -508,10 +511,15 @@ def cmd_evaluate(args) -> int:
         _, reference = evaluate_pipeline(ref_pipe, args.num, args.seeds, args.steps, args.eta, args.batch_size,
                                          progress=args.progress, digits=False, guidance_scale=args.guidance_scale)
     digits = ("auto" if auto else True) if "fid-digits" in metrics else False
-    result, _ = evaluate_pipeline(pipe, args.num, args.seeds, args.steps, args.eta, args.batch_size,
-                                  reference=reference, progress=args.progress, digits=digits,
-                                  standard=standard, guidance_scale=args.guidance_scale)
+    result, images = evaluate_pipeline(pipe, args.num, args.seeds, args.steps, args.eta, args.batch_size,
+                                       reference=reference, progress=args.progress, digits=digits,
+                                       standard=standard, guidance_scale=args.guidance_scale)
     metrics, skipped = _digits_outcome(result["per_seed"][0], metrics, skipped)
+    if reference is not None and "fid-digits" in metrics and args.bootstrap:
+        from .eval.digits import digits_paired
+
+        for m in result["per_seed"]:
+            m["paired"] = digits_paired(images[m["seed"]], reference[m["seed"]], reps=args.bootstrap, seed=m["seed"])
     if not metrics and reference is None:
         raise EdadmError("no metric applies here: " + "; ".join(skipped.values()) + " (or pass --compare MODEL)")
     result.update(model=str(args.model), compare=args.compare, metrics=metrics, skipped=skipped,
@@ -520,6 +528,10 @@ def cmd_evaluate(args) -> int:
                  if k in result["summary"])
     keys += ("psnr_vs_ref",) if reference else ()
     print(format_table([(str(args.model), result["summary"])], keys=keys))
+    if any("paired" in m for m in result["per_seed"]):
+        from .eval.evaluate import format_paired
+
+        print(format_paired(result["per_seed"]))
     if args.json:
         with atomic_file(args.json) as tmp:
             tmp.write_text(json.dumps(result, indent=2))

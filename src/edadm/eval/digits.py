@@ -80,3 +80,30 @@ def digits_metrics(images: torch.Tensor, labels: torch.Tensor | None = None) -> 
     return {"fid_digits": frechet_distance(mu, sigma, rmu, rsigma), "is_digits": is_mean,
             "confidence": float(probs.max(1).values.mean()), "class_histogram": hist, "num_samples": len(images),
             **extra}
+
+
+@functools.lru_cache(maxsize=1)
+def digits_reference():
+    """The real digits as the yardstick metrics compare with them (eval.yardstick.Reference):
+    classifier features of all 1797, their labels' class shares."""
+    from .yardstick import Reference
+
+    x, y = digits_images()
+    return Reference.of(classify(x)[0].double().numpy(), y.numpy(), num_classes=10)
+
+
+def digits_features(images: torch.Tensor):
+    """eval.yardstick.Features of digits images: classifier features and predicted classes."""
+    from .yardstick import Features
+
+    feats, probs = classify(images)
+    return Features(feats.double().numpy(), probs.argmax(1).numpy(), images)
+
+
+def digits_paired(images: torch.Tensor, fp_images: torch.Tensor, reps: int, seed: int = 0) -> dict:
+    """eval.yardstick.measure of `images` against the real digits and, paired, against the FP
+    model's images from the same noise: every metric and every difference with its bootstrap
+    interval."""
+    from .yardstick import measure
+
+    return measure(digits_features(images), digits_reference(), digits_features(fp_images), reps=reps, seed=seed)

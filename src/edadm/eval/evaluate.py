@@ -130,3 +130,30 @@ def format_table(rows: list[tuple[str, dict]], keys=("fid_digits", "is_digits", 
             cells.append("-" if v is None else f"{v['mean']:.3f} ± {v['std']:.3f}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+PAIRED_KEYS = (("delta", "fid", "ΔFID-digits"), ("delta", "kid_x1e3", "ΔKID-digits x 10³"),
+               ("delta", "class_tv", "Δclass-histogram TV"), ("pair", "class_flip", "class flips"),
+               ("pair", "psnr", "PSNR dB"))
+
+
+def format_paired(per_seed: list[dict]) -> str:
+    """Markdown table of the paired comparison vs the compared model, one row per seed: value
+    and 95 % bootstrap interval of each difference (eval.yardstick.measure)."""
+    lines = ["| seed, vs --compare (95 % bootstrap interval) | " + " | ".join(n for _, _, n in PAIRED_KEYS) + " |",
+             "|---|" + "---|" * len(PAIRED_KEYS)]
+    for m in per_seed:
+        p = m.get("paired")
+        if not p:
+            continue
+        cells = []
+        for part, key, _ in PAIRED_KEYS:
+            v = p[part].get(key)
+            if v is None:
+                cells.append("-")
+            elif v["ci"] is None:
+                cells.append(f"{v['value']:.3f}")
+            else:
+                cells.append(f"{v['value']:.3f} [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]")
+        lines.append(f"| {m['seed']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
