@@ -39,6 +39,7 @@ from edadm.eval.metrics import psnr  # noqa: E402
 from edadm.eval.yardstick import Features, Reference, measure, set_metrics  # noqa: E402
 from edadm.loading import load_pipeline  # noqa: E402
 from edadm.sampling import generate  # noqa: E402
+from edadm.utils import atomic_file  # noqa: E402
 
 log = logging.getLogger("bench.yardstick")
 RESULTS = Path(__file__).parent / "results" / "yardstick"
@@ -58,9 +59,8 @@ def cached_images(cache: Path, key: str, make) -> torch.Tensor:
     imgs = make()
     log.info("%s: %d images in %.0f s", key, len(imgs), time.time() - t0)
     u8 = (imgs * 255).round().to(torch.uint8)
-    tmp = f.with_suffix(".tmp")
-    torch.save(u8, tmp)
-    tmp.rename(f)
+    with atomic_file(f) as tmp:
+        torch.save(u8, tmp)
     return u8.float() / 255
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import scipy.stats
 import torch
 
-from .metrics import frechet_distance, gaussian_stats
+from .metrics import frechet_distance, gaussian_stats, psnr
 
 CONFIDENCE = 0.95
 BOOTSTRAP_REPS = 500
@@ -142,8 +142,7 @@ def pair_metrics(a: Features, b: Features) -> dict:
     relative to the mean squared distance between two unrelated images of `b`."""
     out = {}
     if a.images is not None and b.images is not None:
-        mse = torch.mean((a.images.double() - b.images.double()) ** 2).item()
-        out["psnr"] = float("inf") if mse == 0 else 10.0 * np.log10(1.0 / mse)
+        out["psnr"] = psnr(a.images, b.images)
     if a.pred is not None and b.pred is not None:
         out["class_flip"] = float(np.mean(a.pred != b.pred))
     d_pair = np.mean(np.sum((a.feats - b.feats) ** 2, axis=1))
@@ -183,12 +182,14 @@ def measure(a: Features, ref: Reference, fp: Features | None = None, reps: int =
     boot_set, boot_delta, boot_pair = [], [], []
     for _ in range(reps):
         idx = rng.integers(0, len(a), len(a))
-        ma = set_metrics(a.take(idx), ref, with_recall=False)
+        ra = a.take(idx)
+        ma = set_metrics(ra, ref, with_recall=False)
         boot_set.append(ma)
         if fp is not None:
-            mf = set_metrics(fp.take(idx), ref, with_recall=False)
+            rf = fp.take(idx)
+            mf = set_metrics(rf, ref, with_recall=False)
             boot_delta.append({k: ma[k] - mf[k] for k in ma})
-            boot_pair.append(pair_metrics(a.take(idx), fp.take(idx)))
+            boot_pair.append(pair_metrics(ra, rf))
     out = {"num": len(a), "reps": reps, "confidence": confidence,
            "set": with_intervals(point_a, boot_set, confidence)}
     if fp is not None:
