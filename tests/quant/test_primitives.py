@@ -3,7 +3,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edadm.quant.primitives import (choose_qparams, dequantize, fake_quantize, qrange, quantize,
+from edadm.quant.primitives import (candidate_errors, choose_qparams, dequantize, fake_quantize, qrange, quantize,
                                     search_act_range, search_weight_range)
 
 bits_st = st.integers(min_value=2, max_value=8)
@@ -196,3 +196,18 @@ def test_symmetric_act_range_kind_is_the_references():
     assert free[0] != pytest.approx(-free[1])  # the free search does not tie the bounds
     with pytest.raises(ValueError, match="range kind"):
         search_act_range(signed, -1.0, 4.0, 8, False, kind="odd")
+
+
+@pytest.mark.parametrize("bits,symmetric", [(8, False), (4, False), (8, True)])
+def test_candidate_errors_are_the_float64_sum_of_the_fused_kernels_codes(bits, symmetric):
+    """The range search's error of every candidate: the codes of PyTorch's fused fake-quant,
+    the |error|^p summed to within 1e-5 of the float64 sum, across block boundaries."""
+    qmin, qmax = qrange(bits, symmetric)
+    x = torch.cat([_tensor(3, (70001,)) * 0.7 - 0.1, torch.tensor([-4.0, 6.0])]).reshape(1, -1)
+    ratios = torch.linspace(1.0, 0.1, 37)
+    s, z = choose_qparams(-4.0 * ratios, 6.0 * ratios, bits, symmetric)
+    got = candidate_errors(x, s, z.round(), qmin, qmax, 2.4)
+    q = torch.fake_quantize_per_channel_affine(x.expand(37, -1), s, z.round().int(), 0, qmin, qmax)
+    ref = (q.double() - x.double()).abs().pow(2.4).sum(dim=1)
+    assert got.shape == (37,) and got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=0)
