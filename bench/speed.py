@@ -72,10 +72,13 @@ class _RandomCalib:
     def __init__(self, unet, n: int = 16, batch: int = 4):
         self.unet, self.n, self.batch = unet, n, batch
 
+    def __len__(self) -> int:  # capture_inputs sizes its buffers from it
+        return self.n
+
     def model_inputs(self, batch_size, device):
         g = torch.Generator().manual_seed(0)
-        for _ in range(max(1, self.n // self.batch)):
-            yield _example_inputs(self.unet, self.batch, g, device)
+        for i in range(0, self.n, batch_size):
+            yield _example_inputs(self.unet, min(batch_size, self.n - i), g, device)
 
 
 def _example_inputs(unet, batch: int, g: torch.Generator | None = None, device="cpu"):

@@ -132,7 +132,7 @@ def test_fused_inference_path_matches_reference_arithmetic(per_channel, bits, sy
 @pytest.mark.parametrize("per_channel", [False, True])
 @pytest.mark.parametrize("bits,symmetric", [(8, False), (4, True)])
 def test_learned_step_size_path_has_the_straight_through_gradients(per_channel, bits, symmetric):
-    """Reconstruction's fused learnable fake-quant (UniformQuantizer._learnable): the forward
+    """Reconstruction's learned-step fake-quant (learned_step_fake_quantize): the forward
     values and the gradients to x and to the step size are fake_quantize's (STE, LSQ without
     gradient scaling); the clamp edges are in the data (a range at 0.7 of the extremes)."""
     from edadm.quant.quantizer import UniformQuantizer
@@ -211,3 +211,48 @@ def test_candidate_errors_are_the_float64_sum_of_the_fused_kernels_codes(bits, s
     ref = (q.double() - x.double()).abs().pow(2.4).sum(dim=1)
     assert got.shape == (37,) and got.dtype == torch.float32
     torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("bits,symmetric", [(8, False), (4, True)])
+def test_learned_step_fake_quant_with_qdrop_is_lerp_of_the_autograd_definition(bits, symmetric):
+    """QDrop fused into the learned-step node: values and gradients (x, step size) are those of
+    torch.lerp(fake_quantize(x), x, keep) through autograd."""
+    from edadm.quant.primitives import keep_mask, learned_step_fake_quantize
+
+    qmin, qmax = qrange(bits, symmetric)
+    x = _tensor(11, (4, 5, 6, 6), 2.0)
+    s0, z = choose_qparams(torch.tensor([float(x.min()) * 0.6]), torch.tensor([float(x.max()) * 0.6]), bits, symmetric)
+    keep = keep_mask(x, 0.5, torch.Generator().manual_seed(3))
+    gy = _tensor(12, x.shape)
+    xa, sa = x.clone().requires_grad_(True), s0.clone().requires_grad_(True)
+    ya = learned_step_fake_quantize(xa, sa, z, qmin, qmax, keep)
+    (ya * gy).sum().backward()
+    xb, sb = x.clone().requires_grad_(True), s0.clone().requires_grad_(True)
+    yb = torch.lerp(fake_quantize(xb, sb, z, qmin, qmax), xb, keep)
+    (yb * gy).sum().backward()
+    assert torch.equal(ya.detach(), yb.detach())
+    assert torch.equal(ya.detach()[keep == 1], x[keep == 1])  # kept elements stay float
+    assert torch.allclose(xa.grad, xb.grad, rtol=1e-6, atol=0)
+    assert torch.allclose(sa.grad, sb.grad, rtol=1e-4, atol=1e-6)
+    # only the step size may be learned: no gradient asked of x
+    sc = s0.clone().requires_grad_(True)
+    learned_step_fake_quantize(x, sc, z, qmin, qmax, keep).sum().backward()
+    assert sc.grad is not None and sc.grad.shape == s0.shape
+
+
+@pytest.mark.parametrize("p", [0.5, 0.3])
+def test_keep_mask_is_bernoulli_p_in_the_inputs_dtype(p):
+    """QDrop's mask: 0 / 1 in x's dtype and shape, mean p; at p = 0.5 element 8j + k is bit k
+    of the j-th random byte (the same stream as drawing the bytes by hand)."""
+    from edadm.quant.primitives import keep_mask
+
+    x = torch.zeros(7, 11, 13, dtype=torch.float64)
+    m = keep_mask(x, p, torch.Generator().manual_seed(4))
+    assert m.shape == x.shape and m.dtype == x.dtype and set(m.unique().tolist()) <= {0.0, 1.0}
+    big = keep_mask(torch.zeros(200_000), p, torch.Generator().manual_seed(5))
+    assert abs(float(big.mean()) - p) < 0.005
+    if p == 0.5:
+        g = torch.Generator().manual_seed(4)
+        r = torch.randint(0, 256, ((x.numel() + 7) // 8,), dtype=torch.uint8, generator=g)
+        bits = torch.stack([(r.long() >> k) & 1 for k in range(8)], dim=1).reshape(-1)[:x.numel()]
+        assert torch.equal(m.reshape(-1), bits.to(m.dtype))

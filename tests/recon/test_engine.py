@@ -50,6 +50,18 @@ def test_channel_mse_sums_channels_and_averages_the_rest():
     assert channel_mse(tokens, torch.zeros_like(tokens)) == pytest.approx(5.0)
 
 
+@pytest.mark.parametrize("shape,ch", [((4, 3, 5, 5), 1), ((4, 7, 6), 2), ((4, 6), 1)])
+def test_channel_mse_and_its_gradient_are_the_plain_definition(shape, ch):
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(shape, generator=g, requires_grad=True), torch.randn(shape, generator=g)
+    got = channel_mse(a, b)
+    (ga,) = torch.autograd.grad(got, a)
+    a2 = a.detach().clone().requires_grad_(True)
+    ref = (a2 - b).pow(2).sum(ch).mean()
+    ref.backward()
+    assert torch.allclose(got, ref, rtol=1e-5) and torch.allclose(ga, a2.grad, rtol=1e-5, atol=1e-8)
+
+
 def test_per_sample_weights_of_the_channel_mse():
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(4, 3, 5, 5, generator=g), torch.randn(4, 3, 5, 5, generator=g)

@@ -60,6 +60,53 @@ def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor
     return (q - zero_point) * scale
 
 
+class _LearnedStepFakeQuant(torch.autograd.Function):
+    """fake_quantize with a learned step size (LSQ, gradient factor 1) and QDrop's element-wise
+    float / quantized choice in one autograd node.
+
+    Forward: codes round-half-even of x * (1 / s) + z clamped to [qmin, qmax] (the fused
+    kernels' codes), out = (q - z) * s, and where keep is 1 the float x instead. Backward:
+    d/dx 1 where kept or inside the range, else 0; d/ds (q - z) - x / s inside, (qmin - z) or
+    (qmax - z) outside, 0 where kept, summed to the scale's shape. These are PyTorch's
+    _fake_quantize_learnable_per_channel_affine gradients followed by torch.lerp's; written by
+    hand because that kernel plus the lerp and its backward took about a fifth of a
+    reconstruction iteration, and this chain of in-place ops runs 3-4x faster on the CPU
+    (issue 34). zero_point is not learned."""
+
+    @staticmethod
+    def forward(ctx, x, scale, zero_point, qmin, qmax, keep):
+        v = x * (1.0 / scale)
+        qz = (v + zero_point).round_()
+        outside = (qz < qmin).logical_or_(qz > qmax)
+        qz.clamp_(qmin, qmax).sub_(zero_point)
+        out = qz * scale
+        if keep is not None:
+            out = torch.lerp(out, x, keep)
+        ctx.save_for_backward(v, qz, outside, keep)
+        ctx.scale_shape = scale.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        v, qz, outside, keep = ctx.saved_tensors
+        gq = g if keep is None else g * (1 - keep)   # the part of g that reaches the quantized branch
+        gx = None
+        if ctx.needs_input_grad[0]:
+            gx = g - gq.masked_fill(~outside, 0)     # g where kept or inside, gq-free outside
+        gs = None
+        if ctx.needs_input_grad[1]:
+            ds = qz.sub(v.masked_fill_(outside, 0))  # (q - z) - x / s inside, (q - z) outside
+            gs = ds.mul_(gq).sum_to_size(ctx.scale_shape)
+        return gx, gs, None, None, None, None
+
+
+def learned_step_fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int,
+                               keep: torch.Tensor | None = None) -> torch.Tensor:
+    """Fake quantization with gradients to x and to the step size (scale, broadcastable to x),
+    and optionally QDrop's mask `keep` (1: the element stays float). See _LearnedStepFakeQuant."""
+    return _LearnedStepFakeQuant.apply(x, scale, zero_point.detach().to(x.dtype), qmin, qmax, keep)
+
+
 _BIT_VALUES: dict = {}
 
 
@@ -75,12 +122,13 @@ def keep_mask(like: torch.Tensor, p: float, generator: torch.Generator | None = 
     than torch.where forward and backward."""
     if p == 0.5:
         n = like.numel()
-        key = like.device
-        if key not in _BIT_VALUES:
-            _BIT_VALUES[key] = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=like.device)
-        r = torch.randint(0, 256, ((n + 7) // 8, 1), dtype=torch.uint8, device=like.device, generator=generator)
-        bits = torch.bitwise_and(r, _BIT_VALUES[key]).view(-1)[:n]
-        return (bits != 0).to(like.dtype).view(like.shape)
+        key = (like.device, like.dtype)
+        if key not in _BIT_VALUES:  # row b: the 8 bits of byte value b, lowest first, as 0 / 1
+            _BIT_VALUES[key] = ((torch.arange(256)[:, None] >> torch.arange(8)) & 1).to(like.device, like.dtype)
+        r = torch.randint(0, 256, ((n + 7) // 8,), dtype=torch.uint8, device=like.device, generator=generator)
+        # one gather of 8 values per random byte: 2.4x faster than and-ing the bits out,
+        # comparing and converting (0.70 -> 0.29 ms per 0.5 M elements, 2 threads AVX-512)
+        return torch.nn.functional.embedding(r.long(), _BIT_VALUES[key]).view(-1)[:n].view(like.shape)
     return torch.rand(like.shape, dtype=like.dtype, device=like.device, generator=generator).lt_(p)
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .primitives import choose_qparams, fake_quantize, keep_mask, qrange, search_act_range, search_weight_range
+from .primitives import (choose_qparams, fake_quantize, keep_mask, learned_step_fake_quantize, qrange,
+                         search_act_range, search_weight_range)
 
 
 class UniformQuantizer(nn.Module):
@@ -60,26 +61,14 @@ class UniformQuantizer(nn.Module):
             xq = fake_quantize(x, self._view(self.scale, x).to(x.dtype), self._view(self.zero_point, x).to(x.dtype),
                                self.qmin, self.qmax)
         elif self.scale.requires_grad and torch.is_grad_enabled():
-            xq = self._learnable(x)
+            keep = keep_mask(x, self.drop_prob) if self.drop_prob > 0 else None
+            return learned_step_fake_quantize(x, self._view(self.scale, x), self._view(self.zero_point, x),
+                                              self.qmin, self.qmax, keep)
         else:
             xq = self._fused(x)
         if self.drop_prob > 0:  # QDrop: each element kept in float with probability drop_prob
             xq = torch.lerp(xq, x, keep_mask(x, self.drop_prob))
         return xq
-
-    def _learnable(self, x: torch.Tensor) -> torch.Tensor:
-        """Reconstruction path (learned step size, LSQ): PyTorch's fused learnable fake-quant,
-        one kernel forward and one backward instead of about a dozen element-wise ops. Its
-        gradients are fake_quantize's straight-through ones: d/dx 1 inside the range and 0
-        outside; d/dscale round(x/s) - x/s inside, qmin - z or qmax - z outside (LSQ without
-        its gradient scaling, grad_factor 1). The per-channel op is used for a per-tensor
-        quantizer too (x as one channel): the per-tensor op reads its scale back to the host
-        (a synchronisation per call on an accelerator), the per-channel one does not."""
-        zp = self.zero_point.detach()
-        if self.per_channel:
-            return torch._fake_quantize_learnable_per_channel_affine(x, self.scale, zp, 0, self.qmin, self.qmax, 1.0)
-        return torch._fake_quantize_learnable_per_channel_affine(
-            x.reshape(1, -1), self.scale, zp, 0, self.qmin, self.qmax, 1.0).reshape(x.shape)
 
     def _fused(self, x: torch.Tensor) -> torch.Tensor:
         """Inference path: PyTorch's fused fake-quant kernels (one pass instead of six);

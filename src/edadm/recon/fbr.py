@@ -22,6 +22,11 @@ def channel_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor |
     of weight * error; p = 2 only)."""
     if weight is not None:
         return (per_sample_mse(pred, target) * weight).mean()
+    if p == 2 and pred.dim() >= 2:
+        # sum over channels, mean over the rest = total sum / (elements per channel); mse_loss
+        # is one fused op forward and backward (pow, sum and mean were three, issue 34)
+        return torch.nn.functional.mse_loss(pred, target, reduction="sum") / (pred.numel() / pred.shape[
+            1 if pred.dim() == 4 else pred.dim() - 1])
     d = (pred - target).pow(2) if p == 2 else (pred - target).abs().pow(p)
     if d.dim() <= 1:
         return d.mean()
