@@ -256,3 +256,20 @@ def test_keep_mask_is_bernoulli_p_in_the_inputs_dtype(p):
         r = torch.randint(0, 256, ((x.numel() + 7) // 8,), dtype=torch.uint8, generator=g)
         bits = torch.stack([(r.long() >> k) & 1 for k in range(8)], dim=1).reshape(-1)[:x.numel()]
         assert torch.equal(m.reshape(-1), bits.to(m.dtype))
+
+
+def test_every_fake_quant_path_rounds_ties_by_the_one_rule():
+    """Exact half-step ties with an odd zero point: round(x / s) + z and round(x / s + z)
+    differ there. The learned-step node (reconstruction), the range search's errors and the
+    fused inference kernels all give quantize()'s codes."""
+    from edadm.quant.primitives import learned_step_fake_quantize
+
+    qmin, qmax = qrange(8, False)
+    s, z = torch.tensor([0.5]), torch.tensor([3.0])
+    x = (torch.arange(-20, 20, dtype=torch.float32) * 0.5 + 0.25)  # x / s = odd + 0.5: ties
+    ref = dequantize(quantize(x, s, z, qmin, qmax), s, z)
+    assert not torch.equal(ref, (torch.clamp(torch.round(x / s + z), qmin, qmax) - z) * s)  # the test can fail
+    assert torch.equal(learned_step_fake_quantize(x, s, z, qmin, qmax), ref)
+    assert torch.equal(torch.fake_quantize_per_tensor_affine(x, 0.5, 3, qmin, qmax), ref)
+    err = candidate_errors(x.reshape(1, -1), s, z, qmin, qmax, 2.0)
+    assert float(err[0]) == pytest.approx(float((ref - x).pow(2).sum()), rel=1e-6)
