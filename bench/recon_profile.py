@@ -125,8 +125,8 @@ def page(res: dict) -> str:
              f"Date {res['date']}, commit {res['git_commit']}, machine {res['machine'].get('cpu', '')}, "
              f"ISA {res['isa']}, {res['threads']} threads, device {res['device']}; recipe {res['recipe']}.", "",
              "Milliseconds per iteration of the reconstruction loop (forward, FBR loss, backward, Adam step) for the "
-             "first unit of each kind, after 3 warm-up iterations; capture: caching the unit's FP / quantized "
-             "inputs and FP targets for 64 calibration samples.", "",
+             f"first unit of each kind, mean of {res.get('iters', 20)} iterations after 3 warm-up ones; capture: "
+             "caching the unit's FP / quantized inputs and FP targets for 64 calibration samples.", "",
              "| model | kind | unit | quantized layers | batch | ms / iter | capture s |", "|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         lines.append(f"| {r['model']} | {r['kind']} | `{r['unit']}` | {r['quant_layers']} | {r['batch']} | "
@@ -154,7 +154,8 @@ def main(argv=None) -> None:
     ap.add_argument("--results", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     res = {**metadata(argv), "name": args.name, "isa": isa_summary(), "threads": torch.get_num_threads(),
-           "device": args.device, "recipe": f"{args.method} W{args.weight_bits}A{args.act_bits}", "rows": []}
+           "device": args.device, "recipe": f"{args.method} W{args.weight_bits}A{args.act_bits}", "iters": args.iters,
+           "rows": []}
     for m in args.models.split(","):
         res["rows"] += profile_units(m, args)
         args.results.mkdir(parents=True, exist_ok=True)
