@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import EdadmError
+from ..quant.primitives import codes_ as _codes_  # the one rounding rule, in place
 from . import backends, kernels
 
 log = logging.getLogger("edadm")
@@ -54,16 +55,6 @@ def _warn_once(key: str, msg: str) -> None:
 def _scaled(x: torch.Tensor, inv_scale: float) -> torch.Tensor:
     """x * inv_scale in float32, as a new tensor (x is left alone)."""
     return x.mul(inv_scale) if x.dtype == torch.float32 else x.float().mul_(inv_scale)
-
-
-def _codes_(q: torch.Tensor, zero_point: int, qmin: int, qmax: int) -> torch.Tensor:
-    """Integer codes, in place on q = x * inv_scale: round, shift by the zero point, clamp.
-    The simulation's float32 operations in its order, on one temporary (out of place, the
-    temporaries cost more than the integer conv on small layers)."""
-    q.round_()
-    if zero_point:
-        q.add_(zero_point)
-    return q.clamp_(qmin, qmax)
 
 
 def _per_tensor(scale: torch.Tensor, zero_point: torch.Tensor) -> tuple[float, float, int]:

@@ -35,6 +35,7 @@ from torch import nn
 
 from ..errors import EdadmError
 from ..quant.modules import QConv2d, QLinear, QuantMixin
+from ..quant.primitives import quantize
 from ..quant.quantizer import UniformQuantizer
 from . import tensorrt
 from .onnx_graph import graph_consumers
@@ -112,7 +113,7 @@ def _halves(mod: QuantMixin, i: int, wq: UniformQuantizer, act: UniformQuantizer
         return None
     w = mod.weight[:, mod.weight_quantizers()[i][1]] if mod.split else mod.weight
     scale = wq._view(wq.scale.detach(), w)
-    codes = torch.round(w.detach() * (1.0 / scale))
+    codes = quantize(w.detach(), scale, wq._view(wq.zero_point, w), wq.qmin, wq.qmax)  # symmetric: zero point 0
     if not can_saturate(act.qmax - act.qmin, int(codes.abs().max())):
         return None
     lo = torch.floor(codes / 2)
@@ -267,10 +268,10 @@ def _fold_weight_quantizers(model_proto) -> int:
         if scale.ndim == 1 and scale.size > 1:
             shape[axis] = -1
         info = np.iinfo(zp.dtype)
-        # PyTorch's fake-quant arithmetic exactly: float32 x * (1 / scale), round half to even
-        inv = (np.float32(1.0) / scale.astype(np.float32)).reshape(shape)
-        codes = np.clip(np.rint(w * inv).astype(np.int64) + zp.astype(np.int64).reshape(shape),
-                        info.min, info.max).astype(zp.dtype)
+        # the one rounding rule (quant.primitives.codes_), on the initializer's values
+        codes = quantize(torch.from_numpy(w), torch.from_numpy(scale.astype(np.float32)).reshape(shape),
+                         torch.from_numpy(zp.astype(np.float32)).reshape(shape), int(info.min), int(info.max))
+        codes = codes.numpy().astype(zp.dtype)
         name = (n.input[0] + "_codes").replace("::", "_")
         g.initializer.append(numpy_helper.from_array(codes, name))
         for c in consumers.get(n.output[0], []):

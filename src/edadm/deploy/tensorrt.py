@@ -45,6 +45,7 @@ import torch
 from ..errors import EdadmError
 from .onnx_graph import graph_consumers
 from ..quant.modules import QuantMixin
+from ..quant.primitives import quantize
 from ..quant.quantizer import UniformQuantizer
 
 OPSETS = (13, 20)            # per-axis DequantizeLinear .. TensorRT 10.0's newest parsed opset
@@ -85,7 +86,8 @@ def act_plan(q: UniformQuantizer, symmetrize: bool = False) -> ActPlan:
 def weight_codes(wq: UniformQuantizer, w_on_grid: torch.Tensor) -> torch.Tensor:
     """Codes minus zero point of a weight that is on `wq`'s grid ((code - zp) * scale, as the
     simulation's quant_weight returns it), as a float tensor of integers."""
-    return torch.round(w_on_grid.detach() * (1.0 / wq._view(wq.scale.detach(), w_on_grid)))
+    z = wq._view(wq.zero_point, w_on_grid)
+    return quantize(w_on_grid.detach(), wq._view(wq.scale.detach(), w_on_grid), z, wq.qmin, wq.qmax) - z
 
 
 def weight_for_tensorrt(wq: UniformQuantizer, w_on_grid: torch.Tensor, name: str) -> tuple[torch.Tensor, int]:

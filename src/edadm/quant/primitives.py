@@ -45,9 +45,24 @@ def round_ste(x: torch.Tensor) -> torch.Tensor:
     return (x.round() - x).detach() + x
 
 
+def codes_(scaled: torch.Tensor, zero_point, qmin: int, qmax: int) -> torch.Tensor:
+    """THE quantization rule, in place on scaled = x * (1 / scale) (float32): round half to
+    even, add the zero point, clamp to [qmin, qmax]; returns the codes as floats.
+
+    Every path that turns a float into a code goes through here or is tested to agree with
+    it (tests/quant/test_one_rule.py): quantize() (simulation, calibration), the integer
+    engine's activation codes, the saved weight codes, the ONNX weight folding and the
+    overflow-fix halves; PyTorch's fused fake-quant kernels (the inference simulation)
+    compute the same codes. zero_point: a number or a tensor broadcastable to scaled."""
+    scaled.round_()
+    if not isinstance(zero_point, (int, float)) or zero_point:
+        scaled.add_(zero_point)
+    return scaled.clamp_(qmin, qmax)
+
+
 def quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
-    """Integer codes (as float tensor) of x."""
-    return torch.clamp(torch.round(x * (1.0 / scale)) + zero_point, qmin, qmax)
+    """Integer codes (as float tensor) of x: codes_(x * (1 / scale))."""
+    return codes_(x * (1.0 / scale), zero_point, qmin, qmax)
 
 
 def dequantize(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .primitives import (choose_qparams, fake_quantize, keep_mask, learned_step_fake_quantize, qrange,
+from .primitives import (choose_qparams, fake_quantize, keep_mask, learned_step_fake_quantize, qrange, quantize,
                          search_act_range, search_weight_range)
 
 
@@ -80,8 +80,8 @@ class UniformQuantizer(nn.Module):
 
     def quantize_int(self, x: torch.Tensor) -> torch.Tensor:
         """Integer codes of x (int16 tensor, within [qmin, qmax])."""
-        s, z = self._view(self.scale, x), self._view(self.zero_point, x)
-        return torch.clamp(torch.round(x * (1.0 / s)) + z, self.qmin, self.qmax).to(torch.int16)
+        s, z = self._view(self.scale.detach(), x), self._view(self.zero_point, x)
+        return quantize(x.detach(), s, z, self.qmin, self.qmax).to(torch.int16)
 
 
 class ActObserver:
