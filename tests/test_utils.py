@@ -56,3 +56,23 @@ def test_release_free_memory_returns_freed_heap_to_the_os():
     before = _rss_mb()
     assert release_free_memory() is True
     assert _rss_mb() < before - 100
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_atomic_dir_gives_files_the_umask_modes(tmp_path, mask):
+    """Files written 0600 inside atomic_dir (as safetensors does) end with 0666 & ~umask."""
+    import os
+
+    from edadm.utils import atomic_dir
+
+    old = os.umask(mask)
+    try:
+        with atomic_dir(tmp_path / "out") as tmp:
+            (tmp / "sub").mkdir()
+            f = tmp / "sub" / "t.bin"
+            f.write_bytes(b"x")
+            os.chmod(f, 0o600)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out" / "sub" / "t.bin").stat().st_mode & 0o777 == 0o666 & ~mask
+    assert (tmp_path / "out" / "sub").stat().st_mode & 0o777 == 0o777 & ~mask

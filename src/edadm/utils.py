@@ -62,6 +62,18 @@ def initial_noise(seed: int, start: int, count: int, shape: tuple[int, ...]) -> 
     return out
 
 
+def _usual_modes(root: Path) -> None:
+    """Give what was written under root the modes of any newly created file (0666 / 0777 less
+    the umask): some writers (safetensors) create their files 0600, which makes a model
+    directory copied to a shared location unreadable to its other users."""
+    mask = _umask()
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in dirnames:
+            os.chmod(os.path.join(dirpath, d), 0o777 & ~mask)
+        for f in filenames:
+            os.chmod(os.path.join(dirpath, f), 0o666 & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_dir(final: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary directory beside `final`; rename it to `final` on success.
@@ -78,6 +90,7 @@ def atomic_dir(final: str | os.PathLike, overwrite: bool = True) -> Iterator[Pat
         raise EdadmError(f"cannot write output directory {final}: {exc.strerror or exc}") from exc
     try:
         yield tmp
+        _usual_modes(tmp)
         if final.exists():
             if not overwrite:
                 raise EdadmError(f"output {final} already exists")

@@ -101,3 +101,16 @@ def test_save_of_a_loaded_directory_round_trips(tiny_quant_dir, tmp_path, engine
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     ja, jb = (json.loads((d / sub / QUANT_FILE).read_text()) for d in (tiny_quant_dir, out))
     assert ja == jb
+
+
+def test_saved_files_have_the_usual_modes(tiny_quant_dir):
+    """Every file of a saved model is readable like any new file (0666 less the umask):
+    safetensors writes its file 0600, which a copied model directory must not keep."""
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    files = [p for p in tiny_quant_dir.rglob("*") if p.is_file()]
+    assert any(p.name == TENSOR_FILE for p in files)
+    for p in files:
+        assert p.stat().st_mode & 0o777 == 0o666 & ~mask, p
