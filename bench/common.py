@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from edadm.demo import git_commit, machine_info
+from edadm.provenance import git_commit, machine_info
 from edadm.eval.evaluate import evaluate_pipeline
 from edadm.eval.metrics import mean_std
 from edadm.loading import load_pipeline

@@ -1,5 +1,5 @@
 """edadm: post-training quantization of diffusion models with EDA-DM, run on integer kernels."""
-__version__ = "0.1.0"
+from .version import __version__  # noqa: E402
 
 from .config import CalibConfig, QuantConfig  # noqa: E402
 from .errors import EdadmError  # noqa: E402

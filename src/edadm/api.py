@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -122,17 +123,174 @@ def _init_act_ranges(unet, calib, config: QuantConfig, progress: bool) -> None:
                     seed=config.seed, progress=progress, kind=config.act_range_kind)
 
 
+@dataclass
+class QuantRun:
+    """What the stages of `quantize` hand on to each other."""
+
+    pipe: Pipeline
+    config: QuantConfig
+    progress: bool = True
+    trajectories: object = None     # given FP trajectories (calibration_trajectories), else sampled
+    dist_info: object = None
+    checkpoint: object = None       # read by the reconstruction stage (per-unit resume)
+    steps: int = 0
+    eta: float = 0.0
+    calib: CalibrationSet | None = None
+    counts: list = field(default_factory=list)
+    details: dict = field(default_factory=dict)
+    timesteps: list = field(default_factory=list)
+    plan: dict = field(default_factory=dict)
+    fp_weights: dict | None = None
+    recon_logs: list = field(default_factory=list)
+    seconds: dict = field(default_factory=dict)
+    wrap_started: float = 0.0       # "scales" seconds count from the wrap
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        return get_denoiser(self.pipe)
+
+    @property
+    def two_stage(self) -> bool:
+        """Q-Diffusion's order: weights reconstructed first, activation ranges set on them after."""
+        r = self.config.recon
+        return r.enabled and r.stages == "two-stage"
+
+
+def stage_sampling(run: QuantRun) -> None:
+    """The sampler the model is calibrated for (the config's, else the pipeline's); it is also
+    what the quantized model samples with by default."""
+    config = run.config
+    config.validate()
+    torch.manual_seed(config.seed)
+    if config.sampler is not None:
+        set_sampler(run.pipe, config.sampler)
+    settings = _resolve_sampling(run.pipe, config)
+    run.steps, run.eta = settings.steps, settings.eta
+    run.pipe.sampling = settings
+    c = config.calib
+    covered = min(run.steps, c.uniform_steps) if c.strategy == "uniform" else run.steps
+    if c.num_samples < covered:
+        raise EdadmError(f"calibration size {c.num_samples} is smaller than the {covered} sampler steps it must "
+                         f"cover; use --num-samples >= {covered} (or fewer --steps)")
+
+
+def stage_calibration_set(run: QuantRun) -> None:
+    """FP trajectories -> per-step counts (the calibration strategy) -> CalibrationSet."""
+    run.calib, run.counts, run.details, run.timesteps = _calibration_set(
+        run.pipe, run.config, run.steps, run.eta, run.progress, run.seconds, dist_info=run.dist_info,
+        trajectories=run.trajectories)
+
+
+def stage_wrap(run: QuantRun) -> None:
+    """Replace the denoiser's layers by quantized ones (the recipe's plan: bits, kept layers)."""
+    run.wrap_started = time.time()
+    run.plan = wrap_model(run.denoiser, run.config)
+
+
+def stage_scales(run: QuantRun) -> None:
+    """Weight ranges, then activation ranges (MSE search on the calibration set); under the
+    two-stage order the activation ranges wait for the weight reconstruction."""
+    init_weight_ranges(run.denoiser, method=run.config.weight_range, p=run.config.lp)
+    if not run.two_stage:
+        _init_act_ranges(run.denoiser, run.calib, run.config, run.progress)
+    run.seconds["scales"] = time.time() - run.wrap_started
+
+
+def stage_reconstruction(run: QuantRun) -> None:
+    """Block reconstruction (BRECQ + FBR's inner-layer terms) for the methods that reconstruct."""
+    unet, config, r, c, ck = run.denoiser, run.config, run.config.recon, run.config.calib, run.checkpoint
+    run.fp_weights = fp_weights(unet)  # before reconstruction rounds them: per-layer errors for the report
+    if not r.enabled:
+        return
+    from .recon.engine import full_precision_copy, reconstruct
+
+    t0 = time.time()
+    done = ck.finished_units() if ck is not None else []
+    on_unit = (lambda i, name, ulog: ck.save_unit(i, name, unet, ulog)) if ck else None
+    kw = dict(calib_batch=c.batch_size, progress=run.progress, on_unit=on_unit)
+    if not run.two_stage:
+        run.recon_logs = [asdict(u) for u in reconstruct(unet, run.calib, r, done=done, **kw)]
+    else:
+        fp_model = full_precision_copy(unet)
+        # without learned rounding the weight stage has nothing to learn: skip its input capture
+        w_logs = (reconstruct(unet, run.calib, r, done=done, stage="weights", fp_model=fp_model, **kw)
+                  if r.learn_rounding else [])
+        run.seconds["reconstruction_weights"] = time.time() - t0
+        t1 = time.time()
+        _init_act_ranges(unet, run.calib, config, run.progress)  # on the weight-reconstructed model
+        run.seconds["scales"] = run.seconds.get("scales", 0.0) + time.time() - t1
+        a_logs = reconstruct(unet, run.calib, r, done=done[len(w_logs):], stage="acts", index_offset=len(w_logs),
+                             fp_model=fp_model, **kw)
+        run.recon_logs = [{**asdict(u), "stage": stage} for stage, us in (("weights", w_logs), ("acts", a_logs))
+                          for u in us]
+        del fp_model
+    run.seconds["reconstruction"] = time.time() - t0
+
+
+def stage_report(run: QuantRun) -> None:
+    """Per-layer errors on one calibration batch and the QuantReport (run.pipe.report)."""
+    unet, c, ck = run.denoiser, run.config.calib, run.checkpoint
+    args, kwargs = next(iter(run.calib.model_inputs(c.batch_size, next(unet.parameters()).device)))
+    errors = layer_errors(unet, run.fp_weights, args, kwargs)
+    run.fp_weights = None
+    seconds = {k: round(v, 2) for k, v in run.seconds.items()}
+    run.pipe.config = run.config
+    run.pipe.report = QuantReport(
+        config=run.config.resolved_dict(), steps=run.steps, eta=run.eta, counts=list(run.counts),
+        timesteps=list(run.timesteps), allocation=run.details, seconds=seconds,
+        resumed=ck is not None and ck.resume, peak_memory_mb=peak_rss_mb(), recon=run.recon_logs,
+        layer_errors=errors, plan={k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in run.plan.items()})
+
+
+def _restore_calibration_set(run: QuantRun, ck) -> bool:
+    saved = ck.load_calib()
+    if saved is None:
+        return False
+    run.calib, run.counts, run.details, run.timesteps = (CalibrationSet(**saved["calib"]), saved["counts"],
+                                                         saved["details"], saved["timesteps"])
+    run.seconds.update(saved["seconds"])
+    return True
+
+
+def _save_calibration_set(run: QuantRun, ck) -> None:
+    ck.save_calib({"calib": asdict(run.calib), "counts": run.counts, "details": run.details,
+                   "timesteps": run.timesteps, "seconds": dict(run.seconds)})
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A named step of `quantize`; restore / save: read a finished stage back from a
+    checkpoint (returns whether it could) / write it there."""
+
+    name: str
+    run: Callable[[QuantRun], None]
+    restore: Callable[[QuantRun, object], bool] | None = None
+    save: Callable[[QuantRun, object], None] | None = None
+    shared: bool = False  # every torchrun process takes part; only rank 0 goes on after it
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("sampling", stage_sampling),
+    Stage("calibration set", stage_calibration_set, _restore_calibration_set, _save_calibration_set, shared=True),
+    Stage("wrap", stage_wrap),
+    Stage("scales", stage_scales, lambda run, ck: ck.load_ranges(run.denoiser), lambda run, ck: ck.save_ranges(run.denoiser)),
+    Stage("reconstruction", stage_reconstruction),
+    Stage("report", stage_report),
+)
+
+
 def quantize(pipe, config: QuantConfig | None = None, progress: bool = True, checkpoint=None, dist_info=None,
              trajectories=None) -> Pipeline:
     """Quantize the denoiser (`pipe.unet`, or `pipe.transformer` for DiT) in place (fake
     quantization) and return the quantized Pipeline (its .config, .report: a QuantReport).
 
-    FP trajectories of the evaluation sampler -> calibration set (uniform / PTQ4DM / TDAC)
-    -> wrap layers -> weight and activation ranges (MSE search) -> block reconstruction
-    (BRECQ, + FBR inner-layer terms) for methods that reconstruct.
+    The stages (STAGES, in order): sampling settings -> calibration set (FP trajectories,
+    uniform / PTQ4DM / TDAC counts) -> wrap layers -> weight and activation ranges (MSE
+    search) -> block reconstruction (BRECQ, + FBR inner-layer terms) for methods that
+    reconstruct -> report.
 
-    checkpoint: an edadm.checkpoint.Checkpoint; each stage is saved there and, when it was
-    opened with resume=True, finished stages are read back instead of recomputed.
+    checkpoint: an edadm.checkpoint.Checkpoint; each stage that can be is saved there and,
+    when it was opened with resume=True, finished stages are read back instead of run.
 
     dist_info (edadm.dist.DistInfo, under torchrun): all processes share the FP trajectory
     collection; then rank 0 goes on alone and the others return None.
@@ -140,83 +298,17 @@ def quantize(pipe, config: QuantConfig | None = None, progress: bool = True, che
     trajectories: what `calibration_trajectories(pipe, config)` returned, to skip sampling
     them again (they must match the config's count and steps).
     """
-    config = config or QuantConfig()
-    config.validate()
-    torch.manual_seed(config.seed)
-    pipe = as_pipeline(pipe)
-    if config.sampler is not None:
-        set_sampler(pipe, config.sampler)
-    settings = _resolve_sampling(pipe, config)
-    steps, eta = settings.steps, settings.eta
-    # the model is calibrated for this sampler: it is also what it samples with by default
-    pipe.sampling = settings
-    c = config.calib
-    covered = min(steps, c.uniform_steps) if c.strategy == "uniform" else steps
-    if c.num_samples < covered:
-        raise EdadmError(f"calibration size {c.num_samples} is smaller than the {covered} sampler steps it must "
-                         f"cover; use --num-samples >= {covered} (or fewer --steps)")
-    seconds = {}
-    saved = checkpoint.load_calib() if checkpoint is not None else None
-    if saved is not None:
-        calib, counts, details, timesteps = (CalibrationSet(**saved["calib"]), saved["counts"], saved["details"],
-                                              saved["timesteps"])
-        seconds.update(saved["seconds"])
-    else:
-        calib, counts, details, timesteps = _calibration_set(pipe, config, steps, eta, progress, seconds,
-                                                             dist_info=dist_info, trajectories=trajectories)
-        if dist_info is not None and not dist_info.is_main:
+    run = QuantRun(as_pipeline(pipe), config or QuantConfig(), progress=progress, trajectories=trajectories,
+                   dist_info=dist_info, checkpoint=checkpoint)
+    for stage in STAGES:
+        if checkpoint is not None and stage.restore is not None and stage.restore(run, checkpoint):
+            continue
+        stage.run(run)
+        if stage.shared and dist_info is not None and not dist_info.is_main:
             return None
-        if checkpoint is not None:
-            checkpoint.save_calib({"calib": asdict(calib), "counts": counts, "details": details,
-                                   "timesteps": timesteps, "seconds": dict(seconds)})
-    t0 = time.time()
-    unet = get_denoiser(pipe)
-    plan = wrap_model(unet, config)
-    r = config.recon
-    two_stage = r.enabled and r.stages == "two-stage"
-    if checkpoint is None or not checkpoint.load_ranges(unet):
-        init_weight_ranges(unet, method=config.weight_range, p=config.lp)
-        if not two_stage:  # two-stage: activation ranges come after the weight stage, on its weights
-            _init_act_ranges(unet, calib, config, progress)
-        seconds["scales"] = time.time() - t0
-        if checkpoint is not None:
-            checkpoint.save_ranges(unet)
-    fpw = fp_weights(unet)  # before reconstruction rounds them: per-layer errors for the report
-    recon_logs = []
-    if r.enabled:
-        from .recon.engine import full_precision_copy, reconstruct
-
-        t0 = time.time()
-        done = checkpoint.finished_units() if checkpoint is not None else []
-        on_unit = (lambda i, name, ulog: checkpoint.save_unit(i, name, unet, ulog)) if checkpoint else None
-        kw = dict(calib_batch=c.batch_size, progress=progress, on_unit=on_unit)
-        if not two_stage:
-            recon_logs = [asdict(u) for u in reconstruct(unet, calib, r, done=done, **kw)]
-        else:
-            fp_model = full_precision_copy(unet)
-            # without learned rounding the weight stage has nothing to learn: skip its input capture
-            w_logs = (reconstruct(unet, calib, r, done=done, stage="weights", fp_model=fp_model, **kw)
-                      if r.learn_rounding else [])
-            seconds["reconstruction_weights"] = time.time() - t0
-            t1 = time.time()
-            _init_act_ranges(unet, calib, config, progress)  # on the weight-reconstructed model
-            seconds["scales"] = seconds.get("scales", 0.0) + time.time() - t1
-            a_logs = reconstruct(unet, calib, r, done=done[len(w_logs):], stage="acts", index_offset=len(w_logs),
-                                 fp_model=fp_model, **kw)
-            recon_logs = [{**asdict(u), "stage": stage} for stage, us in (("weights", w_logs), ("acts", a_logs))
-                          for u in us]
-            del fp_model
-        seconds["reconstruction"] = time.time() - t0
-    args, kwargs = next(iter(calib.model_inputs(c.batch_size, next(unet.parameters()).device)))
-    errors = layer_errors(unet, fpw, args, kwargs)
-    del fpw
-    report = QuantReport(config=config.resolved_dict(), steps=steps, eta=eta, counts=list(counts), timesteps=list(timesteps),
-                         allocation=details, seconds={k: round(v, 2) for k, v in seconds.items()},
-                         resumed=checkpoint is not None and checkpoint.resume,
-                         peak_memory_mb=peak_rss_mb(), recon=recon_logs, layer_errors=errors,
-                         plan={k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in plan.items()})
-    pipe.config, pipe.report = config, report
-    return pipe
+        if checkpoint is not None and stage.save is not None:
+            stage.save(run, checkpoint)
+    return run.pipe
 
 
 def quantize_to_dir(model, config: QuantConfig, out, *, device: str = "auto", prompts: list[str] | None = None,

@@ -155,7 +155,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .version import __version__
 
     ap = _Parser(prog="edadm", description="Post-training quantization of diffusion models (EDA-DM).")
     ap.add_argument("--version", action="version", version=f"edadm {__version__}")

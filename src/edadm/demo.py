@@ -4,16 +4,14 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
-import platform
-import subprocess
 import time
 from pathlib import Path
 
 import torch
 
-from . import __version__
+from .version import __version__
 from .errors import EdadmError
+from .provenance import git_commit, machine_info
 from .utils import atomic_dir
 
 log = logging.getLogger("edadm")
@@ -41,40 +39,6 @@ def parse_setting(s: str, method: str | None = None):
     if m not in names():
         raise EdadmError(f"bad setting {s!r}: unknown method {m!r}; choose from {', '.join(names())}")
     return w, a, m
-
-
-def machine_info() -> dict:
-    from .deploy.kernels import isa_info
-
-    isa = isa_info()
-    info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(), "isa": isa["isa"],
-            "machine_isa": isa["machine_isa"], "int8_accumulation": isa["int8_accumulation"],
-            "aten_capability": isa["aten_capability"], "cpu_flags": " ".join(isa["cpu_flags"])}
-    try:  # a load well above 0 while measuring means another process shared the cores
-        info["loadavg_1m"] = round(os.getloadavg()[0], 2)
-    except OSError:
-        pass
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return info
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, timeout=5, cwd=Path(__file__).parent).stdout.strip()
-        return (out.stdout.strip() + ("-dirty" if dirty else "")) if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def comparison_figure(rows: list[tuple[str, torch.Tensor]], path: Path, per_row: int = 16) -> None:

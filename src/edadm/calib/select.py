@@ -52,20 +52,6 @@ def random_counts(num_steps: int, num_samples: int, seed: int = 0) -> torch.Tens
     return torch.bincount(torch.randint(0, num_steps, (num_samples,), generator=g), minlength=num_steps)
 
 
-def fix_rounding(weights: torch.Tensor, total: int) -> torch.Tensor:
-    """Integer counts proportional to weights that sum to `total` exactly (largest remainders)."""
-    w = weights.double().clamp_min(0)
-    if w.sum() <= 0:
-        w = torch.ones_like(w)
-    exact = w / w.sum() * total
-    counts = exact.floor().long()
-    short = total - int(counts.sum())
-    if short > 0:
-        order = torch.argsort(exact - counts, descending=True, stable=True)
-        counts[order[:short]] += 1
-    return counts
-
-
 @dataclass
 class CalibrationSet:
     """The selected samples: x_t, t, and where each came from."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .select import fix_rounding
+from .counts import fix_rounding
 
 DEFAULT_RADIUS_QUANTILE = 0.2
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
+from ..version import __version__
 from ..config import QuantConfig
 from ..errors import EdadmError
 from ..model.families import denoiser_name

@@ -457,7 +457,7 @@ def convert_to_int(model: nn.Module) -> dict[str, int]:
     Layers whose codes do not fit int8 stay fake-quantized (one warning). Returns backend ->
     layer count."""
     from ..quant.modules import int_kernel_problem
-    from ..quant.wrap import _set_submodule, quant_modules
+    from ..quant.wrap import set_submodule, quant_modules
 
     dev = next(model.parameters()).device
     kept = []
@@ -466,7 +466,7 @@ def convert_to_int(model: nn.Module) -> dict[str, int]:
         if layer is None:
             kept.append(name)
             continue
-        _set_submodule(model, name, layer.to(dev))
+        set_submodule(model, name, layer.to(dev))
     if kept:
         _warn_once("kept-fake", f"integer engine: {len(kept)} layer(s) stay fake-quantized (for example {kept[0]}: "
                                 f"{int_kernel_problem(dict(quant_modules(model))[kept[0]].spec)})")

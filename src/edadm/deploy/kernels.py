@@ -134,7 +134,7 @@ _verdicts: dict[tuple, tuple[bool, float]] = {}
 _warned: set[str] = set()  # kernels whose failure was logged (one line per kernel)
 
 
-def _worst_case(shape_w: tuple, w_absmax: int, x_shape: tuple, act_qmin: int, act_qmax: int,
+def worst_case(shape_w: tuple, w_absmax: int, x_shape: tuple, act_qmin: int, act_qmax: int,
                 g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Input codes at their maximum everywhere but one random batch item; weight rows at +max,
     -max or random codes in turn (every output channel gets one of the worst cases)."""
@@ -183,7 +183,7 @@ def _probe(kernel: str, kind: str, geometry: tuple, act_qmin: int, act_qmax: int
     sx = 1.0 / 64
     if kind == "linear":
         cin, cout = geometry
-        x, w = _worst_case((cout, cin), w_absmax, (3, cin), act_qmin, act_qmax, g)
+        x, w = worst_case((cout, cin), w_absmax, (3, cin), act_qmin, act_qmax, g)
         conv = None
     else:
         cin, cout, kh, kw, stride, padding, dilation, groups = geometry
@@ -192,7 +192,7 @@ def _probe(kernel: str, kind: str, geometry: tuple, act_qmin: int, act_qmax: int
         # Stable Diffusion 2560 -> 1280 3x3 conv stays well under a second
         h = (kh - 1) * dilation[0] + 1 + stride[0]
         wd = (kw - 1) * dilation[1] + 1 + stride[1]
-        x, w = _worst_case((cout, cin // groups, kh, kw), w_absmax, (2, cin, h, wd), act_qmin, act_qmax, g)
+        x, w = worst_case((cout, cin // groups, kh, kw), w_absmax, (2, cin, h, wd), act_qmin, act_qmax, g)
     ws = torch.rand(cout, generator=g) * 0.5 + 0.75
     got = run_kernel(kernel, kind, x, w, ws, sx, zero_point, conv)
     xf = (x.double() - zero_point) * sx

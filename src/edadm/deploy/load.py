@@ -220,7 +220,7 @@ def load_int_unet(path: str | Path, device: torch.device | str = "cpu", dtype: t
     """Rebuild the denoiser for integer execution straight from the stored codes: every
     quantized Conv2d / Linear becomes an IntLayer holding int8 weights; no float copy of a
     quantized weight is made (except for layers the method keeps in float input)."""
-    from ..quant.wrap import _set_submodule
+    from ..quant.wrap import set_submodule
     from .intengine import build_int_layer, freeze_attention_quantizers, prepare_int
 
     path = Path(path)
@@ -254,7 +254,7 @@ def load_int_unet(path: str | Path, device: torch.device | str = "cpu", dtype: t
                              f"{TENSOR_FILE})")
         if early:
             layer.release_int_weights()
-        _set_submodule(unet, name, layer)
+        set_submodule(unet, name, layer)
         state.update({f"{name}.{k}": v for k, v in layer.state_dict().items()})
     state.update(tensors)
     _load_state(unet, state, path)

@@ -205,25 +205,11 @@ class Signature(nn.Module):
 
 
 def example_inputs(model: nn.Module, batch: int = 2) -> tuple[list[str], tuple]:
-    """ONNX input names (diffusers' argument names) and example tensors for a denoiser."""
+    """ONNX input names (diffusers' argument names) and example tensors for a denoiser: its
+    family's (model/families)."""
     from ..model.families import family_of
 
-    cfg = model.config
-    if family_of(model).name == "dit":
-        raise EdadmError(f"ONNX export does not cover {type(model).__name__} (DiT) yet; UNet2DModel and "
-                         "UNet2DConditionModel denoisers are covered")
-    size = cfg.sample_size if isinstance(cfg.sample_size, int) else cfg.sample_size[0]
-    g = torch.Generator().manual_seed(0)
-    sample = torch.randn(batch, cfg.in_channels, size, size, generator=g)
-    timestep = torch.tensor([999, 10][:batch] + [500] * max(0, batch - 2), dtype=torch.long)
-    names, args = ["sample", "timestep"], [sample, timestep]
-    if getattr(cfg, "cross_attention_dim", None) and type(model).__name__ == "UNet2DConditionModel":
-        names.append("encoder_hidden_states")
-        args.append(torch.randn(batch, 77 if size >= 32 else 8, cfg.cross_attention_dim, generator=g))
-    if getattr(cfg, "num_class_embeds", None):
-        names.append("class_labels")
-        args.append(torch.arange(batch, dtype=torch.long) % cfg.num_class_embeds)
-    return names, tuple(args)
+    return family_of(model).example_inputs(model, batch)
 
 
 def _fold_weight_quantizers(model_proto) -> int:

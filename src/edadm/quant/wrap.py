@@ -102,7 +102,7 @@ def layer_plan(model: nn.Module, config: QuantConfig) -> dict[str, LayerSpec | A
     return plan
 
 
-def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
+def set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
     setattr(parent, child, new)
@@ -121,7 +121,7 @@ def wrap_model(model: nn.Module, config: QuantConfig | None = None,
                 for q in (mod.q_quantizer, mod.k_quantizer, mod.v_quantizer, mod.probs_quantizer):
                     q.to(next(mod.parameters()).device)
         elif isinstance(spec, LayerSpec) and not isinstance(mod, QuantMixin):
-            _set_submodule(model, name, QUANT_CLASSES[type(mod)].from_float(mod, spec))
+            set_submodule(model, name, QUANT_CLASSES[type(mod)].from_float(mod, spec))
     return plan
 
 

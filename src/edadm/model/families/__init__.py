@@ -52,6 +52,21 @@ class DenoiserFamily:
         h, w = (size, size) if isinstance(size, int) else tuple(size)
         return (model.config.in_channels, h, w)
 
+    def example_inputs(self, model: nn.Module, batch: int = 2) -> tuple[list[str], tuple]:
+        """Input names (the denoiser's argument names, used as ONNX input names) and example
+        tensors for tracing: sample and timestep, plus class_labels for class-conditional
+        UNets. A family whose export is not covered raises EdadmError."""
+        c, h, w = self.sample_shape(model)
+        g = torch.Generator().manual_seed(0)
+        sample = torch.randn(batch, c, h, w, generator=g)
+        timestep = torch.tensor([999, 10][:batch] + [500] * max(0, batch - 2), dtype=torch.long)
+        names, args = ["sample", "timestep"], [sample, timestep]
+        n = getattr(model.config, "num_class_embeds", None)
+        if n:
+            names.append("class_labels")
+            args.append(torch.arange(batch, dtype=torch.long) % n)
+        return names, tuple(args)
+
 
 FAMILIES: dict[str, DenoiserFamily] = {}
 

@@ -27,6 +27,12 @@ class DiT(DenoiserFamily):
         k = len(model.transformer_blocks) // 2
         return f"transformer_blocks.{k}", model.transformer_blocks[k]
 
+    def example_inputs(self, model, batch=2):
+        from ...errors import EdadmError
+
+        raise EdadmError(f"ONNX export does not cover {type(model).__name__} (DiT) yet; UNet2DModel and "
+                         "UNet2DConditionModel denoisers are covered")
+
     def num_classes(self, model):
         """num_embeds_ada_norm real classes; the label embedding holds one more row, the null class."""
         n = getattr(model.config, "num_embeds_ada_norm", None)
