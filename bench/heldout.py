@@ -25,6 +25,7 @@ from common import metadata, write_json, write_text  # noqa: E402
 from edadm.api import quantize  # noqa: E402
 from edadm.calib import collect_trajectories  # noqa: E402
 from edadm.config import QuantConfig  # noqa: E402
+from edadm.recipes import resolve  # noqa: E402
 from edadm.eval.digits import digits_metrics  # noqa: E402
 from edadm.eval.metrics import psnr  # noqa: E402
 from edadm.loading import load_pipeline  # noqa: E402
@@ -47,7 +48,7 @@ def build_config(method: str, w: int, a: int, overrides: list[str]) -> QuantConf
             d[sect][sub] = _parse_value(val)
         else:
             d[key] = _parse_value(val)
-    return QuantConfig.from_dict(d)
+    return resolve(QuantConfig.from_dict(d))  # the config the run uses (recipe values filled in)
 
 
 HELDOUT_SEED = 987_654  # trajectories no calibration set is drawn from

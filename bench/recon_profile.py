@@ -40,6 +40,7 @@ def unit_kind(mod, kind: str) -> str:
 
 def build(model: str, method: str, w: int, a: int, device: str):
     from edadm import QuantConfig
+    from edadm.recipes import resolve
     from edadm.loading import load_pipeline
     from edadm.model.reference_configs import build as build_ref
     from edadm.quant.calibrate import init_act_ranges, init_weight_ranges
@@ -48,7 +49,7 @@ def build(model: str, method: str, w: int, a: int, device: str):
     torch.manual_seed(0)
     unet = load_pipeline(model, device=device).unet if model.startswith("digits") else build_ref(model, device)
     unet = unet.eval()
-    qc = QuantConfig(method=method, weight_bits=w, act_bits=a)
+    qc = resolve(QuantConfig(method=method, weight_bits=w, act_bits=a))  # the recipe's values filled in
     wrap_model(unet, qc)
     init_weight_ranges(unet, method="minmax")
     rc = qc.recon

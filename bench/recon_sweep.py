@@ -32,6 +32,7 @@ from common import metadata, write_json, write_text  # noqa: E402
 
 from edadm.calib import assemble, collect_trajectories, uniform_counts  # noqa: E402
 from edadm.config import QuantConfig, ReconConfig  # noqa: E402
+from edadm.recipes import resolve  # noqa: E402
 from edadm.loading import load_pipeline  # noqa: E402
 from edadm.quant.calibrate import init_act_ranges, init_weight_ranges  # noqa: E402
 from edadm.quant.wrap import wrap_model  # noqa: E402
@@ -113,7 +114,7 @@ def main(argv=None) -> None:
     if args.heldout:
         htraj = collect_trajectories(base, args.heldout, seed=20_000, steps=d.steps, eta=d.eta, progress=False)
         held = assemble(htraj, uniform_counts(htraj.num_steps, args.heldout, num_used=16), seed=1)
-    cfg = QuantConfig(method="qdiffusion", weight_bits=w, act_bits=a)
+    cfg = resolve(QuantConfig(method="qdiffusion", weight_bits=w, act_bits=a))
     start = copy.deepcopy(base.unet)
     wrap_model(start, cfg)
     init_weight_ranges(start)

@@ -66,12 +66,12 @@ def test_sampling_is_seeded_and_batch_independent(tiny_pipe_dir):
 @pytest.mark.parametrize("argv,needle", [
     (["quantize", "no-such-model", "--out", "{tmp}/o"], "not found"),
     (["quantize", "{tmp}/missing-dir/", "--out", "{tmp}/o"], "not found"),
-    (["quantize", "{pipe}", "--weight-bits", "9", "--out", "{tmp}/o"], "2..8"),
-    (["quantize", "{pipe}", "--act-bits", "1", "--out", "{tmp}/o"], "2..8"),
-    (["quantize", "{pipe}", "--method", "magic", "--out", "{tmp}/o"], "invalid choice: 'magic'"),
+    (["quantize", "{pipe}", "--weight-bits", "9", "--out", "{tmp}/o"], "weight-bits must be in [2, 8]"),
+    (["quantize", "{pipe}", "--act-bits", "1", "--out", "{tmp}/o"], "act-bits must be in [2, 8]"),
+    (["quantize", "{pipe}", "--method", "magic", "--out", "{tmp}/o"], "unknown method 'magic'"),
     (["quantize", "{pipe}", "--preset", "mnist", "--out", "{tmp}/o"], "unknown preset 'mnist'"),
     (["quantize", "{pipe}", "--sampler", "euler", "--out", "{tmp}/o"], "unknown sampler 'euler'"),
-    (["quantize", "{pipe}", "--num-samples", "0", "--out", "{tmp}/o"], "positive integer"),
+    (["quantize", "{pipe}", "--num-samples", "0", "--out", "{tmp}/o"], "num-samples must be >= 1"),
     (["quantize", "{tmp}", "--out", "{tmp}/o"], "not a diffusers pipeline"),
     (["sample", "{pipe}", "--num", "-3"], "positive integer"),
     (["evaluate", "{pipe}", "--seeds", "a,b"], "seeds"),
@@ -219,3 +219,27 @@ def test_score_names_what_does_not_apply_to_the_images_before_computing(tmp_path
     assert "no metric applies here" in err and "not images of shape (3, 32, 32)" in err and "Traceback" not in err
     assert main(["score", str(d), "--metrics", "fid-digits"]) == 2
     assert "fid-digits applies to 1x32x32" in capsys.readouterr().err
+
+
+def test_every_config_field_is_a_quantize_flag_with_its_checks(capsys):
+    """The quantize flags are generated from the config's declarations (config.option): every
+    field has its flag and help, and a value outside a declared range is a one-line error."""
+    from dataclasses import fields
+
+    from edadm.cli.quantize import config_fields, flag_of
+    from edadm.config import CalibConfig, QuantConfig, ReconConfig
+
+    with pytest.raises(SystemExit):
+        main(["quantize", "--help"])
+    help_text = capsys.readouterr().out
+    declared = [(s, f) for s, cls in ((None, QuantConfig), ("calib", CalibConfig), ("recon", ReconConfig))
+                for f in fields(cls) if f.metadata.get("cli")]
+    assert [(s, f.name) for s, f in config_fields()] == [(s, f.name) for s, f in declared]
+    for section, f in declared:
+        assert flag_of(section, f) in help_text, f.name
+        lo, hi = f.metadata["lo"], f.metadata["hi"]
+        if f.metadata["kind"] in ("int", "float") and (lo is not None or hi is not None):
+            bad = (lo - 1) if lo is not None else (hi + 1)
+            rc = main(["quantize", "digits-ddpm", "--out", "/tmp/never-written", flag_of(section, f), str(bad)])
+            err = capsys.readouterr().err.strip().splitlines()
+            assert rc == 2 and len(err) == 1 and f.name.replace("_", "-") in err[0], (f.name, err)

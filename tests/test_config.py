@@ -1,6 +1,7 @@
 import pytest
 
 from edadm import recipes
+from edadm.recipes import resolve
 from edadm.config import DATASET_PRESETS, DEFAULT_ITERS_SCALE, METHODS, QuantConfig, preset_config
 from edadm.errors import EdadmError
 
@@ -14,16 +15,16 @@ from edadm.errors import EdadmError
     ("eda-dm-fbr-only", "uniform", True, 0.8, True),
 ])
 def test_method_presets(method, strategy, recon, add_loss, split):
-    cfg = QuantConfig(method=method)
+    cfg = resolve(QuantConfig(method=method))
     assert (cfg.calib.strategy, cfg.recon.enabled, cfg.recon.add_loss, cfg.split_shortcut) == (
         strategy, recon, add_loss, split)
 
 
 def test_explicit_values_override_the_preset_and_round_trip():
-    cfg = QuantConfig.from_dict({"method": "eda-dm", "calib": {"strategy": "uniform", "tdac_lambda": 5.0},
-                                 "recon": {"add_loss": 1.0, "iters": 7}})
+    cfg = resolve(QuantConfig.from_dict({"method": "eda-dm", "calib": {"strategy": "uniform", "tdac_lambda": 5.0},
+                                         "recon": {"add_loss": 1.0, "iters": 7}}))
     assert cfg.calib.strategy == "uniform" and cfg.recon.add_loss == 1.0 and cfg.recon.iters == 7
-    assert QuantConfig.from_dict(cfg.to_dict()) == cfg
+    assert resolve(QuantConfig.from_dict(cfg.to_dict())) == cfg
     assert {"naive", "ptq4dm", "qdiffusion", "eda-dm", "eda-dm-tdac-only", "eda-dm-fbr-only"} <= set(METHODS)
     assert set(METHODS) == {p.stem for p in (recipes._DIR).glob("*.toml")}  # one file per method
 
@@ -31,7 +32,7 @@ def test_explicit_values_override_the_preset_and_round_trip():
 @pytest.mark.parametrize("wbits", [4, 8])
 def test_qdiffusion_recipe_is_its_cifar10_script(wbits):
     """Q-Diffusion's README CIFAR-10 command (METHOD.md, two reference recipes)."""
-    cfg = QuantConfig(method="qdiffusion", weight_bits=wbits)
+    cfg = resolve(QuantConfig(method="qdiffusion", weight_bits=wbits))
     c, r = cfg.calib, cfg.recon
     assert (c.strategy, c.num_samples, c.num_trajectories, c.uniform_steps) == ("uniform", 5120, 256, 20)
     assert (cfg.act_range_kind, cfg.split_shortcut) == ("symmetric", True)
@@ -46,7 +47,7 @@ def test_qdiffusion_recipe_is_its_cifar10_script(wbits):
 
 @pytest.mark.parametrize("wbits,lr_w,lr_a", [(4, 5e-1, 5e-4), (8, 5e-2, 1e-3)])
 def test_eda_dm_recipe_is_its_cifar10_script(wbits, lr_w, lr_a):
-    cfg = QuantConfig(method="eda-dm", weight_bits=wbits)
+    cfg = resolve(QuantConfig(method="eda-dm", weight_bits=wbits))
     c, r = cfg.calib, cfg.recon
     assert (c.strategy, c.num_samples, c.num_trajectories, c.tdac_lambda) == ("tdac", 1024, 1024, 1.2)
     assert (cfg.act_range_kind, cfg.split_shortcut) == ("symmetric", True)
@@ -56,9 +57,9 @@ def test_eda_dm_recipe_is_its_cifar10_script(wbits, lr_w, lr_a):
 
 
 def test_iters_scale_and_seed_reach_the_reconstruction():
-    cfg = QuantConfig(method="qdiffusion", seed=3, recon={"iters_scale": 1.0})
+    cfg = resolve(QuantConfig(method="qdiffusion", seed=3, recon={"iters_scale": 1.0}))
     assert (cfg.recon.iters, cfg.recon.act_iters, cfg.recon.seed) == (20000, 5000, 3)
-    assert QuantConfig(method="eda-dm", recon={"iters": 7}).recon.iters == 7
+    assert resolve(QuantConfig(method="eda-dm", recon={"iters": 7})).recon.iters == 7
     assert recipes.per_bits({"w4": 1, "w8": 2}, 3) == 1 and recipes.per_bits({"w4": 1, "w8": 2}, 6) == 1
     assert recipes.per_bits({"w4": 1, "w8": 2}, 8) == 2
 
@@ -82,8 +83,9 @@ def test_dataset_presets_are_valid_configs_with_the_papers_values(name):
     for method in METHODS:
         recipe = recipes.get(method)
         for wbits, lr in ((4, ref["lr_weight"][4]), (8, ref["lr_weight"][8])):
-            cfg = QuantConfig.from_dict({**preset_config(name, method, wbits), "method": method, "weight_bits": wbits})
-            plain = QuantConfig(method=method, weight_bits=wbits)
+            cfg = resolve(QuantConfig.from_dict({**preset_config(name, method, wbits), "method": method,
+                                                 "weight_bits": wbits}))
+            plain = resolve(QuantConfig(method=method, weight_bits=wbits))
             assert (cfg.steps, cfg.eta, cfg.sampler, cfg.preset) == (ref["steps"], ref["eta"], ref["sampler"], name)
             if recipe.per_dataset:  # the EDA-DM scripts' per-dataset values
                 assert cfg.calib.tdac_lambda == ref["tdac_lambda"] and cfg.recon.reference_iters == ref["iters"]
@@ -116,10 +118,21 @@ def test_saved_config_records_what_was_set_and_resolves_the_same():
     assert user["weight_bits"] == 4 and user["method"] == "qdiffusion"
     assert QuantConfig.from_dict(user).resolved_dict() == full
     # another method over the same user values takes that method's recipe
-    other = QuantConfig.from_dict({**user, "method": "eda-dm"})
+    other = resolve(QuantConfig.from_dict({**user, "method": "eda-dm"}))
     assert other.calib.strategy == "tdac" and other.recon.stages == "joint"
     # a value changed after construction is what the user set now
     cfg.calib.num_samples = 64
     assert cfg.to_dict()["calib"]["num_samples"] == 64
     set_explicitly = QuantConfig(method="qdiffusion", calib={"num_samples": 5120})
     assert set_explicitly.to_dict()["calib"]["num_samples"] == 5120
+
+
+def test_resolve_leaves_the_users_config_as_set_and_is_idempotent():
+    """recipes.resolve returns a new config; the user's keeps its Nones, and resolving the
+    resolved one changes nothing."""
+    user = QuantConfig(method="eda-dm", weight_bits=4, calib={"num_samples": 64})
+    full = resolve(user)
+    assert user.calib.strategy is None and user.recon.iters is None and not user.is_resolved
+    assert full.calib.strategy == "tdac" and full.calib.num_samples == 64 and full.is_resolved
+    assert resolve(full) is full and full.to_dict() == user.to_dict()
+    assert QuantConfig.from_dict(full.resolved_dict()) == full

@@ -74,7 +74,7 @@ def test_any_quantize_command_line_parses_or_gives_one_error_line(flags, monkeyp
     seen = {}
 
     def fake_quantize(args):
-        seen["config"] = cli._quant_config(args)
+        seen["config"] = cli.quant_config(args)
         return 0
 
     monkeypatch.setitem(cli.COMMANDS, "quantize", fake_quantize)

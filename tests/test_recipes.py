@@ -25,7 +25,7 @@ def test_a_new_recipe_file_is_a_new_method(tmp_path, monkeypatch):
     recipes.registry.cache_clear()
     try:
         assert recipes.names() == ("mine",)
-        cfg = QuantConfig(method="mine")
+        cfg = recipes.resolve(QuantConfig(method="mine"))
         assert (cfg.calib.strategy, cfg.calib.num_samples, cfg.recon.enabled) == ("random", 64, False)
     finally:
         recipes.registry.cache_clear()
@@ -39,6 +39,6 @@ def test_bad_recipe_files_are_one_line_errors(tmp_path, monkeypatch, text, needl
     recipes.registry.cache_clear()
     try:
         with pytest.raises(EdadmError, match=needle):
-            QuantConfig(method="bad")
+            recipes.resolve(QuantConfig(method="bad"))
     finally:
         recipes.registry.cache_clear()

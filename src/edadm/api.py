@@ -19,6 +19,7 @@ from .quant.calibrate import init_act_ranges, init_weight_ranges
 from .quant.diagnostics import fp_weights, layer_errors
 from .quant.modules import QuantMixin
 from .quant.wrap import wrap_model
+from .recipes import resolve
 from .sampling import resolve_sampling, set_sampler, states_at
 from .state import Pipeline, QuantReport, as_pipeline
 from .utils import peak_rss_mb
@@ -28,6 +29,7 @@ log = logging.getLogger("edadm")
 
 def allocate(traj, config: QuantConfig, num_train_timesteps: int) -> tuple[torch.Tensor, dict]:
     """Per-step counts for the configured strategy (calib.strategies), and what it computed."""
+    config = resolve(config)
     return strategies.get(config.calib.strategy).allocate(traj, config, num_train_timesteps)
 
 
@@ -40,7 +42,7 @@ def calibration_trajectories(pipe, config: QuantConfig, progress: bool = True, d
     """The FP trajectories `quantize(pipe, config)` samples for its calibration set (same
     seed, sampler, guidance, TDAC feature point). Settings that share these (for example W8A8
     and W4A8 with one calibration config) can collect them once and pass them to `quantize`."""
-    config.validate()
+    config = resolve(config)
     if config.sampler is not None:
         set_sampler(pipe, config.sampler)
     settings = _resolve_sampling(pipe, config)
@@ -159,8 +161,7 @@ class QuantRun:
 def stage_sampling(run: QuantRun) -> None:
     """The sampler the model is calibrated for (the config's, else the pipeline's); it is also
     what the quantized model samples with by default."""
-    config = run.config
-    config.validate()
+    config = run.config = resolve(run.config)  # the recipe's values filled in: what this run uses
     torch.manual_seed(config.seed)
     if config.sampler is not None:
         set_sampler(run.pipe, config.sampler)
@@ -329,6 +330,7 @@ def quantize_to_dir(model, config: QuantConfig, out, *, device: str = "auto", pr
     if is_quantized_dir(resolve_model_path(model)):
         raise EdadmError(f"{model} is already quantized; pass the full-precision pipeline")
     out = Path(out)
+    config = resolve(config)
     info = init_distributed(device)
     pipe = load_pipeline(model, device=rank_device(info, device))
     if prompts is not None:

@@ -94,7 +94,6 @@ def run_demo(args) -> dict:
             calib = CalibConfig(batch_size=min(args.batch_size, 64))
             if args.num_samples:
                 calib.num_samples = calib.num_trajectories = args.num_samples
-            # given at construction: QuantConfig resolves the recipe's iterations from it there
             recon = {} if args.iters_scale is None else {"iters_scale": args.iters_scale}
             cfg = QuantConfig(method=method, weight_bits=w, act_bits=a, steps=args.steps, eta=args.eta,
                               calib=calib, recon=recon)
@@ -104,7 +103,7 @@ def run_demo(args) -> dict:
                 timings[f"calibration trajectories ({method})"] = time.time() - t0
                 t0 = time.time()
             qpipe = quantize(copy.deepcopy(fp), cfg, progress=args.progress, trajectories=trajectories[key])
-            report = qpipe.report
+            report, ran = qpipe.report, qpipe.config  # ran: the resolved config
             qdir = tmp / "models" / f"w{w}a{a}-{method}"
             save_quantized(qpipe, qdir, cfg, report.to_dict())
             timings[f"{label} quantize"] = time.time() - t0
@@ -116,7 +115,7 @@ def run_demo(args) -> dict:
                                           reference=fp_imgs, progress=args.progress)
             add_paired_delta(res, fp_res)
             res["quantize_report"] = {"seconds": report.seconds, "peak_memory_mb": report.peak_memory_mb,
-                                      "counts": report.counts, "iters": cfg.recon.iters if cfg.recon.enabled else 0}
+                                      "counts": report.counts, "iters": ran.recon.iters if ran.recon.enabled else 0}
             timings[f"{label} sample_eval"] = time.time() - t0
             results[label] = res
             rows.append((label, imgs[args.seeds[0]]))
@@ -152,8 +151,9 @@ def run_demo(args) -> dict:
 def demo_budget(args) -> str:
     """The calibration size and reconstruction iterations the demo quantized with, in words."""
     from .config import DEFAULT_ITERS_SCALE, DEFAULT_METHOD, QuantConfig
+    from .recipes import resolve
 
-    full = QuantConfig(method=DEFAULT_METHOD).calib.num_samples  # the recipe's calibration size
+    full = resolve(QuantConfig(method=DEFAULT_METHOD)).calib.num_samples  # the recipe's calibration size
     n = args.num_samples or full
     scale = DEFAULT_ITERS_SCALE if args.iters_scale is None else args.iters_scale
     return (f"{n} calibration samples, reconstruction at {scale:g} x the reference iterations per unit "

@@ -84,7 +84,9 @@ def test_strategies_come_from_one_registry():
     assert set(CALIB_STRATEGIES) == {"tdac", "uniform", "ptq4dm", "random"} == set(strategies.names())
     q = next(a for a in build_parser()._subparsers._group_actions[0].choices["quantize"]._actions
              if "--strategy" in a.option_strings)
-    assert tuple(q.choices) == CALIB_STRATEGIES
+    assert q.metavar == "{" + ",".join(CALIB_STRATEGIES) + "}" and q.type("tdac") == "tdac"
+    with pytest.raises(Exception, match="unknown strategy 'best'"):
+        q.type("best")
     assert strategies.get("tdac").needs_features and not strategies.get("uniform").needs_features
     with pytest.raises(EdadmError, match="unknown calibration strategy"):
         strategies.get("nope")
@@ -104,3 +106,40 @@ def test_input_rows_line_up_with_the_denoiser_batches(guidance):
     assert torch.equal(cs.input_rows(cs.t, 3), t_rows)
     assert len(t_rows) == (2 * n if guidance != 1.0 else n)
     assert torch.equal(cs.input_rows(cs.step, 3), t_rows // 10)
+
+
+def test_each_strategy_declares_its_own_options():
+    """The tdac_* and ptq4dm_* calibration fields are registered with their strategy (the CLI
+    groups them under it); setting one for another strategy is a warning, not silence."""
+    import logging
+    from dataclasses import fields
+
+    from edadm import QuantConfig
+    from edadm.calib import strategies
+    from edadm.config import CalibConfig
+    from edadm.recipes import resolve
+
+    names = {f.name for f in fields(CalibConfig)}
+    for s in strategies.names():
+        assert set(strategies.get(s).options) <= names
+    for f in names:
+        prefix = f.split("_")[0]
+        if prefix in ("tdac", "ptq4dm"):  # uniform_steps is shared: TDAC's uniform share uses it too
+            assert strategies.owner_of(f) == prefix, f
+
+    class Seen(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.lines = []
+
+        def emit(self, record):
+            self.lines.append(record.getMessage())
+
+    seen = Seen()
+    logging.getLogger("edadm").addHandler(seen)
+    try:
+        resolve(QuantConfig(method="qdiffusion", calib={"tdac_lambda": 2.0}))
+        resolve(QuantConfig(method="eda-dm", calib={"tdac_lambda": 2.0}))
+    finally:
+        logging.getLogger("edadm").removeHandler(seen)
+    assert seen.lines == ["tdac-lambda is set but the calibration strategy is uniform: it only applies to tdac"]

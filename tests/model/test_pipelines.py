@@ -162,7 +162,7 @@ def test_pipeline_directories_without_edadm_settings_sample_with_their_pipelines
 
 
 def test_quantized_text_to_image_dir_keeps_its_pipelines_guidance_with_or_without_prompts(small_dirs, tmp_path, capsys):
-    from edadm.cli import _with_prompts
+    from edadm.cli import with_prompts as _with_prompts
     from edadm.sampling import sampling_defaults
 
     q = tmp_path / "q"

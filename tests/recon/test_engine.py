@@ -8,6 +8,7 @@ from edadm.model.structure import forward_order, reconstruction_units
 from edadm.quant.calibrate import init_act_ranges, init_weight_ranges
 from edadm.quant.modules import QuantMixin
 from edadm.quant.wrap import quant_modules, wrap_model
+from edadm.recipes import resolve
 from edadm.recon.adaround import AdaRoundQuantizer
 from edadm.recon.engine import (_inner_layers, _Rows, capture_inputs, channel_mse, fbr_loss, full_precision_copy,
                                 per_sample_mse, reconstruct_unit, step_balance_weights)
@@ -109,7 +110,7 @@ def test_timestep_balanced_reconstruction_lowers_block_error(make_tiny_unet):
 
 
 def test_step_balance_must_be_known():
-    with pytest.raises(EdadmError, match="step_balance"):
+    with pytest.raises(EdadmError, match="step-balance"):
         ReconConfig(step_balance="sideways").validate()
 
 
@@ -278,18 +279,18 @@ def test_joint_pass_without_learned_rounding_keeps_nearest_weights_and_learns_st
 
 
 def test_eda_dm_plus_learns_rounding_below_8_bits_only():
-    assert QuantConfig(method="eda-dm-plus", weight_bits=4).recon.learn_rounding is True
-    assert QuantConfig(method="eda-dm-plus", weight_bits=8).recon.learn_rounding is False
-    assert QuantConfig(method="eda-dm", weight_bits=8).recon.learn_rounding is True
+    assert resolve(QuantConfig(method="eda-dm-plus", weight_bits=4)).recon.learn_rounding is True
+    assert resolve(QuantConfig(method="eda-dm-plus", weight_bits=8)).recon.learn_rounding is False
+    assert resolve(QuantConfig(method="eda-dm", weight_bits=8)).recon.learn_rounding is True
 
 
 def test_eda_dm_plus_balances_timesteps_below_8_bits_only_and_the_references_never():
-    assert QuantConfig(method="eda-dm-plus", weight_bits=4).recon.step_balance == "relative"
-    assert QuantConfig(method="eda-dm-plus", weight_bits=8).recon.step_balance == "none"
+    assert resolve(QuantConfig(method="eda-dm-plus", weight_bits=4)).recon.step_balance == "relative"
+    assert resolve(QuantConfig(method="eda-dm-plus", weight_bits=8)).recon.step_balance == "none"
     for ref in ("eda-dm", "qdiffusion", "naive"):
-        assert QuantConfig(method=ref, weight_bits=4).recon.step_balance == "none"
+        assert resolve(QuantConfig(method=ref, weight_bits=4)).recon.step_balance == "none"
     # what the user sets wins over the recipe
-    assert QuantConfig(method="eda-dm-plus", weight_bits=4, recon={"step_balance": "none"}).recon.step_balance == "none"
+    assert resolve(QuantConfig(method="eda-dm-plus", weight_bits=4, recon={"step_balance": "none"})).recon.step_balance == "none"
 
 
 def test_rows_join_nested_batches_like_cat_in_one_contiguous_buffer():

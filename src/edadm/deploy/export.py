@@ -23,6 +23,7 @@ import torch
 
 from ..version import __version__
 from ..config import QuantConfig
+from ..recipes import resolve
 from ..errors import EdadmError
 from ..model.families import denoiser_name
 from ..quant.attention import has_attention_quantizers
@@ -122,6 +123,7 @@ def save_quantized(pipe, out: str | Path, config: QuantConfig | None = None, rep
         if not p.quantized:
             raise EdadmError("pipeline is not quantized; run edadm.quantize first (it returns the pipeline to save)")
         config, report = p.config, report or (p.report.to_dict() if p.report is not None else None)
+    config = resolve(config)  # what ran (to_dict() of it is still what the user set)
     dname = denoiser_name(p)
     unet = getattr(p, dname)
     if not any(True for _ in quant_modules(unet)):

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..config import QuantConfig
+from ..recipes import resolve
 from ..errors import EdadmError
 from ..quant.modules import QuantMixin, int_kernel_problem
 from ..quant.wrap import spec_from_dict, wrap_model
@@ -33,7 +34,7 @@ def saved_config(meta: dict) -> QuantConfig:
     if isinstance(ran, dict) and config.resolved_dict() != ran:
         log.info("the recipes now resolve this directory's config differently; using the values it ran with")
         config = QuantConfig.from_dict(ran)
-    return config
+    return resolve(config)
 
 
 def read_quant_meta(path: str | Path) -> dict:

@@ -12,6 +12,7 @@ from torch import nn
 from ..config import QuantConfig
 from ..errors import EdadmError
 from ..model.structure import split_points
+from ..recipes import resolve
 from .attention import add_attention_quantizers, has_attention_quantizers
 from .modules import QUANT_CLASSES, LayerSpec, QuantMixin, int_kernel_problem
 from .quantizer import UniformQuantizer
@@ -42,6 +43,7 @@ def _match(name: str, patterns) -> bool:
 def keep_patterns(model: nn.Module, config: QuantConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(layers kept at 8 bits, layers whose input stays float): the config's patterns, else the
     denoiser family's; a module outside the families (a test's toy model) gets every family's."""
+    config = resolve(config)
     from ..model.families import FAMILIES, family_of
 
     try:
@@ -56,6 +58,7 @@ def keep_patterns(model: nn.Module, config: QuantConfig) -> tuple[tuple[str, ...
 def layer_plan(model: nn.Module, config: QuantConfig) -> dict[str, LayerSpec | AttnSpec | str]:
     """For each Conv2d / Linear: its LayerSpec, or the reason it stays in float; for each
     diffusers Attention: its AttnSpec when attention quantization is on."""
+    config = resolve(config)
     plan: dict[str, LayerSpec | AttnSpec | str] = {}
     splits = split_points(model) if config.split_shortcut else {}
     keep_8bit, no_act_quant = keep_patterns(model, config)
@@ -112,7 +115,7 @@ def wrap_model(model: nn.Module, config: QuantConfig | None = None,
                plan: dict[str, LayerSpec | AttnSpec | str] | None = None) -> dict[str, LayerSpec | AttnSpec | str]:
     """Replace, in place, every Conv2d / Linear the plan quantizes and attach attention
     quantizers; return the plan."""
-    plan = plan if plan is not None else layer_plan(model, config or QuantConfig())
+    plan = plan if plan is not None else layer_plan(model, resolve(config or QuantConfig()))
     for name, spec in plan.items():
         mod = model.get_submodule(name)
         if isinstance(spec, AttnSpec):

@@ -4,7 +4,7 @@ A recipe is a whole procedure (calibration set, activation range kind, reconstru
 optimiser, loss), stated with the reference code's values. A file `NAME.toml` registers the
 method NAME; nothing else needs editing to add one. Sections map onto QuantConfig:
 
-- ``per_dataset = true``: the EDA-DM scripts' per-dataset values (config.DATASET_PRESETS:
+- ``per_dataset = true``: the EDA-DM scripts' per-dataset values (recipes/presets.py:
   calibration size, lambda, add_loss, iterations, rounding lr) apply under ``--preset``;
 - ``[quant]``: top-level QuantConfig fields (split_shortcut, act_range_kind);
 - ``[calib]``: CalibConfig fields;
@@ -16,13 +16,17 @@ for the largest key not above the config's weight bits (w4 serves 2..7 bits, w8 
 """
 from __future__ import annotations
 
+import copy
 import functools
-from dataclasses import dataclass, field
+import logging
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import tomllib
 
 from ..errors import EdadmError
+
+log = logging.getLogger("edadm")
 
 _DIR = Path(__file__).parent
 _SECTIONS = ("quant", "calib", "recon")
@@ -33,7 +37,7 @@ class Recipe:
     name: str
     about: str
     reference: str
-    per_dataset: bool = False  # the EDA-DM scripts' per-dataset values (config.DATASET_PRESETS) apply
+    per_dataset: bool = False  # the EDA-DM scripts' per-dataset values (recipes/presets.py) apply
     quant: dict = field(default_factory=dict)
     calib: dict = field(default_factory=dict)
     recon: dict = field(default_factory=dict)
@@ -88,3 +92,63 @@ def get(name: str) -> Recipe:
     if name not in recipes:
         raise EdadmError(f"unknown method {name!r}; choose from {', '.join(recipes)}")
     return recipes[name]
+
+
+def resolve(config):
+    """The config a run uses: `config` (a QuantConfig, what the user set) with the dataset
+    preset's values, then the method's recipe, then each section's fallbacks filled into the
+    fields left at None, and the iterations per unit computed. Returns a new config (its
+    to_dict() is still what the user set); a resolved config resolves to itself."""
+    if config.is_resolved:
+        return config
+    from .presets import preset_config
+
+    cfg = copy.deepcopy(config)
+    recipe = get(cfg.method)
+    bits = cfg.weight_bits
+    if cfg.preset is not None:  # the dataset preset overlays what the user left unset, then the recipe
+        _overlay(cfg, preset_config(cfg.preset, cfg.method, bits))
+    quant = recipe.section("quant", bits)
+    for key, fallback in (("split_shortcut", False), ("act_range_kind", "free")):
+        if getattr(cfg, key) is None:
+            setattr(cfg, key, quant.get(key, fallback))
+    for sub, section in ((cfg.calib, "calib"), (cfg.recon, "recon")):
+        values = recipe.section(section, bits)
+        names_ = {f.name for f in fields(sub)}
+        unknown = set(values) - names_
+        if unknown:
+            raise EdadmError(f"recipe {cfg.method}: unknown {section} keys {', '.join(sorted(unknown))}")
+        for name in sorted(names_ & set(values)):
+            if getattr(sub, name) is None:
+                setattr(sub, name, values[name])
+    cfg.calib.fill_defaults()
+    cfg.recon.fill_defaults(seed=cfg.seed)
+    cfg.validate()
+    _warn_unused_options(config, cfg.calib.strategy)
+    cfg._user = copy.deepcopy(config)
+    return cfg
+
+
+def _overlay(cfg, values: dict) -> None:
+    for key, v in values.items():
+        if key in ("calib", "recon"):
+            sub = getattr(cfg, key)
+            for k, x in v.items():
+                if getattr(sub, k) is None:
+                    setattr(sub, k, x)
+        elif key != "preset" and getattr(cfg, key) is None:
+            setattr(cfg, key, v)
+
+
+def _warn_unused_options(user, strategy: str) -> None:
+    """A strategy's own option set by the user while another strategy runs does nothing: say so."""
+    from dataclasses import MISSING
+
+    from ..calib import strategies
+
+    for f in fields(user.calib):
+        owner = strategies.owner_of(f.name)
+        default = f.default if f.default is not MISSING else None
+        if owner is not None and owner != strategy and getattr(user.calib, f.name) != default:
+            log.warning("%s is set but the calibration strategy is %s: it only applies to %s",
+                        f.name.replace("_", "-"), strategy, owner)

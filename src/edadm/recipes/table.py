@@ -4,7 +4,7 @@ the registry because it needs the config, and the config needs the registry."""
 from __future__ import annotations
 
 from ..config import QuantConfig
-from . import names
+from . import names, resolve
 
 # Knobs shown by markdown_table, in order: (label, section, field); section None: QuantConfig.
 KNOBS = [
@@ -33,7 +33,8 @@ def markdown_table() -> str:
     (docs/recipes.md embeds this table; a test checks it is current)."""
     first = ["naive", "ptq4dm", "qdiffusion", "eda-dm"]
     order = [n for n in first if n in names()] + [n for n in names() if n not in first]
-    cfgs = {n: (QuantConfig(method=n, weight_bits=4), QuantConfig(method=n, weight_bits=8)) for n in order}
+    cfgs = {n: (resolve(QuantConfig(method=n, weight_bits=4)), resolve(QuantConfig(method=n, weight_bits=8)))
+            for n in order}
     stage2 = {"reference_act_iters", "act_iters", "act_loss_p"}
     rounding_reg = {"b_start", "warmup"}
     rounding = {"lr_weight", "lr_weight_schedule", "round_weight", "b_start", "warmup"}

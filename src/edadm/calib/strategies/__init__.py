@@ -25,22 +25,30 @@ class Strategy:
     about: str
     allocate: Allocator
     needs_features: bool = False  # TDAC: trajectories must carry feature statistics
+    options: tuple[str, ...] = ()  # the CalibConfig fields only this strategy reads
 
 
 STRATEGIES: dict[str, Strategy] = {}
 
 
-def register(name: str, about: str, needs_features: bool = False):
+def register(name: str, about: str, needs_features: bool = False, options: tuple[str, ...] = ()):
+    """Register an allocator; options: the CalibConfig fields only this strategy reads (the
+    CLI groups their flags under it, and setting one for another strategy is a warning)."""
     def deco(fn: Allocator) -> Allocator:
         if name in STRATEGIES:
             raise ValueError(f"calibration strategy {name!r} registered twice")
-        STRATEGIES[name] = Strategy(name, about, fn, needs_features)
+        STRATEGIES[name] = Strategy(name, about, fn, needs_features, tuple(options))
         return fn
     return deco
 
 
 def names() -> tuple[str, ...]:
     return tuple(STRATEGIES)
+
+
+def owner_of(option: str) -> str | None:
+    """The strategy that declares a CalibConfig field as its own option, if any."""
+    return next((s.name for s in STRATEGIES.values() if option in s.options), None)
 
 
 def get(name: str) -> Strategy:

@@ -4,7 +4,8 @@ from ..tdac import tdac_allocation
 from . import register
 
 
-@register("tdac", "EDA-DM's temporal distribution alignment (density + variety of features)", needs_features=True)
+@register("tdac", "EDA-DM's temporal distribution alignment (density + variety of features)",
+          needs_features=True, options=("tdac_lambda", "tdac_radius", "tdac_radius_quantile", "tdac_uniform_share", "tdac_trajectories"))
 def allocate(traj, config, num_train_timesteps):
     c = config.calib
     num_uniform = round(c.num_samples * c.tdac_uniform_share)
