@@ -16,6 +16,7 @@ from typing import Any, Callable
 from . import recipes
 from .calib import strategies
 from .errors import EdadmError
+from .recon import stages as recon_stages
 from .recipes.presets import DATASET_PRESETS, PRESETS, preset_config  # noqa: F401  (re-exported)
 
 CONFIG_VERSION = 1
@@ -32,7 +33,7 @@ RANGE_METHODS = ("mse", "minmax")
 METHODS = recipes.names()
 DEFAULT_METHOD = "eda-dm-plus"  # the best measured recipe (docs/recipes.md, "Measured")
 ACT_RANGE_KINDS = ("free", "symmetric")
-RECON_STAGES = ("joint", "two-stage")
+RECON_STAGES = recon_stages.names()  # recon/stages.py: one registered family each
 LR_SCHEDULES = ("cosine", "constant")
 STEP_BALANCE = ("none", "relative")
 # Reconstruction iterations per unit are the reference's (recipe reference_iters) times this
@@ -174,7 +175,7 @@ class ReconConfig:
     enabled: bool | None = option(None, "block reconstruction (default: the method's)", kind="bool",
                                   flag="recon")
     stages: str | None = option(None, "joint or two-stage (Q-Diffusion: weights, then activations)",
-                                kind="str", choices=RECON_STAGES, flag="recon-stages")
+                                kind="str", choices=recon_stages.names, flag="recon-stages")
     iters: int | None = option(None, "iterations per unit (two-stage: of the weight stage); default: the "
                                "recipe's reference count x --iters-scale", kind="int", lo=1)
     act_iters: int | None = option(None, "two-stage: iterations per unit of the activation stage", kind="int",

@@ -36,8 +36,12 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
     from ..config import choices_of
 
     from ..calib import strategies
+    from ..recon import stages
 
     groups = {s: p.add_argument_group(title) for s, title in SECTIONS}
+    for name in stages.names():  # a reconstruction family's own options (recon/stages.py)
+        if stages.FAMILIES[name].options:
+            groups[name] = p.add_argument_group(f"block reconstruction, {name} only")
     for name in strategies.names():  # a strategy's own options (calib.strategies.register)
         if strategies.get(name).options:
             groups[name] = p.add_argument_group(f"calibration set, {name} strategy only")
@@ -53,7 +57,7 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
             choices = choices_of(meta)
             kw["metavar"] = ("{" + ",".join(map(str, choices)) + "}" if choices is not None
                              else METAVARS.get(meta["kind"], "VALUE"))
-        owner = strategies.owner_of(f.name) if section == "calib" else None
+        owner = {"calib": strategies.owner_of, "recon": stages.owner_of}.get(section, lambda _: None)(f.name)
         groups[owner or section].add_argument(flag_of(section, f), **kw)
 
 

@@ -124,7 +124,7 @@ def resolve(config):
     cfg.calib.fill_defaults()
     cfg.recon.fill_defaults(seed=cfg.seed)
     cfg.validate()
-    _warn_unused_options(config, cfg.calib.strategy)
+    _warn_unused_options(config, cfg.calib.strategy, cfg.recon.stages if cfg.recon.enabled else None)
     cfg._user = copy.deepcopy(config)
     return cfg
 
@@ -140,15 +140,19 @@ def _overlay(cfg, values: dict) -> None:
             setattr(cfg, key, v)
 
 
-def _warn_unused_options(user, strategy: str) -> None:
-    """A strategy's own option set by the user while another strategy runs does nothing: say so."""
+def _warn_unused_options(user, strategy: str, recon_family: str | None) -> None:
+    """A calibration strategy's or reconstruction family's own option set by the user while
+    another one runs does nothing: say so."""
     from dataclasses import MISSING
 
     from ..calib import strategies
+    from ..recon import stages
 
-    for f in fields(user.calib):
-        owner = strategies.owner_of(f.name)
-        default = f.default if f.default is not MISSING else None
-        if owner is not None and owner != strategy and getattr(user.calib, f.name) != default:
-            log.warning("%s is set but the calibration strategy is %s: it only applies to %s",
-                        f.name.replace("_", "-"), strategy, owner)
+    for sub, owner_of, running, what in ((user.calib, strategies.owner_of, strategy, "the calibration strategy"),
+                                         (user.recon, stages.owner_of, recon_family, "the reconstruction")):
+        for f in fields(sub):
+            owner = owner_of(f.name)
+            default = f.default if f.default is not MISSING else None
+            if owner is not None and owner != running and getattr(sub, f.name) != default:
+                log.warning("%s is set but %s is %s: it only applies to %s", f.name.replace("_", "-"), what,
+                            running or "off", owner)
