@@ -77,8 +77,8 @@ def add_parsers(sub) -> None:
 
 
 def quant_config(args):
-    """The config file (if any), then the flags given: what the user set (a dataset preset and
-    the method's recipe fill the rest when recipes.resolve makes the config the run uses). A
+    """The config file (if any), then the flags given: what the user set, resolved (a dataset
+    preset and the method's recipe fill the rest; the saved config keeps what was set). A
     config file holds what was set (QuantConfig.save writes the user's values, not the
     recipe's), so another --method over it takes that method's recipe for what it leaves unset."""
     from ..config import QuantConfig
@@ -99,8 +99,8 @@ def quant_config(args):
             if not isinstance(target, dict):
                 raise EdadmError(f"config file {args.config}: {section} must be a JSON object")
             target[f.name] = v
-    cfg = QuantConfig.from_dict(cfg)
-    c = resolve(cfg).calib
+    cfg = resolve(QuantConfig.from_dict(cfg))  # resolved once here (its to_dict() is still what was set)
+    c = cfg.calib
     per_step = -(-c.num_samples // c.uniform_steps) if c.strategy == "uniform" else c.num_samples
     if c.num_trajectories < per_step:
         log.warning("fewer trajectories (%d) than calibration samples per step (%d): trajectories are reused "
