@@ -77,10 +77,11 @@ def fp_reference(model: str, num: int, seeds: list[int], res_f: Path, cache: Pat
             if missing:
                 fresh, imgs = evaluate_pipeline(load_pipeline(model), num, missing, batch_size=batch_size,
                                                 progress=True)
-                ref = {m["seed"]: m["fid_digits"] for m in source["per_seed"]}
+                key = next(k for k in ("fid_digits", "fid_photos") if k in fresh["per_seed"][0])
+                ref = {m["seed"]: m[key] for m in source["per_seed"]}
                 for m in fresh["per_seed"]:
-                    log.info("FP seed %d sampled again here: FID-digits %.3f (committed %.3f, %s)", m["seed"],
-                             m["fid_digits"], ref[m["seed"]], (source.get("machine") or {}).get("isa"))
+                    log.info("FP seed %d sampled again here: %s %.3f (committed %.3f, %s)", m["seed"], key,
+                             m[key], ref[m["seed"]], (source.get("machine") or {}).get("isa"))
                 _save_images(cache, model, num, imgs)
         else:
             t0 = time.time()

@@ -26,7 +26,7 @@ from edadm.api import quantize  # noqa: E402
 from edadm.calib import collect_trajectories  # noqa: E402
 from edadm.config import QuantConfig  # noqa: E402
 from edadm.recipes import resolve  # noqa: E402
-from edadm.eval.digits import digits_metrics  # noqa: E402
+from edadm.eval.domains import digits_metrics  # noqa: E402
 from edadm.eval.metrics import psnr  # noqa: E402
 from edadm.loading import load_pipeline  # noqa: E402
 from edadm.sampling import generate, sampling_defaults  # noqa: E402

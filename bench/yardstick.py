@@ -34,7 +34,7 @@ import torch
 from common import fp_images_file, metadata, write_json, write_text  # noqa: E402
 from quality import quantize_subprocess  # noqa: E402
 
-from edadm.eval.digits import digits_features, digits_reference  # noqa: E402
+from edadm.eval.domains import domain_features, domain_reference  # noqa: E402
 from edadm.eval.metrics import psnr  # noqa: E402
 from edadm.eval.yardstick import Features, Reference, measure, set_metrics  # noqa: E402
 from edadm.loading import load_pipeline  # noqa: E402
@@ -111,7 +111,7 @@ def run(args) -> dict:
     cache = args.cache
     cache.mkdir(parents=True, exist_ok=True)
     pipe = load_pipeline(args.model)
-    ref = digits_reference()
+    ref = domain_reference()
     res = {**metadata(), "model": args.model, "num": args.num, "reps": args.reps, "fp": {}, "null": {}, "methods": {}}
 
     def fp_make(s):  # recipes.py's FP images of that seed, when its cache has them
@@ -120,7 +120,7 @@ def run(args) -> dict:
 
     fp_imgs = {s: cached_images(cache, f"{args.model}-fp-{args.num}-s{s}", lambda s=s: fp_make(s))
                for s in args.fp_seeds}
-    fp = {s: digits_features(im) for s, im in fp_imgs.items()}
+    fp = {s: domain_features(im) for s, im in fp_imgs.items()}
     for s in args.fp_seeds:
         res["fp"][str(s)] = measure(fp[s], ref, reps=args.reps, seed=s)
         log.info("FP seed %d: %s", s, {k: round(v["value"], 3) for k, v in res["fp"][str(s)]["set"].items()})
@@ -149,7 +149,7 @@ def run(args) -> dict:
                 return generate(pipe, args.num, seed=s, batch_size=args.batch_size)
             finally:
                 pipe.unet = unet0
-        res["null"][f"p{p}-s{s}"] = measure(digits_features(cached_images(cache, key, make)), ref, fp[s], reps=args.reps,
+        res["null"][f"p{p}-s{s}"] = measure(domain_features(cached_images(cache, key, make)), ref, fp[s], reps=args.reps,
                                             seed=100 + p)
 
     for spec in args.methods:
@@ -168,7 +168,7 @@ def run(args) -> dict:
                 nonlocal qpipe
                 qpipe = qpipe or load_pipeline(qdir)
                 return generate(qpipe, args.num, seed=s, batch_size=args.batch_size)
-            res["methods"][f"{method} {setting} s{s}"] = measure(digits_features(cached_images(cache, key, make)), ref, fp[s],
+            res["methods"][f"{method} {setting} s{s}"] = measure(domain_features(cached_images(cache, key, make)), ref, fp[s],
                                                                 reps=args.reps, seed=200 + s)
     res["quantize_args"] = args.quantize_args
     res["qseed"] = args.qseed

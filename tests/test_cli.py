@@ -43,7 +43,7 @@ def test_quantize_sample_evaluate(tiny_pipe_dir, tmp_path, capsys):
     lo, hi = paired["delta"]["kid_x1e3"]["ci"]
     assert paired["reps"] == 20 and lo < hi and paired["delta"]["kid_x1e3"]["se"] > 0
     assert paired["pair"]["psnr"]["value"] == pytest.approx(res["per_seed"][0]["psnr_vs_ref"], abs=1e-6)
-    assert "ΔKID-digits x 10³" in out and "class flips" in out
+    assert "ΔKID x 10³" in out and "class flips" in out
 
 
 def test_sampling_is_seeded_and_batch_independent(tiny_pipe_dir):
@@ -185,7 +185,7 @@ def test_sample_labels_draw_the_asked_digit_and_bad_labels_fail_cleanly(tmp_path
     import numpy as np
     import torch
 
-    from edadm.eval.digits import classify
+    from edadm.eval.domains import classify
 
     code, _, err = _run(capsys, "sample", "digits-cond", "-n", "6", "--labels", "7", "--steps", "10",
                         "--out-dir", tmp_path / "d", "--no-progress")
@@ -202,8 +202,9 @@ def test_sample_labels_draw_the_asked_digit_and_bad_labels_fail_cleanly(tmp_path
 
 
 def test_score_names_what_does_not_apply_to_the_images_before_computing(tmp_path, capsys):
-    """RGB images: fid-digits does not apply, and the Inception metrics need weights on disk;
-    by default score says so in one line and exits 2; asked for explicitly, fid-digits is an error."""
+    """48x48 RGB images: no domain metric applies (fid-digits: 1x32x32, fid-photos: 3x32x32), and
+    the Inception metrics need weights on disk; by default score says so in one line and exits
+    2; asked for explicitly, fid-digits is an error."""
     import numpy as np
     from PIL import Image
 
@@ -213,12 +214,36 @@ def test_score_names_what_does_not_apply_to_the_images_before_computing(tmp_path
     d.mkdir()
     rng = np.random.default_rng(0)
     for i in range(3):
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(d / f"{i}.png")
+        Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(d / f"{i}.png")
     assert main(["score", str(d)]) == 2
     err = capsys.readouterr().err
-    assert "no metric applies here" in err and "not images of shape (3, 32, 32)" in err and "Traceback" not in err
+    assert "no metric applies here" in err and "not images of shape (3, 48, 48)" in err and "Traceback" not in err
     assert main(["score", str(d), "--metrics", "fid-digits"]) == 2
     assert "fid-digits applies to 1x32x32" in capsys.readouterr().err
+
+
+def test_score_of_rgb_32x32_images_runs_fid_photos_by_default(tmp_path, capsys):
+    """3x32x32 images are the photos domain: fid-photos runs without being asked, fid-digits
+    is skipped silently (another domain metric ran), and asking for fid-digits is an error."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from edadm.cli import main
+
+    d = tmp_path / "rgb"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    assert main(["score", str(d), "--json", str(tmp_path / "m.json")]) == 0
+    out = capsys.readouterr()
+    res = json.loads((tmp_path / "m.json").read_text())
+    assert res["metrics"] == ["fid-photos"] and res["per_seed"][0]["fid_photos"] > 0
+    assert "FID-photos" in out.out and "fid-digits" not in out.err
+    assert main(["score", str(d), "--metrics", "fid-digits,fid-photos"]) == 2
+    assert "apply to different images" in capsys.readouterr().err
 
 
 def test_every_config_field_is_a_quantize_flag_with_its_checks(capsys):

@@ -181,15 +181,14 @@ def build_report(qdir: str | Path, fp_model: str | Path | None = None, num: int 
         figures["samples"] = samples_png(fp_imgs, q_imgs, f"{label} ({engine} engine)")
         metrics["PSNR vs FP, same noise (dB)"] = psnr(q_imgs, fp_imgs)
         metrics["samples / seed"] = f"{num} / {seed}"
-        from .eval.evaluate import digits_problem
+        from .eval.domains import domain_metrics, domain_of
 
-        if digits_problem(q_imgs.shape[1:]) is None and num >= 2:
-            from .eval.digits import digits_metrics
-
+        d = domain_of(q_imgs.shape[1:])
+        if d is not None and num >= 2:
             for name, imgs in (("FP", fp_imgs), ("quantized", q_imgs)):
-                m = digits_metrics(imgs)
-                metrics[f"FID-digits {name} ({num} samples; noisy below ~1000)"] = m["fid_digits"]
-                metrics[f"IS-digits {name}"] = m["is_digits"]
+                m = domain_metrics(imgs)
+                metrics[f"FID-{d.name} {name} ({num} samples; noisy below ~1000)"] = m[d.key]
+                metrics[f"IS-{d.name} {name}"] = m[f"is_{d.name}"]
         metrics["report sampling seconds"] = round(time.time() - t0, 1)
     for f in sorted(qdir.glob("metrics*.json")):
         try:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from ..deploy.engines import DEFAULT_ENGINE, ENGINES
 from ..errors import EdadmError
-from ..eval.choose import choose_metrics, digits_outcome, parse_metrics, standard_metrics, with_clip
+from ..eval.choose import (DOMAIN_METRICS, choose_metrics, domain_flag, domain_outcome, parse_metrics, standard_metrics,
+                           with_clip)
 from ..state import pipeline_class
 from .args import (COMPILE_HELP, ENGINE_HELP, check_writable, dtype, dtype_flag, int_list, nonneg_int,
                    positive_int, sampling_flags, with_prompts)
@@ -36,19 +37,20 @@ def add_parsers(sub) -> None:
     sampling_flags(s)
     dtype_flag(s)
 
-    e = sub.add_parser("evaluate", help="sample and measure FID-digits / IS-digits over seeds")
+    e = sub.add_parser("evaluate", help="sample and measure FID-digits / FID-photos (or FID with Inception weights) over seeds")
     e.add_argument("model")
     e.add_argument("--num", type=positive_int, default=1000)
     e.add_argument("--seeds", type=int_list("seed"), default=[0, 1, 2])
     e.add_argument("--compare", default=None, help="another model: PSNR / MSE against its images from the same noise")
     e.add_argument("--json", type=Path, default=None, help="write results as JSON")
     e.add_argument("--bootstrap", type=nonneg_int, default=500,
-                   help="digits models with --compare: bootstrap draws for the 95 %% intervals of every metric "
+                   help="digits and photos models with --compare: bootstrap draws for the 95 %% intervals of every metric "
                         "and of every paired difference vs the compared model (docs/evaluation.md); 0: none")
     e.add_argument("--engine", choices=tuple(ENGINES), default=DEFAULT_ENGINE, help=ENGINE_HELP)
     e.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     e.add_argument("--metrics", type=_metric_list, default=None,
-                   help="comma-separated: fid-digits (digits models), fid, sfid, is, clip (the last four need "
+                   help="comma-separated: fid-digits (digits models), fid-photos (3x32x32 photo-crop models), fid, "
+                        "sfid, is, clip (the last four need "
                         "the metrics extra). Default: every metric that applies to the model and can run here "
                         "(PSNR / MSE vs --compare always), naming what was skipped")
     e.add_argument("--reference", type=Path, default=None,
@@ -136,7 +138,7 @@ def _write_json(path: Path | None, result: dict) -> None:
 
 
 def cmd_evaluate(args) -> int:
-    from ..eval.evaluate import evaluate_pipeline, format_table
+    from ..eval.evaluate import DOMAIN_KEYS, evaluate_pipeline, format_table
     from ..loading import load_pipeline
     from ..model.families import get_denoiser, sample_shape
     from ..sampling import autoencoder, is_text_conditional, prompts_of
@@ -164,23 +166,21 @@ def cmd_evaluate(args) -> int:
     if args.compare:
         ref_pipe = with_prompts(load_pipeline(args.compare, device=args.device), args.prompts)
         _, reference = evaluate_pipeline(ref_pipe, args.num, args.seeds, args.steps, args.eta, args.batch_size,
-                                         progress=args.progress, digits=False, guidance_scale=args.guidance_scale)
-    digits = ("auto" if auto else True) if "fid-digits" in metrics else False
+                                         progress=args.progress, domain=False, guidance_scale=args.guidance_scale)
     result, images = evaluate_pipeline(pipe, args.num, args.seeds, args.steps, args.eta, args.batch_size,
-                                       reference=reference, progress=args.progress, digits=digits,
+                                       reference=reference, progress=args.progress, domain=domain_flag(metrics, auto),
                                        standard=standard, guidance_scale=args.guidance_scale)
-    metrics, skipped = digits_outcome(result["per_seed"][0], metrics, skipped)
-    if reference is not None and "fid-digits" in metrics and args.bootstrap:
-        from ..eval.digits import digits_paired
+    metrics, skipped = domain_outcome(result["per_seed"][0], metrics, skipped)
+    if reference is not None and any(m in DOMAIN_METRICS for m in metrics) and args.bootstrap:
+        from ..eval.domains import domain_paired
 
         for m in result["per_seed"]:
-            m["paired"] = digits_paired(images[m["seed"]], reference[m["seed"]], reps=args.bootstrap, seed=m["seed"])
+            m["paired"] = domain_paired(images[m["seed"]], reference[m["seed"]], reps=args.bootstrap, seed=m["seed"])
     if not metrics and reference is None:
         raise EdadmError("no metric applies here: " + "; ".join(skipped.values()) + " (or pass --compare MODEL)")
     result.update(model=str(args.model), compare=args.compare, metrics=metrics, skipped=skipped,
                   conventions=conventions)
-    keys = tuple(k for k in ("fid_digits", "is_digits", "class_agreement", "fid", "sfid", "is", "clip")
-                 if k in result["summary"])
+    keys = tuple(k for k in (*DOMAIN_KEYS, "class_agreement", "fid", "sfid", "is", "clip") if k in result["summary"])
     keys += ("psnr_vs_ref",) if reference else ()
     print(format_table([(str(args.model), result["summary"])], keys=keys))
     if any("paired" in m for m in result["per_seed"]):
@@ -195,7 +195,7 @@ def cmd_score(args) -> int:
     import numpy as np
     import torch
 
-    from ..eval.evaluate import format_table, image_metrics
+    from ..eval.evaluate import DOMAIN_KEYS, format_table, image_metrics
     from ..eval.metrics import mean_std
     from ..utils import resolve_device
 
@@ -225,11 +225,11 @@ def cmd_score(args) -> int:
                                       image_shape=tuple(images.shape[1:]))
     standard, conventions = standard_metrics(metrics, args.reference, args.inception_weights,
                                              resolve_device(args.device))
-    m = image_metrics(images, digits="fid-digits" in metrics, standard=standard)
+    m = image_metrics(images, domain=domain_flag(metrics, False), standard=standard)
     result = {"samples": str(src), "num": len(images), "metrics": metrics, "skipped": skipped,
               "conventions": conventions, "per_seed": [m],
               "summary": {k: mean_std([v]) for k, v in m.items() if isinstance(v, float)}}
-    keys = tuple(k for k in ("fid_digits", "is_digits", "fid", "sfid", "is") if k in result["summary"])
+    keys = tuple(k for k in (*DOMAIN_KEYS, "fid", "sfid", "is") if k in result["summary"])
     print(format_table([(str(src), result["summary"])], keys=keys))
     _write_json(args.json, result)
     return 0

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from ..errors import EdadmError
 
-METRICS = ("fid-digits", "fid", "sfid", "is", "clip")
+METRICS = ("fid-digits", "fid-photos", "fid", "sfid", "is", "clip")
+DOMAIN_METRICS = {"fid-digits": "digits", "fid-photos": "photos"}  # eval.domains, by image shape
 
 
 def parse_metrics(s: str) -> list[str]:
@@ -23,23 +24,31 @@ def choose_metrics(asked: list[str] | None, clip_reason: str | None, inception_w
                    image_shape: tuple | None = None, compare: bool = False) -> tuple[list[str], dict]:
     """The metrics to run and why each other one was skipped.
 
-    asked None: every metric that applies and can run here; fid-digits is decided here when
-    `image_shape` (C, H, W) is known, else on the sampled images (digits_outcome). asked
-    given: those, minus the ones that cannot run here (a missing extra, clip without
+    asked None: every metric that applies and can run here; the domain metric (fid-digits,
+    fid-photos) is decided here when `image_shape` (C, H, W) is known, else on the sampled
+    images (domain_outcome), and only a model no domain metric applies to is named on stderr.
+    asked given: those, minus the ones that cannot run here (a missing extra, clip without
     prompts), each named on stderr; an explicit fid without a reference or Inception
-    weights, or an explicit fid-digits on other images, is an error later, not a skip.
+    weights, or an explicit domain metric on other images, is an error later, not a skip.
     Nothing left is an error unless `compare` (PSNR / MSE vs a reference model) runs."""
-    from .evaluate import digits_problem
+    from .domains import domain_problem
     from .standard import missing_extra
 
     auto = asked is None
     metrics, skipped = [], {}
+    if not auto and len([m for m in asked if m in DOMAIN_METRICS]) > 1:
+        raise EdadmError(f"{' and '.join(m for m in asked if m in DOMAIN_METRICS)} apply to different images; "
+                         "ask for one")
+    none_applies = auto and image_shape is not None and domain_problem(image_shape) is not None
     for m in list(METRICS) if auto else list(asked):
         why = None
-        if m == "fid-digits":
-            problem = digits_problem(image_shape) if auto and image_shape is not None else None
+        if m in DOMAIN_METRICS:
+            problem = domain_problem(image_shape, DOMAIN_METRICS[m]) if auto and image_shape is not None else None
             if problem:
                 why = problem + "; skipped"
+                if not none_applies:  # another domain metric runs: nothing to say
+                    skipped[m] = why
+                    continue
         else:
             why = missing_extra(m) or (clip_reason if m == "clip" else None)
         if why is None and auto and m in ("fid", "sfid", "is") and inception_weights is None:
@@ -48,7 +57,9 @@ def choose_metrics(asked: list[str] | None, clip_reason: str | None, inception_w
             why = f"{m} skipped: needs --reference (an image folder or an .npz of statistics)"
         if why:
             skipped[m] = why
-            if not auto or m == "fid-digits":
+            if m == next(iter(DOMAIN_METRICS)):  # no domain metric applies: said once, not per domain
+                print(f"edadm: {domain_problem(image_shape)}; skipped", file=sys.stderr)
+            elif not auto and m not in DOMAIN_METRICS:
                 print(f"edadm: {why}", file=sys.stderr)
         else:
             metrics.append(m)
@@ -58,13 +69,25 @@ def choose_metrics(asked: list[str] | None, clip_reason: str | None, inception_w
     return metrics, skipped
 
 
-def digits_outcome(first: dict, metrics: list[str], skipped: dict) -> tuple[list[str], dict]:
-    """fid-digits asked for automatically but not applicable (not 1x32x32 images): say so."""
-    if "fid-digits" in metrics and "fid_digits" not in first:
-        why = first.get("digits_skipped", "fid-digits skipped")
-        print(f"edadm: {why}", file=sys.stderr)
-        return [m for m in metrics if m != "fid-digits"], {**skipped, "fid-digits": why}
-    return metrics, skipped
+def domain_outcome(first: dict, metrics: list[str], skipped: dict) -> tuple[list[str], dict]:
+    """The domain metrics asked for automatically and decided on the sampled images: keep
+    the one that ran, drop the others, and say so when none applied."""
+    asked = [m for m in metrics if m in DOMAIN_METRICS]
+    ran = [m for m in asked if m.replace("-", "_") in first]
+    if asked and not ran:
+        print(f"edadm: {first.get('domain_skipped', 'domain metrics skipped')}", file=sys.stderr)
+    dropped = {m: first.get("domain_skipped", f"{m} does not apply to these images; skipped")
+               for m in asked if m not in ran}
+    return [m for m in metrics if m not in dropped], {**skipped, **dropped}
+
+
+def domain_flag(metrics: list[str], auto: bool) -> bool | str:
+    """image_metrics' `domain` argument for the chosen metrics: "auto" (whichever applies,
+    decided on the images), the one domain asked for, or False."""
+    asked = [DOMAIN_METRICS[m] for m in metrics if m in DOMAIN_METRICS]
+    if not asked:
+        return False
+    return "auto" if auto else asked[0]
 
 
 def standard_metrics(metrics: list[str], reference, weights, device):

@@ -14,39 +14,29 @@ from .metrics import mean_std, mse, psnr
 
 log = logging.getLogger("edadm")
 
-SUMMARY_KEYS = ("fid_digits", "is_digits", "confidence", "class_agreement", "fid", "sfid", "is", "clip", "psnr_vs_ref",
-                "mse_vs_ref",
-                "sample_seconds")
+SUMMARY_KEYS = ("fid_digits", "is_digits", "fid_photos", "is_photos", "confidence", "class_agreement", "fid", "sfid",
+                "is", "clip", "psnr_vs_ref", "mse_vs_ref", "sample_seconds")
+DOMAIN_KEYS = ("fid_digits", "is_digits", "fid_photos", "is_photos")  # eval.domains: one pair per domain
 
 
-DIGITS_SHAPE = (1, 32, 32)
-
-
-def digits_problem(shape) -> str | None:
-    """Why the digits metrics do not apply to images of shape (C, H, W), or None: the one rule
-    that both the metric chooser (before sampling, when the shape is known) and image_metrics
-    (on the sampled images) follow."""
-    if tuple(shape) != DIGITS_SHAPE:
-        return f"fid-digits applies to 1x32x32 digits models, not images of shape {tuple(shape)}"
-    return None
-
-
-def image_metrics(images: torch.Tensor, digits: bool | str = True, standard: Callable[[torch.Tensor], dict] | None = None,
+def image_metrics(images: torch.Tensor, domain: bool | str = True, standard: Callable[[torch.Tensor], dict] | None = None,
                   labels: torch.Tensor | None = None) -> dict:
-    """The metrics asked for: the digits ones (1x32x32 models; digits="auto": only if the
-    images are that shape, else a `digits_skipped` note) and / or the standard ones
-    (eval.standard, passed in as a callable)."""
+    """The metrics asked for: the domain ones (eval.domains: fid_digits for 1x32x32 images,
+    fid_photos for 3x32x32) and / or the standard ones (eval.standard, passed in as a callable).
+
+    domain: True, the domain of these images (an error when none applies); "auto", the same
+    but a `domain_skipped` note instead of the error; a domain name, that one only; False, none."""
+    from .domains import domain_metrics, domain_problem
+
     out: dict = {"num_samples": len(images)}
-    if digits:
-        why = digits_problem(images.shape[1:])
+    if domain:
+        why = domain_problem(images.shape[1:], None if domain in (True, "auto") else domain)
         if why is not None:
-            if digits == "auto":  # asked for by default: skipped, and the caller names it
-                out["digits_skipped"] = why + "; skipped"
+            if domain == "auto":  # asked for by default: skipped, and the caller names it
+                out["domain_skipped"] = why + "; skipped"
                 return out if standard is None else {**out, **standard(images)}
             raise EdadmError(why + "; choose --metrics fid,sfid,is")
-        from .digits import digits_metrics
-
-        out.update(digits_metrics(images, labels=labels))
+        out.update(domain_metrics(images, labels=labels))
     if standard is not None:
         out.update(standard(images))
     return out
@@ -70,11 +60,12 @@ def requested_labels(pipe, num: int) -> torch.Tensor | None:
 
 def evaluate_pipeline(pipe, num: int, seeds: list[int], steps: int | None = None, eta: float | None = None,
                       batch_size: int = 250, reference: dict[int, torch.Tensor] | None = None,
-                      progress: bool = True, digits: bool | str = True,
+                      progress: bool = True, domain: bool | str = True,
                       standard: Callable[[torch.Tensor], dict] | None = None,
                       guidance_scale: float | None = None) -> tuple[dict, dict[int, torch.Tensor]]:
     """Metrics per seed and their mean / std; `reference` images (same seeds, same noise)
-    add PSNR / MSE against them. Returns (result, images by seed)."""
+    add PSNR / MSE against them; `domain` as image_metrics takes it. Returns (result, images
+    by seed)."""
     if num < 2:
         raise EdadmError(f"--num must be at least 2 for distribution metrics, got {num}")
     if not seeds:
@@ -86,14 +77,14 @@ def evaluate_pipeline(pipe, num: int, seeds: list[int], steps: int | None = None
                         guidance_scale=guidance_scale)
         dt = time.time() - t0
         labels = requested_labels(pipe, num)
-        m = {"seed": seed, **image_metrics(imgs, digits=digits, standard=standard, labels=labels),
+        m = {"seed": seed, **image_metrics(imgs, domain=domain, standard=standard, labels=labels),
              "sample_seconds": round(dt, 2)}
         if reference is not None and seed in reference:
             m["psnr_vs_ref"] = psnr(imgs, reference[seed])
             m["mse_vs_ref"] = mse(imgs, reference[seed])
         per_seed.append(m)
         images[seed] = imgs
-        shown = ", ".join(f"{k} {m[k]:.3f}" for k in ("fid_digits", "is_digits", "fid", "sfid", "is") if k in m)
+        shown = ", ".join(f"{k} {m[k]:.3f}" for k in (*DOMAIN_KEYS, "fid", "sfid", "is") if k in m)
         log.info("seed %d: %s (%.1fs)", seed, shown, dt)
     summary = {k: mean_std(m[k] for m in per_seed) for k in SUMMARY_KEYS if k in per_seed[0]}
     return {"num": num, "seeds": list(seeds), "per_seed": per_seed, "summary": summary}, images
@@ -117,7 +108,9 @@ def add_paired_delta(result: dict, reference: dict, key: str = "fid_digits") -> 
 
 def format_table(rows: list[tuple[str, dict]], keys=("fid_digits", "is_digits", "psnr_vs_ref")) -> str:
     """Markdown table of mean +- std per row for the given summary keys."""
-    names = {"fid_digits": "FID-digits (lower better)", "fid_digits_delta": "ΔFID vs FP, paired by seed", "is_digits": "IS-digits (higher better)",
+    names = {"fid_digits": "FID-digits (lower better)", "fid_digits_delta": "ΔFID vs FP, paired by seed",
+             "is_digits": "IS-digits (higher better)", "fid_photos": "FID-photos (lower better)",
+             "fid_photos_delta": "ΔFID-photos vs FP, paired by seed", "is_photos": "IS-photos (higher better)",
              "psnr_vs_ref": "PSNR vs FP, dB", "confidence": "classifier confidence", "sample_seconds": "sampling s",
              "fid": "FID", "sfid": "sFID", "is": "IS", "class_agreement": "classifier agrees with label"}
     head = "| model | " + " | ".join(names.get(k, k) for k in keys) + " |"
@@ -132,7 +125,7 @@ def format_table(rows: list[tuple[str, dict]], keys=("fid_digits", "is_digits", 
     return "\n".join(lines)
 
 
-PAIRED_KEYS = (("delta", "fid", "ΔFID-digits"), ("delta", "kid_x1e3", "ΔKID-digits x 10³"),
+PAIRED_KEYS = (("delta", "fid", "ΔFID"), ("delta", "kid_x1e3", "ΔKID x 10³"),
                ("delta", "class_tv", "Δclass-histogram TV"), ("pair", "class_flip", "class flips"),
                ("pair", "psnr", "PSNR dB"))
 

@@ -3,7 +3,7 @@ paired differences between two image sets sampled from the same noise (a quantiz
 its FP model), each with a bootstrap confidence interval over images.
 
 Extractor-independent: every function takes features ([N, D]) and class predictions computed
-once (eval.digits.classify for the digits models). Why paired: two runs from the same noise
+once (eval.domains.classify for the digits and photos models). Why paired: two runs from the same noise
 share most of their sampling noise, so their difference is far less noisy than either number
 (docs/evaluation.md, "Which metric ranks methods"). The bootstrap resamples image indices,
 jointly for both sets when paired, which is the finite-sample noise a new sampling seed

@@ -15,9 +15,12 @@ PIPELINES = {
     "digits-ldm": "LDMPipeline: VQModel (32x32 -> 8x8x3) + UNet2DModel on latents, DDIM 200 steps eta 1",
     "digits-t2i": "StableDiffusionPipeline: AutoencoderKL + UNet2DConditionModel (cross-attention) + small CLIP "
                   "text encoder, prompts 'a handwritten seven', PLMS 50 steps, guidance 1.5",
+    "photos-ddpm": "unconditional UNet2DModel (digits-ddpm's, 3 channels), 32x32 crops of scikit-image's bundled "
+                   "colour photos, DDIM 100 steps eta 0",
 }
 CLASSIFIERS = {
     "digits-classifier": "small CNN on 32x32 digits; features for FID-digits and the IS analog",
+    "photos-classifier": "the same CNN on 32x32 RGB photo crops (which of 8 photos); features for FID-photos",
 }
 DEFAULT_MODEL = "digits-ddpm"
 
@@ -33,6 +36,7 @@ SAMPLING_DEFAULTS = {
     # the paper's MS-COCO Stable Diffusion sampler (PLMS 50) at guidance 1.5, not its 7.5,
     # for the same reason (FP FID-digits 636 at 7.5, 98 at 1.5, 59 at 1.0; agreement 1.0,
     # 0.992, 0.964; `bench/diag/digits_t2i_guidance.log` (removed; `git show 2979311:bench/diag/digits_t2i_guidance.log`)); image i asks for digit i mod 10
+    "photos-ddpm": dict(steps=100, eta=0.0),  # as digits-ddpm
     "digits-t2i": dict(steps=50, eta=0.0, guidance_scale=1.5,
                        prompts=[digit_prompt(d) for d in range(10)]),
 }

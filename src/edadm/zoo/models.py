@@ -30,6 +30,12 @@ def digits_cond_unet_config() -> dict:
     return {**digits_ddpm_unet_config(), "num_class_embeds": 11}
 
 
+def photos_ddpm_unet_config() -> dict:
+    """digits-ddpm's UNet with three colour channels in and out (the RGB photos domain, its
+    stand-in for the paper's CIFAR-10 DDPM): same widths, so it trains in the same time."""
+    return {**digits_ddpm_unet_config(), "in_channels": 3, "out_channels": 3}
+
+
 def digits_vq_config() -> dict:
     """VQModel for digits-ldm: 32x32x1 -> 8x8x3 latents (f4, as LDM-4), 256 codes."""
     return dict(in_channels=1, out_channels=1, latent_channels=3, vq_embed_dim=3, num_vq_embeddings=256,
@@ -93,14 +99,15 @@ def digits_scheduler_config() -> dict:
 
 
 class DigitsClassifier(nn.Module):
-    """A small CNN on 32x32 digits; its penultimate features define FID-digits."""
+    """A small CNN on 32x32 images; its penultimate features define FID-digits (1 channel,
+    10 digits) and FID-photos (3 channels, 8 photos: PhotosClassifier)."""
 
     feature_dim = 64
 
-    def __init__(self, num_classes: int = 10):
+    def __init__(self, num_classes: int = 10, in_channels: int = 1):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),   # 16
+            nn.Conv2d(in_channels, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),   # 16
             nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 8
             nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 4
             nn.Flatten(), nn.Linear(64 * 16, self.feature_dim), nn.ReLU(),
@@ -108,10 +115,17 @@ class DigitsClassifier(nn.Module):
         self.head = nn.Linear(self.feature_dim, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits for images in [0, 1], shape [N, 1, 32, 32]."""
+        """Logits for images in [0, 1], shape [N, in_channels, 32, 32]."""
         return self.head(self.features(x))
 
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(penultimate features, logits)."""
         f = self.features(x)
         return f, self.head(f)
+
+
+class PhotosClassifier(DigitsClassifier):
+    """The same CNN on 32x32 RGB crops: which of the eight bundled photos a crop comes from."""
+
+    def __init__(self, num_classes: int = 8):
+        super().__init__(num_classes=num_classes, in_channels=3)

@@ -27,6 +27,9 @@ TRAIN_DEFAULTS = {
     "digits-classifier": dict(steps=3000, batch_size=128, lr=1e-3, seed=0),
     # latent models: the autoencoder first (ae_steps), then the denoiser on its latents
     "digits-ldm": dict(steps=6000, batch_size=64, lr=2e-3, ema_decay=0.999, seed=0, ae_steps=3000),
+    # the RGB photos domain (zoo/photos.py): digits-ddpm's recipe on 8000 fixed crops
+    "photos-ddpm": dict(steps=6000, batch_size=64, lr=2e-3, ema_decay=0.999, seed=0),
+    "photos-classifier": dict(steps=3000, batch_size=128, lr=1e-3, seed=0),
     "digits-t2i": dict(steps=8000, batch_size=64, lr=2e-3, ema_decay=0.999, seed=0, ae_steps=3000,
                        label_dropout=0.1),
 }
@@ -293,9 +296,83 @@ def train_digits_t2i(out: Path, steps: int, batch_size: int, lr: float, ema_deca
     return info
 
 
+def train_photos_ddpm(out: Path, steps: int, batch_size: int, lr: float, ema_decay: float, seed: int,
+                      device: str | None = None) -> dict:
+    """digits-ddpm's training on the photos domain: the fixed training crops
+    (zoo/photos.py, TRAIN_SEED) in [-1, 1]; DDIM 100 steps eta 0, as digits-ddpm."""
+    from diffusers import DDIMPipeline, DDIMScheduler, UNet2DModel
+
+    from . import SAMPLING_DEFAULTS
+    from .models import photos_ddpm_unet_config
+    from .photos import TRAIN_PER_PHOTO, TRAIN_SEED, photo_crops
+
+    dev = resolve_device(device)
+    x, _ = photo_crops(TRAIN_PER_PHOTO, TRAIN_SEED)
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    unet = UNet2DModel(**photos_ddpm_unet_config()).to(dev)
+    t0 = time.time()
+    res = _train_denoiser(unet, x * 2 - 1, lambda idx: {}, unet.parameters(), steps, batch_size, lr, ema_decay, g,
+                          dev, "photos-ddpm")
+    info = dict(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed, crops=len(x),
+                final_loss=res["final_loss"], train_seconds=round(time.time() - t0, 1), torch=torch.__version__)
+    pipe = DDIMPipeline(unet=unet.to("cpu").eval(), scheduler=DDIMScheduler(**digits_scheduler_config()))
+    _write_zoo_pipeline(out, pipe, "photos-ddpm", info)
+    return info
+
+
+def train_photos_classifier(out: Path, steps: int, batch_size: int, lr: float, seed: int,
+                            device: str | None = None) -> dict:
+    """Which photo a crop comes from (8 classes), on the training crops with flips and mild
+    pixel noise; held-out accuracy on the reference crops. The reference features of
+    FID-photos (the classifier's features of the REFERENCE_SEED crops, with their photo
+    labels) are written beside the weights, so evaluation needs no scikit-image."""
+    import numpy as np
+    from safetensors.torch import save_file
+
+    from .models import PhotosClassifier
+    from .photos import PHOTOS, REFERENCE_PER_PHOTO, REFERENCE_SEED, TRAIN_PER_PHOTO, TRAIN_SEED, photo_crops
+
+    dev = resolve_device(device)
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    x, y = photo_crops(TRAIN_PER_PHOTO, TRAIN_SEED)
+    xr, yr = photo_crops(REFERENCE_PER_PHOTO, REFERENCE_SEED)
+    model = PhotosClassifier(num_classes=len(PHOTOS)).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine_lr(s, steps, warmup=100))
+    t0 = time.time()
+    for _ in tqdm(range(steps), desc="train photos-classifier"):
+        idx = torch.randint(0, len(x), (batch_size,), generator=g)
+        # no shift augmentation (its zero fill would be a black border no generated crop has):
+        # the crops already sit at random positions
+        xb = (x[idx] + 0.05 * torch.randn(x[idx].shape, generator=g)).clamp(0, 1)
+        loss = F.cross_entropy(model(xb.to(dev)), y[idx].to(dev))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    model = model.to("cpu").eval()
+    with torch.no_grad():
+        feats, logits = model.embed(xr)
+    acc = (logits.argmax(1) == yr).float().mean().item()
+    info = dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed, holdout_accuracy=round(acc, 4),
+                holdout_size=len(xr), train_seconds=round(time.time() - t0, 1), torch=torch.__version__)
+    with atomic_dir(out) as tmp:
+        save_file(model.state_dict(), str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(json.dumps({"architecture": "PhotosClassifier", "num_classes": len(PHOTOS),
+                                                      "classes": list(PHOTOS),
+                                                      "feature_dim": PhotosClassifier.feature_dim}, indent=2))
+        with open(tmp / "reference.npz", "wb") as fh:
+            np.savez(fh, features=feats.numpy().astype(np.float32), labels=yr.numpy().astype(np.int64))
+        (tmp / "training.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
 TRAINERS = {"digits-ddpm": train_digits_ddpm, "digits-cond": train_digits_cond,
             "digits-classifier": train_digits_classifier, "digits-ldm": train_digits_ldm,
-            "digits-t2i": train_digits_t2i}
+            "digits-t2i": train_digits_t2i, "photos-ddpm": train_photos_ddpm,
+            "photos-classifier": train_photos_classifier}
 
 
 def train(name: str, out: Path | None = None, device: str | None = None, **overrides) -> dict:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from edadm.eval.digits import classify, digits_metrics, load_classifier
+from edadm.eval.domains import classify, digits_metrics, load_classifier
 from edadm.zoo.data import digits_images
 
 
@@ -26,5 +26,7 @@ def test_fid_digits_real_vs_real_small_and_noise_large():
 def test_wrong_image_shape_is_a_user_error():
     from edadm.errors import EdadmError
 
-    with pytest.raises(EdadmError):
-        classify(torch.rand(4, 3, 32, 32))
+    with pytest.raises(EdadmError, match="domain metrics need"):
+        classify(torch.rand(4, 3, 48, 48))
+    with pytest.raises(EdadmError, match=r"digits metrics need \[N, 1, 32, 32\]"):
+        classify(torch.rand(4, 3, 32, 32), domain="digits")
