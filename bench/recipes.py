@@ -29,10 +29,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import scipy.stats
+
 from common import fmt, fp_reference, metadata, write_json, write_text  # noqa: E402
 from quality import quantize_subprocess  # noqa: E402
 
 from edadm.config import DEFAULT_ITERS_SCALE  # noqa: E402
+from edadm.eval.domains import domain_of, domain_paired  # noqa: E402
 from edadm.eval.evaluate import evaluate_pipeline  # noqa: E402
 from edadm.eval.metrics import mean_std  # noqa: E402
 from edadm.loading import load_pipeline  # noqa: E402
@@ -72,14 +75,21 @@ def run_entry(args, setting: str, method: str, qseed: int, fp_ref) -> dict:
     fp_res, fp_imgs = fp_ref()
     pipe = load_pipeline(qdir, engine=args.engine)
     t0 = time.time()
-    res, _ = evaluate_pipeline(pipe, args.num, [args.sample_seed], batch_size=args.batch_size,
-                               reference={args.sample_seed: fp_imgs[args.sample_seed]}, progress=True)
+    res, imgs = evaluate_pipeline(pipe, args.num, [args.sample_seed], batch_size=args.batch_size,
+                                  reference={args.sample_seed: fp_imgs[args.sample_seed]}, progress=True)
     m = res["per_seed"][0]
     fp_m = next(s for s in fp_res["per_seed"] if s["seed"] == args.sample_seed)
+    key = domain_of(imgs[args.sample_seed].shape[1:]).key  # fid_digits / fid_photos
+    # the paired comparison with FP on the same noise, every difference with its 95 % bootstrap
+    # interval over images (eval.yardstick.measure; docs/evaluation.md)
+    paired = domain_paired(imgs[args.sample_seed], fp_imgs[args.sample_seed], reps=args.bootstrap, seed=args.sample_seed)
     shutil.rmtree(qdir, ignore_errors=True)
     return {**started, "finished": metadata()["date"], "model": args.model, "method": method, "setting": setting,
             "qseed": qseed, "sample_seed": args.sample_seed, "num": args.num, "engine": args.engine,
-            "metrics": m, "delta_fid": m["fid_digits"] - fp_m["fid_digits"],
+            "metrics": m, "fid_key": key, "delta_fid": m[key] - fp_m[key],
+            "paired": {"reps": paired["reps"], "delta_fid": paired["delta"]["fid"],
+                       "delta_kid_x1e3": paired["delta"]["kid_x1e3"], "psnr": paired["pair"]["psnr"],
+                       "class_flip": paired["pair"]["class_flip"]},
             "eval_seconds": round(time.time() - t0, 1), "quantize": q}
 
 
@@ -104,6 +114,77 @@ def _scales(es: list[dict]) -> list[float]:
                    for e in es}) or [DEFAULT_ITERS_SCALE]
 
 
+def _t_half(values: list[float], confidence: float = 0.95) -> float | None:
+    """Half-width of the t interval of the mean of `values` (None below two values)."""
+    if len(values) < 2:
+        return None
+    return float(scipy.stats.t.ppf(0.5 + confidence / 2, len(values) - 1)) * statistics.stdev(values) / len(values) ** 0.5
+
+
+def _welch(a: list[float], b: list[float], confidence: float = 0.95) -> tuple[float, float] | None:
+    """(mean(b) - mean(a), half-width of its Welch t interval), or None below two values each."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    se = (va + vb) ** 0.5
+    if se == 0:
+        return statistics.mean(b) - statistics.mean(a), 0.0
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    return statistics.mean(b) - statistics.mean(a), float(scipy.stats.t.ppf(0.5 + confidence / 2, df)) * se
+
+
+def _paired_section(settings, methods, groups, fp_std) -> list[str]:
+    """Paired differences vs FP with intervals, and the ranking only where intervals separate.
+
+    Two sources of noise: which images were sampled (each entry's 95 % bootstrap interval over
+    images, paired with FP on the same noise: eval.yardstick) and which quantization seed
+    (the t interval of the mean over seeds). A method is ahead of the next only when the
+    Welch 95 % interval of their mean ΔFID difference over quantization seeds excludes 0."""
+    lines = ["## Paired differences vs FP with 95 % intervals", "",
+             "Per quantization seed: the value and its 95 % bootstrap interval over the sampled images (paired with FP, "
+             "same noise; docs/evaluation.md). Mean: over quantization seeds, ± the half-width of its 95 % t interval. "
+             f"FP's own sampling-seed std of FID ({fp_std:.2f}) is the noise a ΔFID inside it cannot be told from.", "",
+             "| setting | method | ΔFID per seed [95 % over images] | ΔFID mean ± t95 | ΔKID x 10³ per seed | "
+             "ΔKID mean ± t95 | PSNR dB mean ± t95 |", "|---|---|---|---|---|---|---|"]
+
+    def per_seed(g, k):
+        return ", ".join(f"{e['paired'][k]['value']:+.1f} [{e['paired'][k]['ci'][0]:+.1f}, {e['paired'][k]['ci'][1]:+.1f}]"
+                         if e.get("paired") and e["paired"][k]["ci"] else "-" for e in g)
+
+    def mean_t(values, fmt=".2f", sign="+"):
+        if not values:
+            return "-"
+        h = _t_half(values)
+        return f"{statistics.mean(values):{sign}{fmt}}" + ("" if h is None else f" ± {h:{fmt}}")
+
+    for st in settings:
+        for m in methods:
+            g = sorted(groups.get((st, m), []), key=lambda e: e["qseed"])
+            if not g:
+                continue
+            kid = [e["paired"]["delta_kid_x1e3"]["value"] for e in g if e.get("paired")]
+            lines.append(f"| {st.upper()} | {m} | {per_seed(g, 'delta_fid')} | {mean_t([e['delta_fid'] for e in g])} | "
+                         f"{per_seed(g, 'delta_kid_x1e3')} | {mean_t(kid)} | "
+                         f"{mean_t([e['metrics']['psnr_vs_ref'] for e in g], sign='')} |")
+    lines += ["", "## Ranking where the intervals separate", "",
+              "Methods by mean ΔFID; `<` only where the Welch 95 % interval of the difference of the two means over "
+              "quantization seeds excludes 0, `≈` where it does not (a tie at this many seeds).", ""]
+    for st in settings:
+        ranked = sorted(((statistics.mean(e["delta_fid"] for e in g), m, [e["delta_fid"] for e in g])
+                         for (ss, m), g in groups.items() if ss == st), key=lambda r: r[0])
+        text = ranked[0][1] if ranked else ""
+        rows = []
+        for (d, m, v), (d2, m2, v2) in zip(ranked, ranked[1:]):
+            w = _welch(v, v2)
+            sep = w is not None and w[0] - w[1] > 0
+            text += f" {'<' if sep else '≈'} {m2}"
+            rows.append(f"| {m} -> {m2} | {d2 - d:+.2f} | {'-' if w is None else f'± {w[1]:.2f}'} | "
+                        f"{'yes' if sep else 'no'} |")
+        lines += [f"**{st.upper()}**: {text}", "", "| pair | gap in mean ΔFID | Welch 95 % half-width | separated |",
+                  "|---|---|---|---|", *rows, ""]
+    return lines
+
+
 def build_table(model: str, notes: list[str] | None = None) -> None:
     es = entries(model)
     fp_f = model_dir(model) / f"fp-{es[0]['num'] if es else 1000}.json"
@@ -116,7 +197,9 @@ def build_table(model: str, notes: list[str] | None = None) -> None:
     groups: dict[tuple[str, str], list[dict]] = {}
     for e in es:
         groups.setdefault((e["setting"], e["method"]), []).append(e)
-    fp_fids = [s["fid_digits"] for s in fp["per_seed"]]
+    key = es[0].get("fid_key", "fid_digits") if es else "fid_digits"
+    name = "FID-" + key.split("_", 1)[1]
+    fp_fids = [s[key] for s in fp["per_seed"]]
     fp_std = statistics.stdev(fp_fids) if len(fp_fids) > 1 else 0.0
     fp_mean = statistics.mean(fp_fids)
     meta = metadata()
@@ -130,42 +213,21 @@ def build_table(model: str, notes: list[str] | None = None) -> None:
              f"{es[0]['sample_seed'] if es else '?'} (the same initial noise as FP); quantization seeds as listed",
              f"- iterations: every recipe's reference count x {', '.join(map(str, _scales(es)))} (one factor for "
              "all, as the entries' configs record it; see docs/recipes.md)",
-             f"- FP32: FID-digits {fp_mean:.2f}, std over sampling seeds {fp['seeds']}: {fp_std:.2f} (the sampling "
+             f"- FP32: {name} {fp_mean:.2f}, std over sampling seeds {fp['seeds']}: {fp_std:.2f} (the sampling "
              "noise floor); ΔFID = FID - FP's FID at the same sampling seed (paired, same noise)", "",
-             "## FID-digits, ΔFID vs FP and PSNR vs FP: mean ± std over quantization seeds", "",
+             f"## {name}, ΔFID vs FP and PSNR vs FP: mean ± std over quantization seeds", "",
              "| method | " + " | ".join(f"{s.upper()} FID | ΔFID | PSNR dB | seeds" for s in settings) + " |",
              "|---|" + "---|---|---|---|" * len(settings)]
     for m in methods:
         cells = []
         for s in settings:
             g = groups.get((s, m), [])
-            cells += [_cell([e["metrics"]["fid_digits"] for e in g]) if g else "not run",
+            cells += [_cell([e["metrics"][key] for e in g]) if g else "not run",
                       _cell([e["delta_fid"] for e in g]),
                       _cell([e["metrics"]["psnr_vs_ref"] for e in g]),
                       ",".join(str(e["qseed"]) for e in sorted(g, key=lambda e: e["qseed"])) or "-"]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    lines += ["", "## Ranking and whether the spread allows it", "",
-              "Methods by mean ΔFID. A gap to the next method counts only if every quantization-seed std involved is at "
-              "most a third of it (issue 20's target); each std is also compared with 5 % of FP's FID-digits "
-              f"({0.05 * fp_mean:.2f}).", ""]
-    for s in settings:
-        ranked = sorted(((statistics.mean(e["delta_fid"] for e in g), m, g) for (ss, m), g in groups.items() if ss == s),
-                        key=lambda r: r[0])
-        lines.append(f"**{s.upper()}**: " + " < ".join(f"{m} ({d:+.2f})" for d, m, _ in ranked))
-        lines.append("")
-        lines.append("| method | ΔFID | std over qseeds | <= 5 % FP | gap to next | gap > 3 x std |")
-        lines.append("|---|---|---|---|---|---|")
-        for i, (d, m, g) in enumerate(ranked):
-            sd = statistics.stdev([e["delta_fid"] for e in g]) if len(g) > 1 else None
-            nxt = ranked[i + 1] if i + 1 < len(ranked) else None
-            gap = nxt[0] - d if nxt else None
-            sd_next = (statistics.stdev([e["delta_fid"] for e in nxt[2]]) if nxt and len(nxt[2]) > 1 else None)
-            ok = (None if gap is None or sd is None or sd_next is None else gap > 3 * max(sd, sd_next))
-            lines.append(f"| {m} | {d:+.2f} | {'-' if sd is None else f'{sd:.2f}'} | "
-                         f"{'-' if sd is None else ('yes' if sd <= 0.05 * fp_mean else 'no')} | "
-                         f"{'-' if gap is None else f'{gap:.2f} to {nxt[1]}'} | "
-                         f"{'-' if ok is None else ('yes' if ok else 'no')} |")
-        lines.append("")
+    lines += _paired_section(settings, methods, groups, fp_std)
     lines += ["## Quantization cost on this machine (wall seconds of `edadm quantize`, peak RSS MB; mean over seeds)", "",
               "| method | " + " | ".join(s.upper() for s in settings) + " |", "|---|" + "---|" * len(settings)]
     for m in methods:
@@ -201,6 +263,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "edadm-bench-cache")
     ap.add_argument("--quantize-args", default="", help="extra flags for edadm quantize (same for every method)")
     ap.add_argument("--engine", choices=["int", "fake"], default="int")
+    ap.add_argument("--bootstrap", type=int, default=300, help="bootstrap draws for each entry's paired intervals")
     ap.add_argument("--tables-only", action="store_true")
     ap.add_argument("--results", type=Path, default=COMMITTED, help="results root (a scratch directory for trials)")
     ap.add_argument("--note", action="append", default=[], help="a note kept with MODEL's table (notes.json)")
@@ -231,9 +294,9 @@ def main(argv=None) -> int:
                 log.info("== %s %s qseed %d", setting, method, qseed)
                 entry = run_entry(args, setting, method, qseed, fp_ref)
                 write_json(f, entry)
-                log.info("%s %s q%d: FID-digits %.2f (ΔFID %+.2f), PSNR %.2f dB, quantize %.0f s", setting, method,
-                         qseed, entry["metrics"]["fid_digits"], entry["delta_fid"], entry["metrics"]["psnr_vs_ref"],
-                         entry["quantize"]["wall_seconds"])
+                log.info("%s %s q%d: %s %.2f (ΔFID %+.2f), PSNR %.2f dB, quantize %.0f s", setting, method,
+                         qseed, entry["fid_key"], entry["metrics"][entry["fid_key"]], entry["delta_fid"],
+                         entry["metrics"]["psnr_vs_ref"], entry["quantize"]["wall_seconds"])
                 build_table(args.model)
     build_table(args.model)
     return 0
