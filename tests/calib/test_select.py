@@ -47,6 +47,31 @@ def test_assemble_uses_distinct_trajectories_and_counts():
         assert torch.equal(cs.x[k], traj.xs[s, b]) and cs.t[k] == traj.ts[s]
 
 
+def test_assemble_gives_the_latest_steps_to_the_stored_trajectories():
+    """4 of 40 trajectories stored whole, the rest sampled on demand (only up to their step):
+    the stored ones serve the 4 latest-step samples, every sample still from its own
+    trajectory and equal to that trajectory's state at its step."""
+    steps, total, stored = 10, 40, 4
+    full = torch.arange(steps * total, dtype=torch.float32).reshape(steps, total, 1, 1, 1)
+    asked = []
+
+    def sampler(trajs, at):
+        asked.extend(zip(trajs.tolist(), at.tolist()))
+        return full[at, trajs]
+
+    traj = Trajectories(xs=full[:, :stored].clone(), ts=torch.arange(steps).flip(0) * 100, total=total,
+                        sampler=sampler)
+    counts = torch.tensor([4] * steps)
+    cs = assemble(traj, counts, seed=3)
+    assert sorted(cs.trajectory.tolist()) == list(range(total))
+    on_stored = cs.step[cs.trajectory < stored]
+    assert on_stored.min() >= cs.step[cs.trajectory >= stored].max()  # the latest steps
+    assert all(t >= stored for t, _ in asked) and len(asked) == total - stored
+    for k in range(total):
+        assert float(cs.x[k]) == float(full[int(cs.step[k]), int(cs.trajectory[k])])
+    assert torch.equal(assemble(traj, counts, seed=3).trajectory, cs.trajectory)
+
+
 def test_assemble_is_seeded():
     traj = _traj()
     counts = uniform_counts(10, 40, num_used=5)

@@ -34,7 +34,7 @@ def test_calibration_set_from_partly_sampled_trajectories_is_the_whole_ones(tiny
     whole = collect_trajectories(pipe, 8, seed=cfg.seed + 10_000, steps=4, batch_size=8, progress=False)
     assert torch.equal(traj.ts, whole.ts)
     counts, _ = allocate(traj, cfg, pipe.scheduler.config.num_train_timesteps)
-    got, ref = assemble(traj, counts, seed=0), assemble(whole, counts, seed=0)
+    got, ref = assemble(traj, counts, seed=0), assemble(whole, counts, seed=0, stored=traj.stored)
     assert torch.equal(got.step, ref.step) and torch.equal(got.trajectory, ref.trajectory)
     assert torch.allclose(got.x, ref.x, rtol=1e-4, atol=1e-4)
     if strategy == "tdac":  # the statistics come from the 4 stored trajectories, not all 8

@@ -93,11 +93,16 @@ class CalibrationSet:
                 yield (x, t), kw
 
 
-def assemble(traj: "Trajectories", counts: torch.Tensor, seed: int = 0) -> CalibrationSet:
-    """Repeat each step index count times, shuffle, and take sample k from trajectory k.
+def assemble(traj: "Trajectories", counts: torch.Tensor, seed: int = 0, stored: int | None = None) -> CalibrationSet:
+    """Repeat each step index count times, shuffle, and take each sample from its own trajectory.
 
     With at least as many trajectories as samples, every sample comes from a different
-    trajectory. With fewer (Q-Diffusion's recipe: 256 trajectories at each of 20 steps),
+    trajectory: the trajectories stored whole (traj.stored, TDAC's statistics trajectories)
+    take the samples of the latest steps and the others the rest, each in random order. The
+    trajectories are independent draws, so which index serves which step changes nothing in
+    distribution, and a trajectory not stored is sampled only up to its own step (issue 34):
+    this order spares those runs the longest stretches (`stored` overrides traj.stored, e.g.
+    to rebuild from whole trajectories the set a partly stored run gave). With fewer (Q-Diffusion's recipe: 256 trajectories at each of 20 steps),
     trajectories are reused, but within one step each trajectory appears at most once as long
     as the step's count does not exceed the trajectories: step by step, a cursor walks
     round-robin over the trajectories, and the samples are shuffled afterwards.
@@ -111,6 +116,11 @@ def assemble(traj: "Trajectories", counts: torch.Tensor, seed: int = 0) -> Calib
     if n <= traj.num_trajectories:
         steps = steps[torch.randperm(n, generator=g)]
         trajs = torch.arange(n)
+        k = traj.stored if stored is None else stored
+        if 0 < k < n:  # the k latest-step samples (ties in shuffled order) to the k stored trajectories
+            late = torch.argsort(steps, descending=True, stable=True)
+            trajs[late[:k]] = torch.randperm(k, generator=g)
+            trajs[late[k:]] = k + torch.randperm(n - k, generator=g)
     else:
         trajs = torch.arange(n) % traj.num_trajectories  # consecutive within each step (steps sorted)
         perm = torch.randperm(n, generator=g)
