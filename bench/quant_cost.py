@@ -69,6 +69,8 @@ def run_entry(model: str, setting: str, method: str, seed: int, cache: Path, ite
             "threads_env": os.environ.get("OMP_NUM_THREADS"), "cpu_count": os.cpu_count(),
             "quantize_command": "edadm " + q["command"].split(" ", 2)[2], "wall_seconds": q["wall_seconds"],
             "seconds": rep["seconds"], "peak_memory_mb": rep["peak_memory_mb"],
+            # of the reconstruction: caching each unit's inputs and FP targets (the model prefix runs)
+            "capture_seconds": round(sum(u.get("capture_seconds", 0.0) for u in rep.get("recon") or []), 1),
             "iters_scale": rep["config"]["recon"].get("iters_scale"),
             "iters": rep["config"]["recon"].get("iters") if rep["config"]["recon"].get("enabled") else 0}
 
@@ -100,7 +102,8 @@ def build_page(model: str) -> None:
              "- one `edadm quantize` per cell in a fresh process, every core of the machine (threads as the entry "
              "says); wall seconds of the whole command (model load and saving included) and peak RSS of the process",
              "- per stage: FP calibration trajectories (all of them, also those sampled on demand) / weight and "
-             "activation ranges / reconstruction (two-stage: weight stage included); the rest of the wall time is "
+             "activation ranges / reconstruction (two-stage: weight stage included; in brackets, where recorded, its "
+             "share spent caching each unit's inputs and FP targets); the rest of the wall time is "
              "model load, wrapping, the report and saving",
              "- labels are code states: `before` is main before issue 34 (commit in each row), `after` the "
              "reconstruction and trajectory work of issue 34", ""]
@@ -122,8 +125,9 @@ def build_page(model: str) -> None:
                 sec = e["seconds"]
                 others = e.get("others_running_at_start", f"1-min load {e['machine'].get('loadavg_1m')}")
                 mach = e["machine"]
+                cap = f" (capture {e['capture_seconds']:.0f})" if e.get("capture_seconds") else ""
                 lines.append(f"| {s.upper()} | {m} | {_iters(e)} | {e['wall_seconds']:.0f} | {e['peak_memory_mb']:.0f} | "
-                             + " | ".join(f"{sec.get(k, 0):.0f}" for k in STAGES) + f" | {others} | "
+                             + " | ".join(f"{sec.get(k, 0):.0f}" for k in STAGES) + f"{cap} | {others} | "
                              f"{mach.get('cpu')}, threads {mach.get('threads')} ({mach.get('isa')}) | {e['git_commit']} |")
         lines.append("")
         busy += [f"{label}: {e['setting']} {e['method']}" for e in es

@@ -78,7 +78,7 @@ def test_evaluate_reports_classifier_agreement_for_class_conditional_models(cond
 
 
 def test_class_agreement_is_high_for_real_digits_with_their_labels():
-    from edadm.eval.digits import digits_metrics
+    from edadm.eval.domains import digits_metrics
     from edadm.zoo.data import digits_images
 
     x, y = digits_images()

@@ -58,6 +58,7 @@ class UnitLog:
     before: float | None = None  # unit output MSE vs FP on the calibration inputs, before / after
     after: float | None = None
     fallback: str | None = None
+    capture_seconds: float = 0.0  # of `seconds`: caching the unit's inputs and FP targets
 
 
 class _Stop(Exception):
@@ -426,12 +427,13 @@ def reconstruct_unit(model: nn.Module, fp_model: nn.Module, name: str, kind: str
     dev = next(model.parameters()).device
     t0 = time.time()
     data = _capture(model, fp_model, unit, fp_unit, kind, calib, cfg, calib_batch, dev)
+    captured = time.time() - t0
     qlayers = [m for m in unit.modules() if isinstance(m, QuantMixin)]
     act_qs = [m for m in unit.modules() if isinstance(m, UniformQuantizer) and m.role == "act" and bool(m.initialized)
               and m.enabled] if stage != "weights" else []
     loss_p = cfg.act_loss_p if stage == "acts" else 2.0
     iters = cfg.act_iters if stage == "acts" else cfg.iters
-    ulog = UnitLog(name=name, kind=kind, iters=iters, seconds=0.0)
+    ulog = UnitLog(name=name, kind=kind, iters=iters, seconds=0.0, capture_seconds=round(captured, 3))
     err0 = _unit_error(unit, data, dev)
     ulog.before = float(err0.mean())
     if cfg.step_balance == "relative":
