@@ -10,7 +10,7 @@ from edadm.quant.modules import QuantMixin
 from edadm.quant.wrap import quant_modules, wrap_model
 from edadm.recipes import resolve
 from edadm.recon.adaround import AdaRoundQuantizer
-from edadm.recon.engine import (_inner_layers, _Rows, capture_inputs, channel_mse, fbr_loss, full_precision_copy,
+from edadm.recon.engine import (FPInputs, _inner_layers, _nbytes, _Rows, capture_inputs, channel_mse, fbr_loss, full_precision_copy,
                                 per_sample_mse, reconstruct_unit, step_balance_weights)
 
 
@@ -322,3 +322,35 @@ def test_capture_inputs_holds_every_calibration_row_once(make_tiny_unet):
     args, kwargs = capture_inputs(unet, unet.get_submodule(name), calib, batch_size=8)
     assert args[0].shape[0] == 20
     assert torch.equal(args[0], torch.cat(seen))
+
+
+def _nested_equal(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, (tuple, list)):
+        return type(a) is type(b) and len(a) == len(b) and all(_nested_equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_nested_equal(a[k], b[k]) for k in a)
+    return a == b
+
+
+@pytest.mark.parametrize("budget_mb,passes", [(1e6, 1), (0.0, None), ("half", None)])
+def test_fp_inputs_of_several_units_in_one_pass_equal_each_unit_captured_alone(make_tiny_unet, budget_mb, passes):
+    unet, calib = _quantized_tiny(make_tiny_unet)
+    fp = full_precision_copy(unet)
+    units = [n for n, _ in reconstruction_units(fp, lambda m: isinstance(m, QuantMixin))]
+    args, kwargs = next(iter(calib.model_inputs(1, torch.device("cpu"))))
+    order = forward_order(fp, units, args, kwargs)
+    alone = {n: capture_inputs(fp, fp.get_submodule(n), calib, batch_size=12) for n in order}
+    total_mb = sum(_nbytes(v) for v in alone.values()) / 2 ** 20
+    if budget_mb == "half":  # about two groups
+        budget_mb = total_mb / 2
+    shared = FPInputs(fp, order, calib, batch_size=12, budget_mb=budget_mb)
+    for n in order:
+        assert _nested_equal(shared.take(n), alone[n]), n
+    assert not shared.cache  # every entry handed out once and dropped
+    expected = passes if passes is not None else (len(order) if budget_mb == 0 else None)
+    if expected is not None:
+        assert shared.passes == expected
+    else:
+        assert 1 < shared.passes < len(order)

@@ -171,6 +171,94 @@ def capture_inputs(model: nn.Module, unit: nn.Module, calib: CalibrationSet, bat
     return rows.result()
 
 
+class FPInputs:
+    """The FP model's inputs of every unit, captured for consecutive units together: one
+    forward pass of the FP model over the calibration set fills the caches of as many units
+    (in forward order) as fit in `budget_mb` of host memory, instead of one pass per unit that
+    runs the model up to that unit (BRECQ's way: the sum over units of the model's prefix,
+    about half a model per unit; issue 34). The tensors are the same either way (same FP
+    model, same batches). Each unit's entry is handed out once (take) and then dropped, so the
+    memory held falls as reconstruction moves on. Hand-written: nothing in torch or diffusers
+    captures several submodules' inputs in one pass."""
+
+    def __init__(self, fp_model: nn.Module, order: list[str], calib: CalibrationSet, batch_size: int,
+                 budget_mb: float):
+        self.fp_model, self.order, self.calib, self.batch_size = fp_model, list(order), calib, batch_size
+        self.budget = budget_mb * 2 ** 20
+        self.cache: dict[str, tuple] = {}
+        self.sizes: dict[str, int] | None = None  # bytes of each unit's inputs per calibration sample
+        self.passes = 0  # FP forward passes over the calibration set, for the log
+
+    def _hooks(self, names, fn):
+        def hook(n):
+            def pre(mod, args, kwargs):
+                fn(n, args, kwargs)  # returns None: the inputs go on unchanged
+            return pre
+        return [self.fp_model.get_submodule(n).register_forward_pre_hook(hook(n), with_kwargs=True) for n in names]
+
+    @torch.no_grad()
+    def _measure(self) -> dict[str, int]:
+        sizes: dict[str, int] = {}
+        hooks = self._hooks(self.order, lambda n, a, k: sizes.setdefault(n, _nbytes((a, k))))
+        try:
+            args, kwargs = next(iter(self.calib.model_inputs(1, next(self.fp_model.parameters()).device)))
+            self.fp_model(*args, **kwargs)
+        finally:
+            for h in hooks:
+                h.remove()
+        return sizes
+
+    def take(self, name: str) -> tuple:
+        if name not in self.cache:
+            self._fill_from(name)
+        return self.cache.pop(name)
+
+    @torch.no_grad()
+    def _fill_from(self, name: str) -> None:
+        if self.sizes is None:
+            self.sizes = self._measure()
+        group, total = [], 0.0
+        for n in self.order[self.order.index(name):]:
+            if n not in self.sizes:  # not called on the way (a unit the FP model skips): alone, later
+                break
+            b = self.sizes[n] * len(self.calib)
+            if group and total + b > self.budget:
+                break
+            group.append(n)
+            total += b
+        if not group:  # the unit itself was not seen by the measuring pass: BRECQ's own capture
+            self.cache[name] = capture_inputs(self.fp_model, self.fp_model.get_submodule(name), self.calib,
+                                              self.batch_size)
+            return
+        batches = -(-len(self.calib) // self.batch_size)
+        rows = {n: _Rows(batches) for n in group}
+        seen: set[str] = set()
+        last = group[-1]
+
+        def grab(n, args, kwargs):
+            if n in seen:  # a unit called twice in one forward pass: its first call, as capture_inputs
+                return
+            seen.add(n)
+            rows[n].add((args, kwargs))
+            if n == last:
+                raise _Stop
+
+        hooks = self._hooks(group, grab)
+        try:
+            for args, kwargs in self.calib.model_inputs(self.batch_size, next(self.fp_model.parameters()).device):
+                seen.clear()
+                try:
+                    self.fp_model(*args, **kwargs)
+                except _Stop:
+                    pass
+        finally:
+            for h in hooks:
+                h.remove()
+        self.passes += 1
+        self.cache.update({n: rows[n].result() for n in group})
+        log.debug("FP inputs of %d units (%s .. %s, %.0f MB) in one pass", len(group), group[0], last, total / 2 ** 20)
+
+
 def full_precision_copy(model: nn.Module) -> nn.Module:
     """A copy of the wrapped model with every quantizer off: the reconstruction targets.
 
@@ -264,8 +352,8 @@ class _UnitData:
             yield _select(self.q_in, idx), self.target[idx]
 
 
-def _capture(model, fp_model, unit, fp_unit, kind, calib, cfg, calib_batch, dev) -> _UnitData:
-    fp_in = capture_inputs(fp_model, fp_unit, calib, calib_batch)
+def _capture(model, fp_model, unit, fp_unit, kind, calib, cfg, calib_batch, dev, name, fp_inputs) -> _UnitData:
+    fp_in = capture_inputs(fp_model, fp_unit, calib, calib_batch) if fp_inputs is None else fp_inputs.take(name)
     q_in = capture_inputs(model, unit, calib, calib_batch)
     inner = _inner_layers(unit) if cfg.add_loss > 0 and kind == "block" else []
     fp_inner = _inner_layers(fp_unit) if inner else []
@@ -410,14 +498,16 @@ def _bake(name, qlayers, act_qs, saved_scales, learn_round, failed, ulog: UnitLo
 
 
 def reconstruct_unit(model: nn.Module, fp_model: nn.Module, name: str, kind: str, calib: CalibrationSet, cfg,
-                     calib_batch: int, progress: bool = False, stage: str = "joint") -> UnitLog:
+                     calib_batch: int, progress: bool = False, stage: str = "joint",
+                     fp_inputs: FPInputs | None = None) -> UnitLog:
     """Reconstruct unit `name` of `model` against the same unit of `fp_model`
     (full_precision_copy, quantizers off). `model` runs in the stage's quant state: weights
     and activations quantized ("joint", "acts"), or weights only ("weights").
 
     stage "joint" learns rounding and step sizes; "weights" the rounding alone; "acts" the
     activation step sizes alone (weights already hard-rounded). Capture -> targets ->
-    optimise -> bake."""
+    optimise -> bake. fp_inputs: the FP inputs captured for several units at once (FPInputs),
+    else this unit's are captured alone."""
     if stage not in STAGES:
         raise ValueError(f"unknown reconstruction stage {stage!r}")
     cfg.fill_defaults()
@@ -426,7 +516,7 @@ def reconstruct_unit(model: nn.Module, fp_model: nn.Module, name: str, kind: str
     unit, fp_unit = model.get_submodule(name), fp_model.get_submodule(name)
     dev = next(model.parameters()).device
     t0 = time.time()
-    data = _capture(model, fp_model, unit, fp_unit, kind, calib, cfg, calib_batch, dev)
+    data = _capture(model, fp_model, unit, fp_unit, kind, calib, cfg, calib_batch, dev, name, fp_inputs)
     captured = time.time() - t0
     qlayers = [m for m in unit.modules() if isinstance(m, QuantMixin)]
     act_qs = [m for m in unit.modules() if isinstance(m, UniformQuantizer) and m.role == "act" and bool(m.initialized)
@@ -513,12 +603,13 @@ def reconstruct(model: nn.Module, calib: CalibrationSet, cfg, calib_batch: int =
         log.info("resuming reconstruction after %d of %d units", len(logs), len(order))
     bar = tqdm(order, desc="reconstruction" + ("" if stage == "joint" else f" ({stage})"), disable=not progress,
                initial=len(logs))
+    fp_inputs = FPInputs(fp_model, order[len(logs):], calib, calib_batch, cfg.capture_mb)
     with frozen(model):
         for i, name in enumerate(order[len(logs):], start=len(logs)):
             bar.set_postfix(unit=name)
             torch.manual_seed(cfg.seed * 100_003 + index_offset + i)
             ulog = reconstruct_unit(model, fp_model, name, units[name], calib, cfg, calib_batch, progress=progress,
-                                    stage=stage)
+                                    stage=stage, fp_inputs=fp_inputs)
             log.debug("%s %s: output MSE %.4g -> %.4g (%.1fs)", units[name], name, ulog.before, ulog.after,
                       ulog.seconds)
             logs.append(ulog)
