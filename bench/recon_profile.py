@@ -79,7 +79,7 @@ def profile_units(model: str, args) -> list[dict]:
         seen.add(k)
         unit, fp_unit = unet.get_submodule(name), fp.get_submodule(name)
         t0 = time.perf_counter()
-        data = engine._capture(unet, fp, unit, fp_unit, kind, calib, rc, 32, dev)
+        data = engine._capture(unet, fp, unit, fp_unit, kind, calib, rc, 32, dev, name, None)
         capture_s = time.perf_counter() - t0
         qlayers = [m for m in unit.modules() if isinstance(m, QuantMixin)]
         act_qs = [m for m in unit.modules() if isinstance(m, UniformQuantizer) and m.role == "act"
