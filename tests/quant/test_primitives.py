@@ -273,3 +273,51 @@ def test_every_fake_quant_path_rounds_ties_by_the_one_rule():
     assert torch.equal(torch.fake_quantize_per_tensor_affine(x, 0.5, 3, qmin, qmax), ref)
     err = candidate_errors(x.reshape(1, -1), s, z, qmin, qmax, 2.0)
     assert float(err[0]) == pytest.approx(float((ref - x).pow(2).sum()), rel=1e-6)
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("bits,symmetric", [(8, False), (8, True), (4, False), (4, True)])
+def test_inference_path_is_bit_identical_to_torch_fused_kernels(per_channel, bits, symmetric):
+    """UniformQuantizer's no-grad chain against torch.fake_quantize_per_*_affine (which it
+    replaced for speed): equal on random values, on exact ties (k + 1/2) * s and beyond the
+    clamp edges."""
+    from edadm.quant.quantizer import UniformQuantizer
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 5, 8, 8, generator=g) * 3
+    q = UniformQuantizer(bits, symmetric, per_channel=per_channel, channels=6)
+    if per_channel:
+        q.init_from_weight(x, method="mse")
+    else:
+        q.set_range(float(x.min()) * 0.6, float(x.max()) * 0.6)
+    s = q._view(q.scale.detach(), x)
+    ties = (torch.randint(-300, 300, x.shape, generator=g).float() + 0.5) * s
+    zp = q.zero_point.round().to(torch.int32)
+    for v in (x, ties):
+        with torch.no_grad():
+            got = q(v)
+        if per_channel:
+            ref = torch.fake_quantize_per_channel_affine(v, q.scale.detach(), zp, 0, q.qmin, q.qmax)
+        else:
+            ref = torch.fake_quantize_per_tensor_affine(v, q.scale.detach(), zp, q.qmin, q.qmax)
+        assert torch.equal(got, ref)
+
+
+def test_frozen_scale_with_gradients_is_torch_straight_through_estimator():
+    """With gradients on and the step size frozen (a reconstruction stage that learns only
+    the rounding), the values and the gradient to x are torch's fused kernel's (1 inside the
+    range, 0 outside), and the scale gets none."""
+    from edadm.quant.quantizer import UniformQuantizer
+
+    x = (torch.randn(4, 3, 5, 5, generator=torch.Generator().manual_seed(1)) * 2).requires_grad_(True)
+    q = UniformQuantizer(8, False)
+    q.set_range(-1.5, 2.0)
+    y = q(x)
+    w = torch.randn_like(y)
+    (y * w).sum().backward()
+    x2 = x.detach().clone().requires_grad_(True)
+    ref = torch.fake_quantize_per_tensor_affine(x2, q.scale.detach(), q.zero_point.round().to(torch.int32),
+                                                q.qmin, q.qmax)
+    (ref * w).sum().backward()
+    assert torch.equal(y, ref) and torch.equal(x.grad, x2.grad)
+    assert q.scale.grad is None
