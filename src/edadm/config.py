@@ -217,8 +217,10 @@ class ReconConfig:
     step_balance_bins: int = option(0, "relative step balance: weigh by the error of K equal stretches of "
                                     "the trajectory instead of each timestep's own (0: per timestep)", lo=0)
     seed: int | None = option(None, "reconstruction seed (default: --seed)", kind="int", flag="recon-seed")
-    capture_mb: float = option(2048.0, "host memory (MB) for the FP inputs of consecutive units captured in one "
-                               "forward pass of the FP model (0: one pass per unit, as BRECQ)", lo=0.0)
+    capture_mb: float = option(2048.0, "host memory (MB) for each of reconstruction's two capture caches: the FP "
+                               "inputs of consecutive units captured in one forward pass of the FP model, and the "
+                               "outputs of reconstructed units replayed in the quantized model's passes (0: every "
+                               "unit's inputs by its own prefix passes, as BRECQ)", lo=0.0)
 
     _FALLBACK = {"enabled": False, "stages": "joint", "reference_iters": 1000, "reference_act_iters": 1000,
                  "learn_rounding": True, "lr_weight": 0.1, "lr_weight_schedule": "cosine", "lr_act": 1e-3,

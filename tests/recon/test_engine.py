@@ -10,7 +10,7 @@ from edadm.quant.modules import QuantMixin
 from edadm.quant.wrap import quant_modules, wrap_model
 from edadm.recipes import resolve
 from edadm.recon.adaround import AdaRoundQuantizer
-from edadm.recon.engine import (FPInputs, _inner_layers, _nbytes, _Rows, capture_inputs, channel_mse, fbr_loss, full_precision_copy,
+from edadm.recon.engine import (FPInputs, QInputs, reconstruct, _inner_layers, _nbytes, _Rows, capture_inputs, channel_mse, fbr_loss, full_precision_copy,
                                 per_sample_mse, reconstruct_unit, step_balance_weights)
 
 
@@ -354,3 +354,54 @@ def test_fp_inputs_of_several_units_in_one_pass_equal_each_unit_captured_alone(m
         assert shared.passes == expected
     else:
         assert 1 < shared.passes < len(order)
+
+
+@pytest.mark.parametrize("budget_mb", [1e6, 0.0, "some"])
+def test_q_inputs_with_reconstructed_units_replayed_equal_a_full_prefix_pass(make_tiny_unet, budget_mb):
+    """QInputs against BRECQ's capture (the quantized model run up to the unit) while units
+    change one by one as reconstruction changes them: bit-identical inputs at every unit,
+    whether every finished unit is replayed, none (budget 0) or some (the budget runs out)."""
+    from edadm.quant.wrap import set_quant_state
+
+    unet, calib = _quantized_tiny(make_tiny_unet)
+    set_quant_state(unet, weight=True, act=True)
+    units = [n for n, _ in reconstruction_units(unet, lambda m: isinstance(m, QuantMixin))]
+    args, kwargs = next(iter(calib.model_inputs(1, torch.device("cpu"))))
+    order = forward_order(unet, units, args, kwargs)
+    if budget_mb == "some":  # room for the outputs of about a third of the units
+        budget_mb = sum(_nbytes(capture_inputs(unet, unet.get_submodule(n), calib, 12)) for n in order) / 3 / 2 ** 20
+    q = QInputs(unet, calib, batch_size=12, budget_mb=budget_mb)
+    g = torch.Generator().manual_seed(0)
+    for n in order:
+        ref = capture_inputs(unet, unet.get_submodule(n), calib, batch_size=12)
+        assert _nested_equal(q.take(n), ref), n
+        with torch.no_grad():  # "reconstruct" the unit: its weights change, then are final
+            for m in unet.get_submodule(n).modules():
+                if isinstance(m, QuantMixin):
+                    m.weight.add_(0.05 * torch.randn(m.weight.shape, generator=g))
+        q.mark_final(n)
+    assert all("forward" not in unet.get_submodule(n).__dict__ for n in order)  # replay undone
+    if budget_mb == 0:
+        assert not q.outs
+    elif budget_mb == 1e6:
+        assert len(q.outs) == len(order) - 1  # every unit but the last was replayed later on
+    else:
+        assert 0 < len(q.outs) < len(order) - 1 and q.used <= q.budget
+
+
+def test_reconstruction_is_the_same_with_and_without_the_capture_caches(make_tiny_unet):
+    """recon.capture_mb only changes how inputs are captured: 0 (BRECQ's passes) and a large
+    budget (one FP pass, replayed outputs) give bit-identical reconstructed models."""
+    from edadm.quant.wrap import set_quant_state
+
+    states = []
+    for mb in (0.0, 1e6):
+        unet, calib = _quantized_tiny(make_tiny_unet)
+        set_quant_state(unet, weight=True, act=True)
+        cfg = resolve(QuantConfig(method="eda-dm", weight_bits=4, act_bits=8)).recon
+        cfg.iters, cfg.batch_size, cfg.capture_mb, cfg.step_balance = 4, 8, mb, "none"
+        cfg.fill_defaults(0)
+        reconstruct(unet, calib, cfg, calib_batch=12, progress=False)
+        states.append(unet.state_dict())
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])

@@ -259,6 +259,125 @@ class FPInputs:
         log.debug("FP inputs of %d units (%s .. %s, %.0f MB) in one pass", len(group), group[0], last, total / 2 ** 20)
 
 
+def _plain(obj) -> bool:
+    """Whether a module output is tensors in tuples / lists / dicts only (replayable)."""
+    if isinstance(obj, torch.Tensor) or obj is None or isinstance(obj, (int, float, bool)):
+        return True
+    if isinstance(obj, (tuple, list)):
+        return all(_plain(o) for o in obj)
+    if type(obj) is dict:
+        return all(_plain(o) for o in obj.values())
+    return False
+
+
+def _copy(obj, device=None):
+    """A structure-preserving copy of a module output, each tensor cloned with its strides
+    (on `device` when given): a replayed output must not be changed in place downstream, and
+    a convolution may take another path for other strides (bit-identity)."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach()
+        return t.clone() if device is None or t.device == device else t.to(device, copy=True)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_copy(o, device) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _copy(v, device) for k, v in obj.items()}
+    return obj
+
+
+class QInputs:
+    """The quantized model's inputs of each unit, captured with the outputs of the units
+    already reconstructed replayed instead of recomputed.
+
+    BRECQ captures unit k's quantized inputs by running the quantized model up to unit k, so
+    a stage costs the sum over units of the model's prefix (about half a model per unit; for
+    Q-Diffusion's 5120 samples this was 277 of 591 s of digits-ddpm's W4A8 reconstruction,
+    issue 34). Once a unit is reconstructed its parameters are final and so is its output on
+    every calibration batch (its inputs come from final units and fixed float ops, the
+    batches are the same each pass): the pass for unit k records the outputs of the units
+    finalised since the previous pass, and later passes return the recorded output from
+    each such unit instead of running it. Only the float ops between units and the
+    not-yet-recorded units run. The inputs are the same tensors as a full prefix pass
+    (tested bit for bit). Recorded outputs stay in host memory within `budget_mb`; a unit
+    whose outputs do not fit, that is skipped in some batch, or whose output is not plain
+    tensors, just runs. A unit called again in the same forward pass runs its later calls.
+    Hand-written: nothing in torch or diffusers replays submodule outputs."""
+
+    def __init__(self, model: nn.Module, calib: CalibrationSet, batch_size: int, budget_mb: float,
+                 final: list[str] | None = None):
+        self.model, self.calib, self.batch_size = model, calib, batch_size
+        self.budget = budget_mb * 2 ** 20
+        self.final: list[str] = list(final or [])  # reconstructed units, in order
+        self.outs: dict[str, list] = {}            # final unit -> its output per calibration batch
+        self.skip: set[str] = set()                # final units that are not replayed
+        self.used = 0
+
+    def mark_final(self, name: str) -> None:
+        self.final.append(name)
+
+    @staticmethod
+    def _replay(mod: nn.Module, outs: list, state: dict, dev, own=None):
+        def forward(*args, **kwargs):
+            if mod in state["called"]:  # a later call in the same pass: computed from its own inputs
+                return (own or type(mod).forward.__get__(mod))(*args, **kwargs)
+            state["called"].add(mod)
+            return _copy(outs[state["b"]], dev)
+        return forward
+
+    @torch.no_grad()
+    def take(self, name: str) -> tuple:
+        """Unit `name`'s (args, kwargs) over the calibration set, as capture_inputs gives them."""
+        dev = next(self.model.parameters()).device
+        unit = self.model.get_submodule(name)
+        batches = -(-len(self.calib) // self.batch_size)
+        rows = _Rows(batches)
+        record = [n for n in self.final if n not in self.outs and n not in self.skip] if self.budget > 0 else []
+        got: dict[str, list] = {n: [] for n in record}
+        state = {"b": 0, "called": set()}
+
+        def recorder(n):
+            def hook(mod, args, out):
+                if mod in state["called"]:
+                    return  # a unit's first call of the pass is the one replayed
+                state["called"].add(mod)
+                if len(got[n]) == state["b"] and _plain(out):
+                    got[n].append(_copy(out, torch.device("cpu")))
+            return hook
+
+        def stop(mod, args, kwargs):
+            rows.add((args, kwargs))
+            raise _Stop
+
+        replayed = {n: self.model.get_submodule(n) for n in self.outs}
+        handles = [self.model.get_submodule(n).register_forward_hook(recorder(n)) for n in record]
+        handles.append(unit.register_forward_pre_hook(stop, with_kwargs=True))
+        own = {n: m.__dict__.get("forward") for n, m in replayed.items()}  # an instance forward (hooks of others)
+        for n, m in replayed.items():
+            m.forward = self._replay(m, self.outs[n], state, dev, own[n])  # instance attribute, undone below
+        try:
+            for b, (args, kwargs) in enumerate(self.calib.model_inputs(self.batch_size, dev)):
+                state["b"], state["called"] = b, set()
+                try:
+                    self.model(*args, **kwargs)
+                except _Stop:
+                    pass
+        finally:
+            for h in handles:
+                h.remove()
+            for n, m in replayed.items():
+                if own[n] is None:
+                    del m.forward
+                else:
+                    m.forward = own[n]
+        for n in record:
+            size = sum(_nbytes(o) for o in got[n])
+            if len(got[n]) != batches or self.used + size > self.budget:
+                self.skip.add(n)
+                continue
+            self.outs[n] = got[n]
+            self.used += size
+        return rows.result()
+
+
 def full_precision_copy(model: nn.Module) -> nn.Module:
     """A copy of the wrapped model with every quantizer off: the reconstruction targets.
 
@@ -352,9 +471,10 @@ class _UnitData:
             yield _select(self.q_in, idx), self.target[idx]
 
 
-def _capture(model, fp_model, unit, fp_unit, kind, calib, cfg, calib_batch, dev, name, fp_inputs) -> _UnitData:
+def _capture(model, fp_model, unit, fp_unit, kind, calib, cfg, calib_batch, dev, name, fp_inputs,
+             q_inputs=None) -> _UnitData:
     fp_in = capture_inputs(fp_model, fp_unit, calib, calib_batch) if fp_inputs is None else fp_inputs.take(name)
-    q_in = capture_inputs(model, unit, calib, calib_batch)
+    q_in = capture_inputs(model, unit, calib, calib_batch) if q_inputs is None else q_inputs.take(name)
     inner = _inner_layers(unit) if cfg.add_loss > 0 and kind == "block" else []
     fp_inner = _inner_layers(fp_unit) if inner else []
     rows = _batched_leaves(fp_in)[0].shape[0]
@@ -499,7 +619,7 @@ def _bake(name, qlayers, act_qs, saved_scales, learn_round, failed, ulog: UnitLo
 
 def reconstruct_unit(model: nn.Module, fp_model: nn.Module, name: str, kind: str, calib: CalibrationSet, cfg,
                      calib_batch: int, progress: bool = False, stage: str = "joint",
-                     fp_inputs: FPInputs | None = None) -> UnitLog:
+                     fp_inputs: FPInputs | None = None, q_inputs: QInputs | None = None) -> UnitLog:
     """Reconstruct unit `name` of `model` against the same unit of `fp_model`
     (full_precision_copy, quantizers off). `model` runs in the stage's quant state: weights
     and activations quantized ("joint", "acts"), or weights only ("weights").
@@ -507,7 +627,8 @@ def reconstruct_unit(model: nn.Module, fp_model: nn.Module, name: str, kind: str
     stage "joint" learns rounding and step sizes; "weights" the rounding alone; "acts" the
     activation step sizes alone (weights already hard-rounded). Capture -> targets ->
     optimise -> bake. fp_inputs: the FP inputs captured for several units at once (FPInputs),
-    else this unit's are captured alone."""
+    else this unit's are captured alone; q_inputs: the quantized model's inputs with earlier
+    units' outputs replayed (QInputs), else by a full prefix pass."""
     if stage not in STAGES:
         raise ValueError(f"unknown reconstruction stage {stage!r}")
     cfg.fill_defaults()
@@ -516,7 +637,7 @@ def reconstruct_unit(model: nn.Module, fp_model: nn.Module, name: str, kind: str
     unit, fp_unit = model.get_submodule(name), fp_model.get_submodule(name)
     dev = next(model.parameters()).device
     t0 = time.time()
-    data = _capture(model, fp_model, unit, fp_unit, kind, calib, cfg, calib_batch, dev, name, fp_inputs)
+    data = _capture(model, fp_model, unit, fp_unit, kind, calib, cfg, calib_batch, dev, name, fp_inputs, q_inputs)
     captured = time.time() - t0
     qlayers = [m for m in unit.modules() if isinstance(m, QuantMixin)]
     act_qs = [m for m in unit.modules() if isinstance(m, UniformQuantizer) and m.role == "act" and bool(m.initialized)
@@ -604,12 +725,14 @@ def reconstruct(model: nn.Module, calib: CalibrationSet, cfg, calib_batch: int =
     bar = tqdm(order, desc="reconstruction" + ("" if stage == "joint" else f" ({stage})"), disable=not progress,
                initial=len(logs))
     fp_inputs = FPInputs(fp_model, order[len(logs):], calib, calib_batch, cfg.capture_mb)
+    q_inputs = QInputs(model, calib, calib_batch, cfg.capture_mb, final=order[:len(logs)])
     with frozen(model):
         for i, name in enumerate(order[len(logs):], start=len(logs)):
             bar.set_postfix(unit=name)
             torch.manual_seed(cfg.seed * 100_003 + index_offset + i)
             ulog = reconstruct_unit(model, fp_model, name, units[name], calib, cfg, calib_batch, progress=progress,
-                                    stage=stage, fp_inputs=fp_inputs)
+                                    stage=stage, fp_inputs=fp_inputs, q_inputs=q_inputs)
+            q_inputs.mark_final(name)
             log.debug("%s %s: output MSE %.4g -> %.4g (%.1fs)", units[name], name, ulog.before, ulog.after,
                       ulog.seconds)
             logs.append(ulog)
