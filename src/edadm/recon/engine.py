@@ -73,25 +73,25 @@ def _first_tensor(out):
     return out[0] if hasattr(out, "__getitem__") else out.sample
 
 
-def _to(obj, device):
+def _map(fn, obj):
+    """fn applied to every tensor of a nested tuple / list / dict structure (module inputs and
+    outputs), the structure rebuilt around the results."""
     if isinstance(obj, torch.Tensor):
-        return obj.to(device)
+        return fn(obj)
     if isinstance(obj, (tuple, list)):
-        return type(obj)(_to(o, device) for o in obj)
+        return type(obj)(_map(fn, o) for o in obj)
     if isinstance(obj, dict):
-        return {k: _to(v, device) for k, v in obj.items()}
+        return {k: _map(fn, v) for k, v in obj.items()}
     return obj
+
+
+def _to(obj, device):
+    return _map(lambda t: t.to(device), obj)
 
 
 def _select(obj, idx):
     """Rows idx of every batched tensor in a nested (args, kwargs) structure."""
-    if isinstance(obj, torch.Tensor):
-        return obj[idx] if obj.dim() > 0 else obj
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_select(o, idx) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _select(v, idx) for k, v in obj.items()}
-    return obj
+    return _map(lambda t: t[idx] if t.dim() > 0 else t, obj)
 
 
 class _Rows:
@@ -274,14 +274,10 @@ def _copy(obj, device=None):
     """A structure-preserving copy of a module output, each tensor cloned with its strides
     (on `device` when given): a replayed output must not be changed in place downstream, and
     a convolution may take another path for other strides (bit-identity)."""
-    if isinstance(obj, torch.Tensor):
-        t = obj.detach()
+    def one(t):
+        t = t.detach()
         return t.clone() if device is None or t.device == device else t.to(device, copy=True)
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_copy(o, device) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _copy(v, device) for k, v in obj.items()}
-    return obj
+    return _map(one, obj)
 
 
 class QInputs:
@@ -494,13 +490,7 @@ def _capture(model, fp_model, unit, fp_unit, kind, calib, cfg, calib_batch, dev,
 
 
 def _pin(obj):
-    if isinstance(obj, torch.Tensor):
-        return obj.pin_memory()
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_pin(o) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _pin(v) for k, v in obj.items()}
-    return obj
+    return _map(torch.Tensor.pin_memory, obj)
 
 
 def _unit_error(unit, data: _UnitData, dev) -> torch.Tensor:
