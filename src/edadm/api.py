@@ -146,6 +146,7 @@ class QuantRun:
     recon_logs: list = field(default_factory=list)
     seconds: dict = field(default_factory=dict)
     wrap_started: float = 0.0       # "scales" seconds count from the wrap
+    fp_record: object = None        # output_correction.FPRecord: held-out FP outputs for PTQD
 
     @property
     def denoiser(self) -> torch.nn.Module:
@@ -228,6 +229,35 @@ def stage_reconstruction(run: QuantRun) -> None:
     run.seconds["reconstruction"] = time.time() - t0
 
 
+def stage_correction_record(run: QuantRun) -> None:
+    """PTQD (--output-correction ptqd): every step's input and output of held-out FP
+    trajectories (seed + 20000), recorded before the layers are wrapped."""
+    config = run.config
+    if config.output_correction != "ptqd":
+        return
+    from .output_correction import record_fp
+
+    t0 = time.time()
+    s = run.pipe.sampling
+    run.fp_record = record_fp(run.pipe, config.correction_samples, seed=config.seed + 20_000, steps=s.steps,
+                              eta=s.eta, guidance_scale=s.guidance_scale, batch_size=config.calib.batch_size,
+                              progress=run.progress)
+    run.seconds["output_correction"] = time.time() - t0
+
+
+def stage_output_correction(run: QuantRun) -> None:
+    """PTQD's per-step table of the finished quantized denoiser against the FP record; the
+    sampler applies it (output_correction)."""
+    if run.config.output_correction != "ptqd":
+        return
+    from .output_correction import fit
+
+    t0 = time.time()
+    run.pipe.correction = fit(run.fp_record, run.pipe, progress=run.progress)
+    run.fp_record = None
+    run.seconds["output_correction"] = run.seconds.get("output_correction", 0.0) + time.time() - t0
+
+
 def stage_report(run: QuantRun) -> None:
     """Per-layer errors on one calibration batch and the QuantReport (run.pipe.report)."""
     unet, c, ck = run.denoiser, run.config.calib, run.checkpoint
@@ -273,9 +303,11 @@ class Stage:
 STAGES: tuple[Stage, ...] = (
     Stage("sampling", stage_sampling),
     Stage("calibration set", stage_calibration_set, _restore_calibration_set, _save_calibration_set, shared=True),
+    Stage("correction record", stage_correction_record),
     Stage("wrap", stage_wrap),
     Stage("scales", stage_scales, lambda run, ck: ck.load_ranges(run.denoiser), lambda run, ck: ck.save_ranges(run.denoiser)),
     Stage("reconstruction", stage_reconstruction),
+    Stage("output correction", stage_output_correction),
     Stage("report", stage_report),
 )
 
@@ -288,7 +320,8 @@ def quantize(pipe, config: QuantConfig | None = None, progress: bool = True, che
     The stages (STAGES, in order): sampling settings -> calibration set (FP trajectories,
     uniform / PTQ4DM / TDAC counts) -> wrap layers -> weight and activation ranges (MSE
     search) -> block reconstruction (BRECQ, + FBR inner-layer terms) for methods that
-    reconstruct -> report.
+    reconstruct -> PTQD's output correction (--output-correction ptqd; its FP record is
+    taken before the wrap) -> report.
 
     checkpoint: an edadm.checkpoint.Checkpoint; each stage that can be is saved there and,
     when it was opened with resume=True, finished stages are read back instead of run.

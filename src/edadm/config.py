@@ -16,6 +16,7 @@ from typing import Any, Callable
 from . import recipes
 from .calib import strategies
 from .errors import EdadmError
+from .output_correction import METHODS as OUTPUT_CORRECTIONS
 from .recon import stages as recon_stages
 from .recipes.presets import DATASET_PRESETS, PRESETS, preset_config  # noqa: F401  (re-exported)
 
@@ -283,6 +284,10 @@ class QuantConfig:
     preset: str | None = option(None, "the paper's settings for a dataset (sampler, steps, eta, guidance, "
                                 "lambda, add-loss, iterations, learning rate, calibration size); a config file "
                                 "and flags override it", kind="str", choices=PRESETS)
+    output_correction: str = option("none", "correct the quantized output noise at sampling time: none, or ptqd "
+                                    "(PTQD's per-step slope and bias, fitted on held-out FP trajectories)",
+                                    choices=OUTPUT_CORRECTIONS)
+    correction_samples: int = option(64, "PTQD: held-out FP trajectories the per-step table is fitted on", lo=2)
     seed: int = option(0, "one seed for the whole quantization")
     calib: CalibConfig = field(default_factory=CalibConfig)
     recon: ReconConfig = field(default_factory=ReconConfig)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import logging
 from typing import Callable
 
 import torch
@@ -18,6 +19,8 @@ from .errors import EdadmError
 from .model.families import call_denoiser, get_denoiser, num_classes, sample_shape
 from .state import SamplingSettings, as_pipeline, pipeline_class
 from .utils import device_of, image_seed, initial_noise
+
+log = logging.getLogger("edadm")
 
 # Prompts of text-to-image pipelines when none are given (--prompts FILE, or `prompts` in
 # edadm_sampling.json beside the pipeline): short, varied captions in the style of MS-COCO,
@@ -139,11 +142,43 @@ def _cat(a: dict, b: dict) -> dict:
     return {k: torch.cat([a[k], b[k]]) for k in a}
 
 
+def _guided(unet, inp, t, cond: dict, both: dict | None, guidance_scale: float) -> torch.Tensor:
+    if both is not None:
+        u, c = call_denoiser(unet, torch.cat([inp, inp]), t, **both).chunk(2)
+        return u + guidance_scale * (c - u)
+    return call_denoiser(unet, inp, t, **cond)
+
+
+def guided_output(unet, inp: torch.Tensor, t, cond: dict | None, uncond: dict | None,
+                  guidance_scale: float = 1.0) -> torch.Tensor:
+    """The denoiser output one sampler step uses: with guidance, u + s * (c - u) from one
+    batch [uncond half; cond half], as `denoise` computes it."""
+    cond = {k: v.to(inp.device) for k, v in (cond or {}).items()}
+    guided = guidance_scale != 1.0 and uncond is not None
+    both = _cat({k: v.to(inp.device) for k, v in uncond.items()}, cond) if guided else None
+    return _guided(unet, inp, t, cond, both, guidance_scale)
+
+
+def active_correction(pipe, steps: int, guidance_scale: float):
+    """The pipeline's saved output correction if it fits these sampler settings, else None
+    (with a warning when one is saved but belongs to another step count or guidance)."""
+    corr = getattr(as_pipeline(pipe), "correction", None)
+    if corr is None:
+        return None
+    sched = copy.deepcopy(pipe.scheduler)
+    sched.set_timesteps(steps)
+    if corr.matches(steps, guidance_scale, len(sched.timesteps)):
+        return corr
+    log.warning("the saved output correction (PTQD) was fitted for %d steps, guidance %g; sampling with %d steps, "
+                "guidance %g runs without it", corr.steps, corr.guidance_scale, steps, guidance_scale)
+    return None
+
+
 @torch.no_grad()
 def denoise(unet, scheduler, x: torch.Tensor, steps: int, eta: float = 0.0,
             noise_seeds: list[int] | None = None, callback: StepCallback | None = None,
             cond: dict | None = None, uncond: dict | None = None, guidance_scale: float = 1.0,
-            until: int | None = None) -> torch.Tensor:
+            until: int | None = None, correction=None) -> torch.Tensor:
     """Run the scheduler loop from x = x_T; returns x_0 (with `until`: x_t of that step index,
     the loop stopped after its denoiser call and callback).
 
@@ -151,6 +186,8 @@ def denoise(unet, scheduler, x: torch.Tensor, steps: int, eta: float = 0.0,
     noise_seeds: one seed per image for stochastic samplers (eta > 0, DDPM).
     cond / uncond: denoiser kwargs (class_labels); with guidance_scale != 1 the denoiser sees
     one batch [uncond half; cond half] and eps = u + s * (c - u).
+    correction: an output_correction.OutputCorrection (PTQD) applied to each step's output
+    (the callback sees the corrected one); with eta > 0 it also scales DDIM's variance noise.
     """
     cond = {k: v.to(x.device) for k, v in (cond or {}).items()}
     guided = guidance_scale != 1.0 and uncond is not None
@@ -162,11 +199,9 @@ def denoise(unet, scheduler, x: torch.Tensor, steps: int, eta: float = 0.0,
     gens = [torch.Generator().manual_seed(s) for s in noise_seeds] if noise_seeds else None
     for i, t in enumerate(sched.timesteps):
         inp = sched.scale_model_input(x, t)
-        if guided:
-            u, c = call_denoiser(unet, torch.cat([inp, inp]), t, **both).chunk(2)
-            out = u + guidance_scale * (c - u)
-        else:
-            out = call_denoiser(unet, inp, t, **cond)
+        out = _guided(unet, inp, t, cond, both, guidance_scale)
+        if correction is not None:
+            out = correction.apply(i, out)
         if callback is not None:
             callback(i, t, x, out)
         if until is not None and i >= until:
@@ -177,6 +212,8 @@ def denoise(unet, scheduler, x: torch.Tensor, steps: int, eta: float = 0.0,
         stochastic = "variance_noise" in step_params or "generator" in step_params  # not PNDM / PLMS
         if gens is not None and stochastic and (eta > 0 or "eta" not in step_params):
             noise = torch.stack([torch.randn(x.shape[1:], generator=g) for g in gens]).to(x.device, x.dtype)
+            if correction is not None and "variance_noise" in step_params:
+                noise = noise * correction.noise_factor(sched, i, t, eta)
             if "variance_noise" in step_params:
                 kwargs["variance_noise"] = noise
             else:
@@ -215,8 +252,12 @@ def decode_latents(pipe, x0: torch.Tensor) -> torch.Tensor:
 def generate(pipe, num: int, seed: int = 0, steps: int | None = None, eta: float | None = None,
              batch_size: int = 250, start: int = 0, progress: bool = True,
              callback: Callable[[int, int, torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
-             guidance_scale: float | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
+             guidance_scale: float | None = None, labels: torch.Tensor | None = None,
+             correct: bool = True) -> torch.Tensor:
     """Images start..start+num-1 of run `seed`, as float [num, C, H, W] in [0, 1] on CPU.
+
+    correct: apply the quantized pipeline's saved output correction (PTQD, if it has one and
+    it was fitted for these sampler settings); False samples the denoiser's raw outputs.
 
     callback(batch_start, step_index, t, x_t, model_output) sees every step of every batch.
     Class-conditional models: `labels` (one per image; default index mod classes) and
@@ -232,6 +273,7 @@ def generate(pipe, num: int, seed: int = 0, steps: int | None = None, eta: float
     unet = get_denoiser(pipe)
     dev = device_of(unet)
     shape = sample_shape(unet)
+    correction = active_correction(pipe, steps, guidance) if correct else None
     outs = []
     bar = tqdm(total=num, desc="sampling", unit="img", disable=not progress)
     for b0 in range(start, start + num, batch_size):
@@ -242,7 +284,7 @@ def generate(pipe, num: int, seed: int = 0, steps: int | None = None, eta: float
         lab = None if labels is None else torch.as_tensor(labels)[b0 - start:b0 - start + n]
         cond, uncond = conditioning(pipe, b0, n, labels=lab, guidance_scale=guidance)
         x0 = denoise(unet, pipe.scheduler, x, steps, eta, noise_seeds=seeds, callback=cb, cond=cond, uncond=uncond,
-                     guidance_scale=guidance)
+                     guidance_scale=guidance, correction=correction)
         outs.append((decode_latents(pipe, x0).float().cpu() / 2 + 0.5).clamp(0, 1))
         bar.update(n)
     bar.close()

@@ -78,7 +78,7 @@ class QuantReport:
 
 
 
-_OWN = {"pipe", "sampling", "config", "report", "source", "engine", "compiled", "prompt_cache"}
+_OWN = {"pipe", "sampling", "config", "report", "source", "engine", "compiled", "prompt_cache", "correction"}
 
 
 @dataclass(eq=False)
@@ -94,6 +94,7 @@ class Pipeline:
     engine: str | None = None   # int / fake / onnxruntime / openvino for quantized directories
     compiled: Any = None        # the dtype compile_denoiser compiled it in
     prompt_cache: dict = field(default_factory=dict, repr=False)  # encode_prompts: prompt -> hidden states
+    correction: Any = None      # output_correction.OutputCorrection (PTQD) the sampler applies, if fitted
 
     @property
     def quantized(self) -> bool:

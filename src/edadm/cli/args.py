@@ -115,7 +115,17 @@ def sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eta", type=config_type(None, "eta"), default=None, help="DDIM eta (default: the model's)")
     p.add_argument("--guidance-scale", type=float, default=None,
                    help="classifier-free guidance of conditional models (default: the model's)")
+    p.add_argument("--correction", action=argparse.BooleanOptionalAction, default=True,
+                   help="apply a quantized model's saved output correction (PTQD, quantize --output-correction); "
+                        "--no-correction samples its raw outputs")
     run_flags(p)
+
+
+def correction_choice(pipe, args):
+    """The pipeline with its output correction dropped under --no-correction."""
+    if not getattr(args, "correction", True):
+        pipe.correction = None
+    return pipe
 
 
 def read_prompts(path: Path) -> list[str]:

@@ -10,8 +10,8 @@ from ..errors import EdadmError
 from ..eval.choose import (DOMAIN_METRICS, choose_metrics, domain_flag, domain_outcome, parse_metrics, standard_metrics,
                            with_clip)
 from ..state import pipeline_class
-from .args import (COMPILE_HELP, ENGINE_HELP, check_writable, dtype, dtype_flag, int_list, nonneg_int,
-                   positive_int, sampling_flags, with_prompts)
+from .args import (COMPILE_HELP, ENGINE_HELP, check_writable, correction_choice, dtype, dtype_flag, int_list,
+                   nonneg_int, positive_int, sampling_flags, with_prompts)
 
 
 def _metric_list(s: str) -> list[str]:
@@ -102,8 +102,9 @@ def cmd_sample(args) -> int:
     for p in (out, args.out_dir):
         if p is not None:
             check_writable(p)
-    pipe = with_prompts(load_pipeline(args.model, device=rank_device(info, args.device), engine=args.engine,
-                                      dtype=dtype(args), compile=args.compile), args.prompts)
+    pipe = correction_choice(with_prompts(load_pipeline(args.model, device=rank_device(info, args.device),
+                                                        engine=args.engine, dtype=dtype(args), compile=args.compile),
+                                          args.prompts), args)
     labels = _image_labels(pipe, args.labels, args.num)
     if args.out_dir is not None:
         res = sample_to_dir(pipe, args.out_dir, args.num, seed=args.seed, steps=args.steps, eta=args.eta,
@@ -146,8 +147,8 @@ def cmd_evaluate(args) -> int:
 
     if args.json:
         check_writable(args.json)
-    pipe = with_prompts(load_pipeline(args.model, device=args.device, engine=args.engine, compile=args.compile,
-                                      dtype=dtype(args)), args.prompts)
+    pipe = correction_choice(with_prompts(load_pipeline(args.model, device=args.device, engine=args.engine,
+                                                        compile=args.compile, dtype=dtype(args)), args.prompts), args)
     clip_reason = None
     if not is_text_conditional(pipe):
         clip_reason = f"clip skipped: needs a text-to-image pipeline (prompts); {pipeline_class(pipe)} has none"

@@ -147,6 +147,10 @@ def save_quantized(pipe, out: str | Path, config: QuantConfig | None = None, rep
                 comp.save_pretrained(tmp / cname)
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
         (tmp / SAMPLING_FILE).write_text(json.dumps(p.sampling.to_dict()))
+        if p.correction is not None:
+            from ..output_correction import CORRECTION_FILE
+
+            (tmp / CORRECTION_FILE).write_text(json.dumps(p.correction.to_dict()))
         (tmp / dname).mkdir()
         unet.save_config(tmp / dname)
         meta = {"format_version": FORMAT_VERSION, "edadm_version": __version__, "unet_class": type(unet).__name__,

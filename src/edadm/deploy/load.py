@@ -311,5 +311,8 @@ def load_quantized(path: str | Path, device: torch.device | str = "cpu", engine:
     pipe.set_progress_bar_config(disable=True)
     restore_scheduler(pipe, path)
     # source: save() of an int-engine pipeline re-reads the codes from there
+    from ..output_correction import read_correction
+
     return Pipeline(pipe=pipe.to(device), sampling=recorded_sampling(pipe, path), config=config,
-                    report=QuantReport.from_dict(meta.get("report")), source=path, engine=engine)
+                    report=QuantReport.from_dict(meta.get("report")), source=path, engine=engine,
+                    correction=read_correction(path))
