@@ -15,6 +15,10 @@ finished entries: bench/results/recipes/MODEL/table.{json,md}.
     python bench/recipes.py --model digits-ddpm --settings w8a8
     python bench/recipes.py --model digits-ldm --settings w4a8 --methods ptq4dm --qseeds 0
     python bench/recipes.py --model digits-ddpm --tables-only
+    python bench/recipes.py --model digits-ddpm --settings w4a8 --methods eda-dm-plus+ptqd
+
+METHOD+ptqd quantizes with `--output-correction ptqd` and samples the same model with and
+without the correction (its effect, paired on the same noise, gets its own section).
 """
 from __future__ import annotations
 
@@ -62,34 +66,61 @@ def quantize(model: str, method: str, w: int, a: int, qseed: int, out: Path, ext
                       for u in rep.get("recon") or []]}
 
 
+def _paired_fields(paired: dict) -> dict:
+    return {"reps": paired["reps"], "delta_fid": paired["delta"]["fid"], "delta_kid_x1e3": paired["delta"]["kid_x1e3"],
+            "psnr": paired["pair"]["psnr"], "class_flip": paired["pair"]["class_flip"]}
+
+
+def split_method(method: str) -> tuple[str, str | None]:
+    """'eda-dm-plus+ptqd' -> ('eda-dm-plus', 'ptqd'): a recipe with an output correction."""
+    base, _, corr = method.partition("+")
+    if corr and corr != "ptqd":
+        raise SystemExit(f"unknown output correction {corr!r} in {method!r} (known: ptqd)")
+    return base, corr or None
+
+
 def run_entry(args, setting: str, method: str, qseed: int, fp_ref) -> dict:
     """One entry; `fp_ref()` gives FP's (metrics, images), fetched after the quantization so
-    that a second job started beside a first quantizes while the first samples FP."""
+    that a second job started beside a first quantizes while the first samples FP.
+
+    METHOD+ptqd: quantized with `--output-correction ptqd`; the same quantized model is also
+    sampled without its correction (entry["raw"]), and the correction's effect is the paired
+    difference of the two on the same noise (entry["vs_raw"], bootstrap over images)."""
     w, a = (int(v) for v in setting.lstrip("w").split("a"))
+    base, corr = split_method(method)
+    extra = args.quantize_args.split() + (["--output-correction", corr] if corr else [])
     # Trials with other --quantize-args get their own directory: a checkpoint left by an
     # interrupted run is resumed only by the same command (edadm refuses a mismatched one).
     tag = "-" + hashlib.sha1(args.quantize_args.encode()).hexdigest()[:8] if args.quantize_args.split() else ""
     qdir = args.cache / f"q-{args.model}-{setting}-{method}-q{qseed}{tag}"
     started = metadata()
-    q = quantize(args.model, method, w, a, qseed, qdir, args.quantize_args.split())
+    q = quantize(args.model, base, w, a, qseed, qdir, extra)
     fp_res, fp_imgs = fp_ref()
     pipe = load_pipeline(qdir, engine=args.engine)
-    t0 = time.time()
-    res, imgs = evaluate_pipeline(pipe, args.num, [args.sample_seed], batch_size=args.batch_size,
-                                  reference={args.sample_seed: fp_imgs[args.sample_seed]}, progress=True)
-    m = res["per_seed"][0]
+    if corr and pipe.correction is None:
+        raise SystemExit(f"{qdir}: quantized with --output-correction {corr} but saved no correction")
     fp_m = next(s for s in fp_res["per_seed"] if s["seed"] == args.sample_seed)
-    key = domain_of(imgs[args.sample_seed].shape[1:]).key  # fid_digits / fid_photos
-    # the paired comparison with FP on the same noise, every difference with its 95 % bootstrap
-    # interval over images (eval.yardstick.measure; docs/evaluation.md)
-    paired = domain_paired(imgs[args.sample_seed], fp_imgs[args.sample_seed], reps=args.bootstrap, seed=args.sample_seed)
+    t0 = time.time()
+
+    def sample():
+        res, imgs = evaluate_pipeline(pipe, args.num, [args.sample_seed], batch_size=args.batch_size,
+                                      reference={args.sample_seed: fp_imgs[args.sample_seed]}, progress=True)
+        m, im = res["per_seed"][0], imgs[args.sample_seed]
+        key = domain_of(im.shape[1:]).key  # fid_digits / fid_photos
+        # the paired comparison with FP on the same noise, every difference with its 95 % bootstrap
+        # interval over images (eval.yardstick.measure; docs/evaluation.md)
+        paired = domain_paired(im, fp_imgs[args.sample_seed], reps=args.bootstrap, seed=args.sample_seed)
+        return {"metrics": m, "fid_key": key, "delta_fid": m[key] - fp_m[key], "paired": _paired_fields(paired)}, im
+
+    out, imgs = sample()
+    if corr:
+        pipe.correction = None
+        raw, raw_imgs = sample()
+        vs = domain_paired(imgs, raw_imgs, reps=args.bootstrap, seed=args.sample_seed)
+        out.update(raw=raw, vs_raw=_paired_fields(vs))
     shutil.rmtree(qdir, ignore_errors=True)
     return {**started, "finished": metadata()["date"], "model": args.model, "method": method, "setting": setting,
-            "qseed": qseed, "sample_seed": args.sample_seed, "num": args.num, "engine": args.engine,
-            "metrics": m, "fid_key": key, "delta_fid": m[key] - fp_m[key],
-            "paired": {"reps": paired["reps"], "delta_fid": paired["delta"]["fid"],
-                       "delta_kid_x1e3": paired["delta"]["kid_x1e3"], "psnr": paired["pair"]["psnr"],
-                       "class_flip": paired["pair"]["class_flip"]},
+            "qseed": qseed, "sample_seed": args.sample_seed, "num": args.num, "engine": args.engine, **out,
             "eval_seconds": round(time.time() - t0, 1), "quantize": q}
 
 
@@ -166,6 +197,7 @@ def _paired_section(settings, methods, groups, fp_std) -> list[str]:
             lines.append(f"| {st.upper()} | {m} | {per_seed(g, 'delta_fid')} | {mean_t([e['delta_fid'] for e in g])} | "
                          f"{per_seed(g, 'delta_kid_x1e3')} | {mean_t(kid)} | "
                          f"{mean_t([e['metrics']['psnr_vs_ref'] for e in g], sign='')} |")
+    lines += _correction_section(settings, methods, groups)
     lines += ["", "## Ranking where the intervals separate", "",
               "Methods by mean ΔFID; `<` only where the Welch 95 % interval of the difference of the two means over "
               "quantization seeds excludes 0, `≈` where it does not (a tie at this many seeds).", ""]
@@ -183,6 +215,35 @@ def _paired_section(settings, methods, groups, fp_std) -> list[str]:
         lines += [f"**{st.upper()}**: {text}", "", "| pair | gap in mean ΔFID | Welch 95 % half-width | separated |",
                   "|---|---|---|---|", *rows, ""]
     return lines
+
+
+def _correction_section(settings, methods, groups) -> list[str]:
+    """METHOD+ptqd entries against the same quantized models sampled without the correction:
+    per seed the paired difference on the same noise with its bootstrap interval over images,
+    and the mean over seeds with the t interval of the per-seed differences (paired by seed)."""
+    rows = []
+    for st in settings:
+        for m in methods:
+            g = sorted((e for e in groups.get((st, m), []) if e.get("vs_raw")), key=lambda e: e["qseed"])
+            if not g:
+                continue
+            d = [e["delta_fid"] - e["raw"]["delta_fid"] for e in g]
+            dp = [e["metrics"]["psnr_vs_ref"] - e["raw"]["metrics"]["psnr_vs_ref"] for e in g]
+            per = ", ".join(f"{e['vs_raw']['delta_fid']['value']:+.2f} [{e['vs_raw']['delta_fid']['ci'][0]:+.2f}, "
+                            f"{e['vs_raw']['delta_fid']['ci'][1]:+.2f}]" for e in g)
+            h, hp = _t_half(d), _t_half(dp)
+            raw = [e["raw"]["delta_fid"] for e in g]
+            rows.append(f"| {st.upper()} | {m} | {statistics.mean(raw):+.2f} | {per} | {statistics.mean(d):+.2f}"
+                        + ("" if h is None else f" ± {h:.2f}") + f" | {statistics.mean(dp):+.3f}"
+                        + ("" if hp is None else f" ± {hp:.3f}") + " |")
+    if not rows:
+        return []
+    return ["", "## Output correction against the same quantized model", "",
+            "Each METHOD+ptqd model sampled with and without its correction (same quantized weights, same noise). "
+            "ΔFID (corrected - raw) per seed [95 % bootstrap over images]; mean ± t95 over quantization seeds of the "
+            "per-seed differences (paired by seed). Negative: the correction helps.", "",
+            "| setting | method | raw ΔFID vs FP (mean) | ΔFID corrected - raw per seed | mean ± t95 | "
+            "ΔPSNR vs FP dB mean ± t95 |", "|---|---|---|---|---|---|", *rows]
 
 
 def build_table(model: str, notes: list[str] | None = None) -> None:
