@@ -106,6 +106,7 @@ def test_quantize_with_ptqd_saves_the_table_and_loads_it_back(tiny_pipe_dir, tmp
     out = tmp_path / "q"
     save(q, out)
     assert (out / CORRECTION_FILE).is_file()
+    assert "Output correction: PTQD" in (out / "README.md").read_text()
     for engine in ("fake", "int"):
         back = load(out, device="cpu", engine=engine)
         assert back.correction == q.correction
@@ -127,6 +128,7 @@ def test_quantize_with_ptqd_saves_the_table_and_loads_it_back(tiny_pipe_dir, tmp
 
 def test_without_ptqd_nothing_is_fitted_or_saved(tiny_quant_dir):
     assert not (tiny_quant_dir / CORRECTION_FILE).exists()
+    assert "Output correction" not in (tiny_quant_dir / "README.md").read_text()
     assert load(tiny_quant_dir, device="cpu").correction is None
 
 

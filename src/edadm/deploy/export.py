@@ -106,6 +106,9 @@ def model_card(config: QuantConfig, report: dict | None, unet_class: str, engine
         f"- Storage: integer weight codes in `unet/{TENSOR_FILE}` (`transformer/` for DiT; packed two per byte at <= 4 bits).",
         f"- Execution: {engine_note}",
         f"- Calibration time (s): {r.get('seconds', {})}; machine peak RSS {r.get('peak_memory_mb')} MB.",
+        *([f"- Output correction: PTQD's per-step table in `edadm_correction.json`, fitted on "
+           f"{config.correction_samples} held-out FP trajectories; applied by the sampler at the same steps and "
+           "guidance (`--no-correction` samples without it)."] if config.output_correction == "ptqd" else []),
         "",
         "Load with `edadm.load(DIR)` or sample with `edadm sample DIR`.",
         "",
