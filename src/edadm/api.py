@@ -18,7 +18,7 @@ from .model.structure import feature_module
 from .quant.calibrate import init_act_ranges, init_weight_ranges
 from .quant.diagnostics import fp_weights, layer_errors
 from .quant.modules import QuantMixin
-from .quant.wrap import wrap_model
+from .quant.wrap import layer_plan, wrap_model
 from .recipes import resolve
 from .sampling import resolve_sampling, set_sampler, states_at
 from .state import Pipeline, QuantReport, as_pipeline
@@ -147,6 +147,7 @@ class QuantRun:
     seconds: dict = field(default_factory=dict)
     wrap_started: float = 0.0       # "scales" seconds count from the wrap
     fp_record: object = None        # output_correction.FPRecord: held-out FP outputs for PTQD
+    mixed: object = None            # quant.sensitivity.MixedChoice (--mixed-budget)
 
     @property
     def denoiser(self) -> torch.nn.Module:
@@ -183,10 +184,40 @@ def stage_calibration_set(run: QuantRun) -> None:
         trajectories=run.trajectories)
 
 
+def stage_mixed_precision(run: QuantRun) -> None:
+    """--mixed-budget: the low-bit layers kept at 8 bits for their measured sensitivity
+    (quant/sensitivity.py), on the first `mixed_samples` calibration samples (the set is
+    shuffled, so they spread over the steps)."""
+    config = run.config
+    if config.mixed_budget <= 0:
+        return
+    from .quant.sensitivity import select_8bit
+
+    t0 = time.time()
+    unet = run.denoiser
+    n = min(config.mixed_samples, len(run.calib))
+    head = CalibrationSet(x=run.calib.x[:n], t=run.calib.t[:n], step=run.calib.step[:n],
+                          trajectory=run.calib.trajectory[:n], counts=run.calib.counts,
+                          cond={k: v[:n] for k, v in run.calib.cond.items()},
+                          uncond={k: v[:n] for k, v in run.calib.uncond.items()},
+                          guidance_scale=run.calib.guidance_scale)
+    batches = list(head.model_inputs(config.calib.batch_size, next(unet.parameters()).device))
+    run.mixed = select_8bit(unet, layer_plan(unet, config), batches, config.mixed_budget,
+                            method=config.weight_range, p=config.lp, progress=run.progress)
+    if not run.mixed.sensitivity:
+        log.warning("--mixed-budget: no layer below 8 weight bits, nothing to choose")
+    else:
+        log.info("mixed precision: %d of %d low-bit layers kept at 8 bits (+%.1f %% of %.0f weight bytes)",
+                 len(run.mixed.kept), len(run.mixed.sensitivity),
+                 100 * run.mixed.used_bytes / max(run.mixed.base_bytes, 1), run.mixed.base_bytes)
+    run.seconds["mixed_precision"] = time.time() - t0
+
+
 def stage_wrap(run: QuantRun) -> None:
     """Replace the denoiser's layers by quantized ones (the recipe's plan: bits, kept layers)."""
     run.wrap_started = time.time()
-    run.plan = wrap_model(run.denoiser, run.config)
+    extra = tuple(run.mixed.kept) if run.mixed is not None else ()
+    run.plan = wrap_model(run.denoiser, run.config, plan=layer_plan(run.denoiser, run.config, also_8bit=extra))
 
 
 def stage_scales(run: QuantRun) -> None:
@@ -270,7 +301,8 @@ def stage_report(run: QuantRun) -> None:
         config=run.config.resolved_dict(), steps=run.steps, eta=run.eta, counts=list(run.counts),
         timesteps=list(run.timesteps), allocation=run.details, seconds=seconds,
         resumed=ck is not None and ck.resume, peak_memory_mb=peak_rss_mb(), recon=run.recon_logs,
-        layer_errors=errors, plan={k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in run.plan.items()})
+        layer_errors=errors, mixed_precision=run.mixed.to_dict() if run.mixed is not None else {},
+        plan={k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in run.plan.items()})
 
 
 def _restore_calibration_set(run: QuantRun, ck) -> bool:
@@ -304,6 +336,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("sampling", stage_sampling),
     Stage("calibration set", stage_calibration_set, _restore_calibration_set, _save_calibration_set, shared=True),
     Stage("correction record", stage_correction_record),
+    Stage("mixed precision", stage_mixed_precision),
     Stage("wrap", stage_wrap),
     Stage("scales", stage_scales, lambda run, ck: ck.load_ranges(run.denoiser), lambda run, ck: ck.save_ranges(run.denoiser)),
     Stage("reconstruction", stage_reconstruction),
@@ -318,7 +351,8 @@ def quantize(pipe, config: QuantConfig | None = None, progress: bool = True, che
     quantization) and return the quantized Pipeline (its .config, .report: a QuantReport).
 
     The stages (STAGES, in order): sampling settings -> calibration set (FP trajectories,
-    uniform / PTQ4DM / TDAC counts) -> wrap layers -> weight and activation ranges (MSE
+    uniform / PTQ4DM / TDAC counts) -> mixed precision (--mixed-budget: the most sensitive
+    low-bit layers kept at 8 bits) -> wrap layers -> weight and activation ranges (MSE
     search) -> block reconstruction (BRECQ, + FBR inner-layer terms) for methods that
     reconstruct -> PTQD's output correction (--output-correction ptqd; its FP record is
     taken before the wrap) -> report.

@@ -284,6 +284,11 @@ class QuantConfig:
     preset: str | None = option(None, "the paper's settings for a dataset (sampler, steps, eta, guidance, "
                                 "lambda, add-loss, iterations, learning rate, calibration size); a config file "
                                 "and flags override it", kind="str", choices=PRESETS)
+    mixed_budget: float = option(0.0, "mixed precision: keep the low-bit layers whose weights move the output "
+                                 "most at 8 bits, adding at most this fraction of the weight codes' bytes "
+                                 "(0: off; quant/sensitivity.py)", lo=0.0, hi=1.0)
+    mixed_samples: int = option(64, "mixed precision: calibration samples the sensitivities are measured on",
+                                lo=1)
     output_correction: str = option("none", "correct the quantized output noise at sampling time: none, or ptqd "
                                     "(PTQD's per-step slope and bias, fitted on held-out FP trajectories)",
                                     choices=OUTPUT_CORRECTIONS)

@@ -57,6 +57,7 @@ class QuantReport:
     plan: dict = field(default_factory=dict)
     resumed: bool = False         # finished stages were read from a checkpoint
     layer_errors: list[dict] = field(default_factory=list)  # per-layer relative errors (quant.diagnostics)
+    mixed_precision: dict = field(default_factory=dict)  # --mixed-budget: sensitivities, kept layers, bytes
 
     extra: dict = field(default_factory=dict)  # keys a caller added (the CLI's "source")
 

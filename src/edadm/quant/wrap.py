@@ -55,9 +55,11 @@ def keep_patterns(model: nn.Module, config: QuantConfig) -> tuple[tuple[str, ...
     return tuple(keep), tuple(no_act)
 
 
-def layer_plan(model: nn.Module, config: QuantConfig) -> dict[str, LayerSpec | AttnSpec | str]:
+def layer_plan(model: nn.Module, config: QuantConfig,
+               also_8bit: tuple[str, ...] = ()) -> dict[str, LayerSpec | AttnSpec | str]:
     """For each Conv2d / Linear: its LayerSpec, or the reason it stays in float; for each
-    diffusers Attention: its AttnSpec when attention quantization is on."""
+    diffusers Attention: its AttnSpec when attention quantization is on. also_8bit: layer
+    names kept at 8 bits beside the config's patterns (mixed precision's choice)."""
     config = resolve(config)
     plan: dict[str, LayerSpec | AttnSpec | str] = {}
     splits = split_points(model) if config.split_shortcut else {}
@@ -84,7 +86,7 @@ def layer_plan(model: nn.Module, config: QuantConfig) -> dict[str, LayerSpec | A
         if _match(name, config.keep_fp):
             plan[name] = "kept in float by keep_fp pattern"
             continue
-        w8 = _match(name, keep_8bit)
+        w8 = _match(name, keep_8bit) or name in also_8bit
         wbits = 8 if w8 else config.weight_bits
         abits = None if _match(name, no_act_quant) else (8 if w8 else config.act_bits)
         # 8-bit weights symmetric (int8 kernels want zero point 0); lower bits asymmetric,
