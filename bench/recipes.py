@@ -19,6 +19,9 @@ finished entries: bench/results/recipes/MODEL/table.{json,md}.
 
 METHOD+ptqd quantizes with `--output-correction ptqd` and samples the same model with and
 without the correction (its effect, paired on the same noise, gets its own section).
+METHOD+mpNN quantizes with `--mixed-budget NN/100` (mixed precision: the most sensitive
+low-bit layers kept at 8 bits within NN % more weight bytes); modifiers combine
+(eda-dm-plus+mp10+ptqd).
 """
 from __future__ import annotations
 
@@ -59,7 +62,9 @@ def quantize(model: str, method: str, w: int, a: int, qseed: int, out: Path, ext
     """quality.quantize_subprocess (fresh process, resumes its checkpoint) with --seed, summarised."""
     q = quantize_subprocess(model, method, w, a, out, ["--seed", str(qseed), *extra])
     rep = q["report"]
-    return {"command": "edadm " + q["command"].split(" ", 2)[2], "wall_seconds": q["wall_seconds"],
+    mixed = rep.get("mixed_precision") or {}
+    return {"mixed_precision": {k: mixed[k] for k in ("budget", "base_bytes", "used_bytes", "kept")} if mixed else None,
+            "command": "edadm " + q["command"].split(" ", 2)[2], "wall_seconds": q["wall_seconds"],
             "resumed": q["resumed"], "seconds": rep["seconds"], "peak_memory_mb": rep["peak_memory_mb"],
             "counts": rep["counts"], "config": rep["config"],
             "recon": [{k: u.get(k) for k in ("name", "stage", "iters", "before", "after", "fallback")}
@@ -71,12 +76,19 @@ def _paired_fields(paired: dict) -> dict:
             "psnr": paired["pair"]["psnr"], "class_flip": paired["pair"]["class_flip"]}
 
 
-def split_method(method: str) -> tuple[str, str | None]:
-    """'eda-dm-plus+ptqd' -> ('eda-dm-plus', 'ptqd'): a recipe with an output correction."""
-    base, _, corr = method.partition("+")
-    if corr and corr != "ptqd":
-        raise SystemExit(f"unknown output correction {corr!r} in {method!r} (known: ptqd)")
-    return base, corr or None
+def split_method(method: str) -> tuple[str, str | None, list[str]]:
+    """'eda-dm-plus+mp10+ptqd' -> ('eda-dm-plus', 'ptqd', ['--mixed-budget', '0.1']): a recipe,
+    its output correction (+ptqd) and its mixed-precision budget in percent (+mpNN)."""
+    base, *mods = method.split("+")
+    corr, extra = None, []
+    for m in mods:
+        if m == "ptqd":
+            corr = m
+        elif m.startswith("mp") and m[2:].isdigit() and 0 < int(m[2:]) <= 100:
+            extra += ["--mixed-budget", str(int(m[2:]) / 100)]
+        else:
+            raise SystemExit(f"unknown modifier {m!r} in {method!r} (known: ptqd, mpNN with NN a percent)")
+    return base, corr, extra
 
 
 def run_entry(args, setting: str, method: str, qseed: int, fp_ref) -> dict:
@@ -87,14 +99,15 @@ def run_entry(args, setting: str, method: str, qseed: int, fp_ref) -> dict:
     sampled without its correction (entry["raw"]), and the correction's effect is the paired
     difference of the two on the same noise (entry["vs_raw"], bootstrap over images)."""
     w, a = (int(v) for v in setting.lstrip("w").split("a"))
-    base, corr = split_method(method)
-    extra = args.quantize_args.split() + (["--output-correction", corr] if corr else [])
+    base, corr, mods = split_method(method)
+    extra = args.quantize_args.split() + mods + (["--output-correction", corr] if corr else [])
     # Trials with other --quantize-args get their own directory: a checkpoint left by an
     # interrupted run is resumed only by the same command (edadm refuses a mismatched one).
     tag = "-" + hashlib.sha1(args.quantize_args.encode()).hexdigest()[:8] if args.quantize_args.split() else ""
     qdir = args.cache / f"q-{args.model}-{setting}-{method}-q{qseed}{tag}"
     started = metadata()
     q = quantize(args.model, base, w, a, qseed, qdir, extra)
+    q["weights_file_bytes"] = sum(f.stat().st_size for f in qdir.glob("*/edadm_quant.safetensors"))
     fp_res, fp_imgs = fp_ref()
     pipe = load_pipeline(qdir, engine=args.engine)
     if corr and pipe.correction is None:
@@ -289,14 +302,18 @@ def build_table(model: str, notes: list[str] | None = None) -> None:
                       ",".join(str(e["qseed"]) for e in sorted(g, key=lambda e: e["qseed"])) or "-"]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     lines += _paired_section(settings, methods, groups, fp_std)
-    lines += ["## Quantization cost on this machine (wall seconds of `edadm quantize`, peak RSS MB; mean over seeds)", "",
+    lines += ["## Quantization cost on this machine (wall seconds of `edadm quantize`, peak RSS MB; mean over seeds; "
+              "the saved weights file where recorded)", "",
               "| method | " + " | ".join(s.upper() for s in settings) + " |", "|---|" + "---|" * len(settings)]
     for m in methods:
         cells = []
         for s in settings:
             g = [e for e in groups.get((s, m), []) if not e["quantize"]["resumed"]]
+            sizes = [e["quantize"]["weights_file_bytes"] for e in groups.get((s, m), [])
+                     if e["quantize"].get("weights_file_bytes")]
+            size = f", weights file {statistics.mean(sizes) / 2**20:.2f} MiB" if sizes else ""
             cells.append(f"{statistics.mean(e['quantize']['wall_seconds'] for e in g):.0f} s, "
-                         f"{max(e['quantize']['peak_memory_mb'] for e in g):.0f} MB" if g else "-")
+                         f"{max(e['quantize']['peak_memory_mb'] for e in g):.0f} MB{size}" if g else "-")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     loads = sorted({e["machine"].get("loadavg_1m") for e in es if e["machine"].get("loadavg_1m") is not None})
     lines += ["", f"1-minute load averages at the entries' starts: {loads} (2 cores; two bench jobs side by side "
