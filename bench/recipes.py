@@ -184,7 +184,7 @@ def _paired_section(settings, methods, groups, fp_std) -> list[str]:
     images, paired with FP on the same noise: eval.yardstick) and which quantization seed
     (the t interval of the mean over seeds). A method is ahead of the next only when the
     Welch 95 % interval of their mean ΔFID difference over quantization seeds excludes 0."""
-    lines = ["## Paired differences vs FP with 95 % intervals", "",
+    lines = ["", "## Paired differences vs FP with 95 % intervals", "",
              "Per quantization seed: the value and its 95 % bootstrap interval over the sampled images (paired with FP, "
              "same noise; docs/evaluation.md). Mean: over quantization seeds, ± the half-width of its 95 % t interval. "
              f"FP's own sampling-seed std of FID ({fp_std:.2f}) is the noise a ΔFID inside it cannot be told from.", "",
