@@ -195,12 +195,7 @@ def stage_mixed_precision(run: QuantRun) -> None:
 
     t0 = time.time()
     unet = run.denoiser
-    n = min(config.mixed_samples, len(run.calib))
-    head = CalibrationSet(x=run.calib.x[:n], t=run.calib.t[:n], step=run.calib.step[:n],
-                          trajectory=run.calib.trajectory[:n], counts=run.calib.counts,
-                          cond={k: v[:n] for k, v in run.calib.cond.items()},
-                          uncond={k: v[:n] for k, v in run.calib.uncond.items()},
-                          guidance_scale=run.calib.guidance_scale)
+    head = run.calib.head(config.mixed_samples)
     batches = list(head.model_inputs(config.calib.batch_size, next(unet.parameters()).device))
     run.mixed = select_8bit(unet, layer_plan(unet, config), batches, config.mixed_budget,
                             method=config.weight_range, p=config.lp, progress=run.progress)

@@ -132,39 +132,28 @@ class FPRecord:
 @torch.no_grad()
 def record_fp(pipe, num: int = 64, seed: int = 20_000, steps: int | None = None, eta: float | None = None,
               guidance_scale: float | None = None, batch_size: int = 64, progress: bool = True) -> FPRecord:
-    """Run `num` FP trajectories (images 0..num-1 of run `seed`) and keep every step's model
-    input and output."""
-    from .model.families import get_denoiser, sample_shape
-    from .sampling import conditioning, denoise, resolve_sampling
+    """Run `num` FP trajectories (images 0..num-1 of run `seed`, as `generate` samples them)
+    and keep every step's model input and output."""
+    from .sampling import generate, resolve_sampling
     from .state import as_pipeline
-    from .utils import image_seed, initial_noise
 
     pipe = as_pipeline(pipe)
     s = resolve_sampling(pipe, steps, eta, guidance_scale)
-    unet = get_denoiser(pipe)
-    dev = next(unet.parameters()).device
-    shape = sample_shape(unet)
-    xs, outs, ts = [], [], []
-    bar = tqdm(total=num, desc="PTQD: FP trajectories", unit="img", disable=not progress)
-    for b0 in range(0, num, batch_size):
-        n = min(batch_size, num - b0)
-        bx, bo = [], []
+    kept: dict[int, tuple[list, list]] = {}  # batch start -> (inputs, outputs) per step
+    ts: list[int] = []
 
-        def keep(i, t, xt, out):
-            bx.append(pipe.scheduler.scale_model_input(xt, t).float().cpu())
-            bo.append(out.float().cpu())
-            if b0 == 0:
-                ts.append(int(t))
+    def keep(b0, i, t, xt, out):
+        bx, bo = kept.setdefault(b0, ([], []))
+        bx.append(pipe.scheduler.scale_model_input(xt, t).float().cpu())
+        bo.append(out.float().cpu())
+        if b0 == 0:
+            ts.append(int(t))
 
-        cond, uncond = conditioning(pipe, b0, n, guidance_scale=s.guidance_scale)
-        seeds = [image_seed(seed, b0 + k) ^ 0x5DEECE66D for k in range(n)]
-        denoise(unet, pipe.scheduler, initial_noise(seed, b0, n, shape).to(dev), s.steps, s.eta, noise_seeds=seeds,
-                callback=keep, cond=cond, uncond=uncond, guidance_scale=s.guidance_scale)
-        xs.append(torch.stack(bx, 1))
-        outs.append(torch.stack(bo, 1))
-        bar.update(n)
-    bar.close()
-    return FPRecord(torch.cat(xs).transpose(0, 1).contiguous(), torch.cat(outs).transpose(0, 1).contiguous(), ts,
+    generate(pipe, num, seed, s.steps, s.eta, batch_size=batch_size, progress=progress, callback=keep,
+             guidance_scale=s.guidance_scale, correct=False)
+    xs = torch.cat([torch.stack(bx, 1) for bx, _ in kept.values()])
+    outs = torch.cat([torch.stack(bo, 1) for _, bo in kept.values()])
+    return FPRecord(xs.transpose(0, 1).contiguous(), outs.transpose(0, 1).contiguous(), ts,
                     seed, s.steps, s.eta, s.guidance_scale, batch_size)
 
 

@@ -68,6 +68,12 @@ class CalibrationSet:
     def __len__(self) -> int:
         return self.x.shape[0]
 
+    def head(self, n: int) -> "CalibrationSet":
+        """The first n samples (the set is shuffled: they spread over the steps)."""
+        return CalibrationSet(x=self.x[:n], t=self.t[:n], step=self.step[:n], trajectory=self.trajectory[:n],
+                              counts=self.counts, cond={k: v[:n] for k, v in self.cond.items()},
+                              uncond={k: v[:n] for k, v in self.uncond.items()}, guidance_scale=self.guidance_scale)
+
     def batches(self, batch_size: int):
         for i in range(0, len(self), batch_size):
             yield self.x[i:i + batch_size], self.t[i:i + batch_size]
