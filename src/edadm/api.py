@@ -236,6 +236,13 @@ def stage_reconstruction(run: QuantRun) -> None:
     done = ck.finished_units() if ck is not None else []
     on_unit = (lambda i, name, ulog: ck.save_unit(i, name, unet, ulog)) if ck else None
     kw = dict(calib_batch=c.batch_size, progress=run.progress, on_unit=on_unit)
+    if run.mixed is not None and run.mixed.kept:
+        # mixed precision's 8-bit layers reconstruct by the recipe's 8-bit settings (for
+        # eda-dm-plus: round to nearest, no AdaRound), not the run's low-bit ones
+        from .recipes import recon_for_bits
+
+        r8 = recon_for_bits(config, 8)
+        kw["layer_cfgs"] = {name: r8 for name in run.mixed.kept}
     if not run.two_stage:
         run.recon_logs = [asdict(u) for u in reconstruct(unet, run.calib, r, done=done, **kw)]
     else:

@@ -63,3 +63,38 @@ def test_quantize_with_a_budget_keeps_the_chosen_layers_at_8_bits(tiny_pipe_dir,
     assert meta["report"]["mixed_precision"]["kept"] == mp["kept"]
     back = load(out, device="cpu", engine="fake")
     assert {n: m.spec.weight_bits for n, m in quant_modules(back.unet)} == bits
+
+
+def test_layers_kept_at_8_bits_reconstruct_by_the_recipes_8_bit_settings(tiny_pipe_dir):
+    # eda-dm-plus learns rounding (AdaRound) below 8 bits only: in a W4 run the layers mixed
+    # precision keeps at 8 bits stay round-to-nearest (their float weights untouched), the
+    # 4-bit layers get their learned rounding baked into the weights
+    calib = CalibConfig(num_samples=16, num_trajectories=16, batch_size=16)
+    cfg = QuantConfig(method="eda-dm-plus", weight_bits=4, act_bits=8, steps=4, calib=calib,
+                      recon={"iters": 4, "batch_size": 8}, mixed_budget=0.2, mixed_samples=8)
+    fp = {n: p.detach().clone() for n, p in load(tiny_pipe_dir, device="cpu").unet.named_parameters()
+          if n.endswith(".weight")}
+    q = quantize(load(tiny_pipe_dir, device="cpu"), cfg, progress=False)
+    kept = q.report.mixed_precision["kept"]
+    assert kept
+    layers = dict(quant_modules(q.unet))
+    assert all(torch.equal(layers[n].weight, fp[n + ".weight"]) for n in kept)
+    low = [n for n, m in layers.items() if m.spec.weight_bits == 4]
+    assert low and all(not torch.equal(layers[n].weight, fp[n + ".weight"]) for n in low)
+
+
+def test_recon_for_bits_resolves_the_recipes_other_bit_width_with_the_runs_iterations():
+    from edadm.recipes import recon_for_bits, resolve
+
+    cfg = QuantConfig(method="eda-dm-plus", weight_bits=4, act_bits=8, seed=3, mixed_budget=0.1)
+    run, r8 = resolve(cfg).recon, recon_for_bits(cfg, 8)
+    assert run.learn_rounding and not r8.learn_rounding
+    assert (run.step_balance, r8.step_balance) == ("relative", "none")
+    assert (run.lr_act, r8.lr_act) == (5e-4, 1e-3)
+    assert (r8.iters, r8.seed) == (run.iters, run.seed)
+    # what the user set stays set at the other width
+    user = QuantConfig(method="eda-dm-plus", weight_bits=4, recon={"lr_act": 2e-3, "iters": 7})
+    assert recon_for_bits(user, 8).lr_act == 2e-3 and recon_for_bits(user, 8).iters == 7
+    # a faithful recipe without per-bit values is the same at both widths, lr excepted
+    e4, e8 = resolve(QuantConfig(method="eda-dm", weight_bits=4)).recon, recon_for_bits(QuantConfig(method="eda-dm", weight_bits=4), 8)
+    assert e4.learn_rounding == e8.learn_rounding and (e4.lr_weight, e8.lr_weight) == (0.5, 0.05)

@@ -129,6 +129,25 @@ def resolve(config):
     return cfg
 
 
+def recon_for_bits(config, weight_bits: int):
+    """The ReconConfig the same run would use at `weight_bits` (the recipe's per-bit-width
+    tables resolved there, everything else as the user set it), for the layers a run holds
+    at other bits than its own (mixed precision's 8-bit layers). Iterations and seed are the
+    run's: only the per-bit values may differ."""
+    user = copy.deepcopy(config._user if config.is_resolved else config)
+    user.weight_bits, user.mixed_budget = weight_bits, 0.0
+    logger = logging.getLogger("edadm")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # the run's own resolve already warned about its options
+    try:
+        other = resolve(user).recon
+    finally:
+        logger.setLevel(level)
+    run = resolve(config).recon
+    other.iters, other.act_iters, other.seed = run.iters, run.act_iters, run.seed
+    return other
+
+
 def _overlay(cfg, values: dict) -> None:
     for key, v in values.items():
         if key in ("calib", "recon"):

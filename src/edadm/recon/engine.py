@@ -503,19 +503,22 @@ def _unit_error(unit, data: _UnitData, dev) -> torch.Tensor:
     return torch.cat(errs) if errs else torch.zeros(0)
 
 
-def _param_groups(qlayers, act_qs, cfg, learn_round, learn_act, dev) -> tuple[list, list]:
-    """Adam groups (AdaRound per weight part; activation step sizes) and their lr shapes."""
-    if learn_round:
-        for m in qlayers:
+def _param_groups(qlayers, act_qs, cfg, round_lr: dict, learn_act, dev) -> tuple[list, list]:
+    """Adam groups (AdaRound per weight part, one group per rounding lr; activation step
+    sizes) and their lr shapes. round_lr: id(layer) -> its rounding lr, for the layers whose
+    rounding is learned."""
+    by_lr: dict[float, list] = {}
+    for m in qlayers:
+        if id(m) in round_lr:
             m.rounding = [AdaRoundQuantizer(wq, m.weight[:, sl] if m.split else m.weight).to(dev)
                           for wq, sl in m.weight_quantizers()]
-    alphas = [r.alpha for m in qlayers for r in (m.rounding or [])]
+            by_lr.setdefault(round_lr[id(m)], []).extend(r.alpha for r in m.rounding)
     for q in act_qs:
         q.scale.requires_grad_(learn_act)
         q.drop_prob = cfg.act_drop_prob
     groups, shapes = [], []
-    if alphas:
-        groups.append({"params": alphas, "lr": cfg.lr_weight})
+    for lr, alphas in by_lr.items():
+        groups.append({"params": alphas, "lr": lr})
         shapes.append(cfg.lr_weight_schedule)
     if learn_act:
         # Adam moves a parameter by about lr per step whatever its gradient's size, so an
@@ -569,7 +572,7 @@ def _optimise(unit, name, stage, data: _UnitData, qlayers, act_qs, groups, shape
             else:
                 frac = (it - warm) / max(1, iters - warm)
                 beta = cfg.b_end + (cfg.b_start - cfg.b_end) * max(0.0, 1 - frac)
-                round_loss = cfg.round_weight * sum(r.round_loss(beta) for m in qlayers for r in m.rounding)
+                round_loss = cfg.round_weight * sum(r.round_loss(beta) for m in qlayers for r in (m.rounding or []))
             loss = rec_loss + round_loss
             bad |= ~torch.isfinite(loss.detach())
             opt.zero_grad(set_to_none=True)
@@ -590,10 +593,11 @@ def _optimise(unit, name, stage, data: _UnitData, qlayers, act_qs, groups, shape
 
 
 @torch.no_grad()
-def _bake(name, qlayers, act_qs, saved_scales, learn_round, failed, ulog: UnitLog) -> None:
-    """Fix the hard rounding into the weights, or on failure restore the step sizes."""
+def _bake(name, qlayers, act_qs, saved_scales, failed, ulog: UnitLog) -> None:
+    """Fix the hard rounding into the weights (of the layers that learned it), or on failure
+    restore the step sizes."""
     if failed is None:
-        for m in (qlayers if learn_round else []):
+        for m in (m for m in qlayers if m.rounding):
             for r, (wq, sl) in zip(m.rounding, m.weight_quantizers()):
                 r.hard = True
                 w = m.weight.data[:, sl] if m.split else m.weight.data
@@ -609,7 +613,8 @@ def _bake(name, qlayers, act_qs, saved_scales, learn_round, failed, ulog: UnitLo
 
 def reconstruct_unit(model: nn.Module, fp_model: nn.Module, name: str, kind: str, calib: CalibrationSet, cfg,
                      calib_batch: int, progress: bool = False, stage: str = "joint",
-                     fp_inputs: FPInputs | None = None, q_inputs: QInputs | None = None) -> UnitLog:
+                     fp_inputs: FPInputs | None = None, q_inputs: QInputs | None = None,
+                     layer_cfgs: dict | None = None) -> UnitLog:
     """Reconstruct unit `name` of `model` against the same unit of `fp_model`
     (full_precision_copy, quantizers off). `model` runs in the stage's quant state: weights
     and activations quantized ("joint", "acts"), or weights only ("weights").
@@ -618,45 +623,61 @@ def reconstruct_unit(model: nn.Module, fp_model: nn.Module, name: str, kind: str
     activation step sizes alone (weights already hard-rounded). Capture -> targets ->
     optimise -> bake. fp_inputs: the FP inputs captured for several units at once (FPInputs),
     else this unit's are captured alone; q_inputs: the quantized model's inputs with earlier
-    units' outputs replayed (QInputs), else by a full prefix pass."""
+    units' outputs replayed (QInputs), else by a full prefix pass.
+
+    layer_cfgs: full layer name -> the ReconConfig of that layer's own bit width, for layers
+    whose bits differ from the run's (mixed precision's 8-bit layers in a W4 run). Such a
+    layer learns its rounding (and at which lr) by its own settings; a unit whose layers all
+    share one such config takes its unit-wide settings (loss balance, step-size lr) from it.
+    The iteration count is the run's."""
     if stage not in STAGES:
         raise ValueError(f"unknown reconstruction stage {stage!r}")
     cfg.fill_defaults()
-    learn_round = stage in ("joint", "weights") and bool(cfg.learn_rounding)
-    learn_act = stage in ("joint", "acts") and cfg.learn_act_scale
     unit, fp_unit = model.get_submodule(name), fp_model.get_submodule(name)
+    named = [(f"{name}.{n}" if n else name, m) for n, m in unit.named_modules() if isinstance(m, QuantMixin)]
+    qlayers = [m for _, m in named]
+    own = {id(m): (layer_cfgs or {}).get(full, cfg) for full, m in named}
+    iters = cfg.act_iters if stage == "acts" else cfg.iters
+    if qlayers and len({id(c) for c in own.values()}) == 1:
+        ucfg = own[id(qlayers[0])]
+        if ucfg is not cfg:
+            ucfg.fill_defaults()
+    else:
+        ucfg = cfg
+    round_lr = {id(m): own[id(m)].lr_weight for m in qlayers
+                if stage in ("joint", "weights") and bool(own[id(m)].learn_rounding)}
+    learn_round = bool(round_lr)
+    learn_act = stage in ("joint", "acts") and ucfg.learn_act_scale
     dev = next(model.parameters()).device
     t0 = time.time()
     data = _capture(model, fp_model, unit, fp_unit, kind, calib, cfg, calib_batch, dev, name, fp_inputs, q_inputs)
     captured = time.time() - t0
-    qlayers = [m for m in unit.modules() if isinstance(m, QuantMixin)]
     act_qs = [m for m in unit.modules() if isinstance(m, UniformQuantizer) and m.role == "act" and bool(m.initialized)
               and m.enabled] if stage != "weights" else []
-    loss_p = cfg.act_loss_p if stage == "acts" else 2.0
-    iters = cfg.act_iters if stage == "acts" else cfg.iters
+    loss_p = ucfg.act_loss_p if stage == "acts" else 2.0
     ulog = UnitLog(name=name, kind=kind, iters=iters, seconds=0.0, capture_seconds=round(captured, 3))
     err0 = _unit_error(unit, data, dev)
     ulog.before = float(err0.mean())
-    if cfg.step_balance == "relative":
+    if ucfg.step_balance == "relative":
         # group by timestep, or by stretch of the trajectory (step_balance_bins)
-        by = trajectory_bins(calib, cfg.step_balance_bins) if cfg.step_balance_bins else calib.t
+        by = trajectory_bins(calib, ucfg.step_balance_bins) if ucfg.step_balance_bins else calib.t
         w = step_balance_weights(err0, calib.input_rows(by.reshape(-1).cpu(), calib_batch))
         data.weights = w
     saved_scales = [q.scale.detach().clone() for q in act_qs]
-    groups, shapes = _param_groups(qlayers, act_qs, cfg, learn_round, learn_act, dev)
+    groups, shapes = _param_groups(qlayers, act_qs, ucfg, round_lr, learn_act, dev)
     if not groups:  # nothing to learn here (no quantized weights in this stage, no step sizes)
         ulog.after, ulog.iters, ulog.seconds = ulog.before, 0, time.time() - t0
         for q in act_qs:
             q.drop_prob = 0.0
         return ulog
     try:
-        failed = _optimise(unit, name, stage, data, qlayers, act_qs, groups, shapes, cfg, iters, loss_p,
+        failed = _optimise(unit, name, stage, data, qlayers, act_qs, groups, shapes, ucfg, iters, loss_p,
                            learn_round, dev, ulog, progress)
     finally:
         for q in act_qs:
             q.scale.requires_grad_(False)
             q.drop_prob = 0.0
-    _bake(name, qlayers, act_qs, saved_scales, learn_round, failed, ulog)
+    _bake(name, qlayers, act_qs, saved_scales, failed, ulog)
     ulog.after = float(_unit_error(unit, data, dev).mean())
     ulog.seconds = time.time() - t0
     return ulog
@@ -680,7 +701,8 @@ def frozen(model: nn.Module):
 
 def reconstruct(model: nn.Module, calib: CalibrationSet, cfg, calib_batch: int = 64,
                 progress: bool = True, done: list[dict] | None = None, on_unit=None, stage: str = "joint",
-                index_offset: int = 0, fp_model: nn.Module | None = None) -> list[UnitLog]:
+                index_offset: int = 0, fp_model: nn.Module | None = None,
+                layer_cfgs: dict | None = None) -> list[UnitLog]:
     """Reconstruct every unit of a wrapped, scale-initialised model, in forward order, for one
     stage (reconstruct_unit). The model runs in the stage's quant state throughout and ends
     with every quantizer on.
@@ -692,7 +714,8 @@ def reconstruct(model: nn.Module, calib: CalibrationSet, cfg, calib_batch: int =
     done: units already reconstructed by an interrupted run (edadm.checkpoint), applied
     instead of recomputed; on_unit(index, name, log_dict) is called after each new unit.
     Each unit seeds the global RNG from (seed, index), so a resumed run draws the same
-    random numbers as an uninterrupted one.
+    random numbers as an uninterrupted one. layer_cfgs: per-layer settings of other bit
+    widths (reconstruct_unit).
     """
     from ..checkpoint import Checkpoint
     from ..errors import EdadmError
@@ -721,7 +744,7 @@ def reconstruct(model: nn.Module, calib: CalibrationSet, cfg, calib_batch: int =
             bar.set_postfix(unit=name)
             torch.manual_seed(cfg.seed * 100_003 + index_offset + i)
             ulog = reconstruct_unit(model, fp_model, name, units[name], calib, cfg, calib_batch, progress=progress,
-                                    stage=stage, fp_inputs=fp_inputs, q_inputs=q_inputs)
+                                    stage=stage, fp_inputs=fp_inputs, q_inputs=q_inputs, layer_cfgs=layer_cfgs)
             q_inputs.mark_final(name)
             log.debug("%s %s: output MSE %.4g -> %.4g (%.1fs)", units[name], name, ulog.before, ulog.after,
                       ulog.seconds)
