@@ -21,7 +21,8 @@ METHOD+ptqd quantizes with `--output-correction ptqd` and samples the same model
 without the correction (its effect, paired on the same noise, gets its own section).
 METHOD+mpNN quantizes with `--mixed-budget NN/100` (mixed precision: the most sensitive
 low-bit layers kept at 8 bits within NN % more weight bytes); modifiers combine
-(eda-dm-plus+mp10+ptqd).
+(eda-dm-plus+mp10+ptqd). METHOD+uniform quantizes with `--strategy uniform` (Q-Diffusion's
+calibration set: the recipe's sample count on evenly spaced steps).
 """
 from __future__ import annotations
 
@@ -78,7 +79,9 @@ def _paired_fields(paired: dict) -> dict:
 
 def split_method(method: str) -> tuple[str, str | None, list[str]]:
     """'eda-dm-plus+mp10+ptqd' -> ('eda-dm-plus', 'ptqd', ['--mixed-budget', '0.1']): a recipe,
-    its output correction (+ptqd) and its mixed-precision budget in percent (+mpNN)."""
+    its output correction (+ptqd), its mixed-precision budget in percent (+mpNN) and
+    Q-Diffusion's uniform calibration set in place of the recipe's (+uniform: TDAC vs
+    uniform decided in the same table)."""
     base, *mods = method.split("+")
     corr, extra = None, []
     for m in mods:
@@ -86,8 +89,10 @@ def split_method(method: str) -> tuple[str, str | None, list[str]]:
             corr = m
         elif m.startswith("mp") and m[2:].isdigit() and 0 < int(m[2:]) <= 100:
             extra += ["--mixed-budget", str(int(m[2:]) / 100)]
+        elif m == "uniform":
+            extra += ["--strategy", "uniform"]
         else:
-            raise SystemExit(f"unknown modifier {m!r} in {method!r} (known: ptqd, mpNN with NN a percent)")
+            raise SystemExit(f"unknown modifier {m!r} in {method!r} (known: ptqd, mpNN with NN a percent, uniform)")
     return base, corr, extra
 
 
