@@ -31,6 +31,8 @@ def test_apply_inverts_the_modelled_distortion():
                             samples=4)
     q = 1.25 * f + torch.tensor([0.1, -0.3]).view(1, 2, 1, 1)
     assert torch.allclose(corr.apply(0, q), f, atol=1e-6)
+    assert torch.allclose(corr.apply(0, q.double()), f.double(), atol=1e-6)  # its own bias per dtype
+    assert "_bias" not in corr.to_dict() and OutputCorrection.from_dict(corr.to_dict()) == corr
     with pytest.raises(EdadmError, match="channels"):
         corr.apply(0, torch.zeros(1, 3, 5, 5))
 
@@ -40,6 +42,9 @@ def test_bad_tables_and_files_give_one_line_errors(tmp_path):
         OutputCorrection(steps=1, guidance_scale=1.0, k=[-0.1], bias=[[0.0]], residual_std=[0.0], samples=2)
     with pytest.raises(EdadmError, match="one each per sampler step"):
         OutputCorrection(steps=2, guidance_scale=1.0, k=[0.0, 0.0], bias=[[0.0]], residual_std=[0.0], samples=2)
+    with pytest.raises(EdadmError, match="same number of channels"):
+        OutputCorrection(steps=2, guidance_scale=1.0, k=[0.0, 0.0], bias=[[0.0], [0.0, 1.0]], residual_std=[0.0, 0.0],
+                         samples=2)
     (tmp_path / CORRECTION_FILE).write_text("{not json")
     with pytest.raises(EdadmError, match="cannot read"):
         read_correction(tmp_path)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -49,6 +49,8 @@ class OutputCorrection:
     residual_std: list[float]
     samples: int
     method: str = "ptqd"
+    # the bias rows as tensors, per (device, dtype): built once, not at every denoiser call
+    _bias: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         n = len(self.k)
@@ -58,13 +60,18 @@ class OutputCorrection:
         if any(not math.isfinite(v) or v < 0 for v in self.k) or any(
                 not math.isfinite(v) for row in self.bias for v in row):
             raise EdadmError("output correction: slopes must be finite and >= 0, biases finite")
+        if len({len(row) for row in self.bias}) != 1:
+            raise EdadmError("output correction: every step's bias must have the same number of channels")
 
     def matches(self, steps: int, guidance_scale: float, num_calls: int) -> bool:
         return self.steps == steps and abs(self.guidance_scale - guidance_scale) < 1e-9 and len(self.k) == num_calls
 
     def apply(self, i: int, out: torch.Tensor) -> torch.Tensor:
         """eps = (eps_q - b_i) / (1 + k_i) for the output of sampler step i."""
-        b = torch.tensor(self.bias[i], device=out.device, dtype=out.dtype)
+        key = (out.device, out.dtype)
+        if key not in self._bias:
+            self._bias[key] = torch.tensor(self.bias, device=out.device, dtype=out.dtype)
+        b = self._bias[key][i]
         if b.numel() != out.shape[1]:
             raise EdadmError(f"output correction has {b.numel()} channels, the denoiser output {out.shape[1]}")
         return (out - b.view(1, -1, *([1] * (out.dim() - 2)))) / (1.0 + self.k[i])
@@ -86,7 +93,7 @@ class OutputCorrection:
         return math.sqrt(max(sigma2 - extra, 0.0) / sigma2)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
 
     @classmethod
     def from_dict(cls, d: dict) -> "OutputCorrection":
