@@ -22,7 +22,8 @@ without the correction (its effect, paired on the same noise, gets its own secti
 METHOD+mpNN quantizes with `--mixed-budget NN/100` (mixed precision: the most sensitive
 low-bit layers kept at 8 bits within NN % more weight bytes); modifiers combine
 (eda-dm-plus+mp10+ptqd). METHOD+uniform quantizes with `--strategy uniform` (Q-Diffusion's
-calibration set: the recipe's sample count on evenly spaced steps).
+calibration set: the recipe's sample count on evenly spaced steps). METHOD+tiar quantizes with
+`--temporal-recon` (TFMQ-DM's temporal information block reconstructed on its own).
 """
 from __future__ import annotations
 
@@ -81,7 +82,7 @@ def split_method(method: str) -> tuple[str, str | None, list[str]]:
     """'eda-dm-plus+mp10+ptqd' -> ('eda-dm-plus', 'ptqd', ['--mixed-budget', '0.1']): a recipe,
     its output correction (+ptqd), its mixed-precision budget in percent (+mpNN) and
     Q-Diffusion's uniform calibration set in place of the recipe's (+uniform: TDAC vs
-    uniform decided in the same table)."""
+    uniform decided in the same table) and TFMQ-DM's temporal-block reconstruction (+tiar)."""
     base, *mods = method.split("+")
     corr, extra = None, []
     for m in mods:
@@ -91,8 +92,10 @@ def split_method(method: str) -> tuple[str, str | None, list[str]]:
             extra += ["--mixed-budget", str(int(m[2:]) / 100)]
         elif m == "uniform":
             extra += ["--strategy", "uniform"]
+        elif m == "tiar":
+            extra += ["--temporal-recon"]
         else:
-            raise SystemExit(f"unknown modifier {m!r} in {method!r} (known: ptqd, mpNN with NN a percent, uniform)")
+            raise SystemExit(f"unknown modifier {m!r} in {method!r} (known: ptqd, mpNN with NN a percent, uniform, tiar)")
     return base, corr, extra
 
 

@@ -244,7 +244,10 @@ def stage_reconstruction(run: QuantRun) -> None:
         r8 = recon_for_bits(config, 8)
         kw["layer_cfgs"] = {name: r8 for name in run.mixed.kept}
     if not run.two_stage:
-        run.recon_logs = [asdict(u) for u in reconstruct(unet, run.calib, r, done=done, **kw)]
+        temporal_logs = []
+        if r.temporal:
+            temporal_logs, kw["skip"], kw["fp_model"] = _temporal_stage(run, kw.get("layer_cfgs") or {})
+        run.recon_logs = temporal_logs + [asdict(u) for u in reconstruct(unet, run.calib, r, done=done, **kw)]
     else:
         fp_model = full_precision_copy(unet)
         # without learned rounding the weight stage has nothing to learn: skip its input capture
@@ -260,6 +263,30 @@ def stage_reconstruction(run: QuantRun) -> None:
                           for u in us]
         del fp_model
     run.seconds["reconstruction"] = time.time() - t0
+
+
+def _temporal_stage(run: QuantRun, layer_cfgs: dict) -> tuple[list[dict], frozenset, object]:
+    """--temporal-recon (TFMQ-DM): the temporal information block reconstructed on its own over
+    every sampler timestep, before the blocks, which then leave its layers alone. Returns its
+    log, the layers the blocks skip and the FP copy (shared with the block reconstruction).
+    Run again on resume (it draws nothing at random): its result is the same."""
+    from .recon.engine import frozen, full_precision_copy
+    from .recon.temporal import reconstruct_temporal, temporal_block, unsupported_reason
+    from .quant.wrap import set_quant_state
+
+    unet, r = run.denoiser, run.config.recon
+    fp_model = full_precision_copy(unet)
+    why = unsupported_reason(unet)
+    if why:
+        log.warning("--temporal-recon: %s; its layers are reconstructed with the blocks", why)
+        return [], frozenset(), fp_model
+    block = temporal_block(unet)
+    own = {n: layer_cfgs.get(n, r) for n in block.layers}
+    round_lr = {n: c.lr_weight for n, c in own.items() if c.learn_rounding}
+    set_quant_state(unet, weight=True, act=True)
+    with frozen(unet):
+        ulog = reconstruct_temporal(unet, fp_model, run.timesteps, r, round_lr, progress=run.progress)
+    return [asdict(ulog)], frozenset(block.layers), fp_model
 
 
 def stage_correction_record(run: QuantRun) -> None:

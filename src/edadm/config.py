@@ -217,6 +217,9 @@ class ReconConfig:
                                       "reconstruction)", kind="str", choices=STEP_BALANCE)
     step_balance_bins: int = option(0, "relative step balance: weigh by the error of K equal stretches of "
                                     "the trajectory instead of each timestep's own (0: per timestep)", lo=0)
+    temporal: bool = option(False, "TFMQ-DM: reconstruct the temporal information block (time embedding and "
+                            "every ResBlock's time_emb_proj) on its own, over every sampler timestep, before the "
+                            "blocks (recon/temporal.py)", flag="temporal-recon")
     seed: int | None = option(None, "reconstruction seed (default: --seed)", kind="int", flag="recon-seed")
     capture_mb: float = option(2048.0, "host memory (MB) for each of reconstruction's two capture caches: the FP "
                                "inputs of consecutive units captured in one forward pass of the FP model, and the "

@@ -124,6 +124,10 @@ def resolve(config):
     cfg.calib.fill_defaults()
     cfg.recon.fill_defaults(seed=cfg.seed)
     cfg.validate()
+    r = cfg.recon
+    if r.temporal and (not r.enabled or r.stages != "joint"):
+        raise EdadmError(f"--temporal-recon needs the joint block reconstruction; method {cfg.method} "
+                         + ("does not reconstruct" if not r.enabled else f"reconstructs in {r.stages} stages"))
     _warn_unused_options(config, cfg.calib.strategy, cfg.recon.stages if cfg.recon.enabled else None)
     cfg._user = copy.deepcopy(config)
     return cfg

@@ -614,7 +614,7 @@ def _bake(name, qlayers, act_qs, saved_scales, failed, ulog: UnitLog) -> None:
 def reconstruct_unit(model: nn.Module, fp_model: nn.Module, name: str, kind: str, calib: CalibrationSet, cfg,
                      calib_batch: int, progress: bool = False, stage: str = "joint",
                      fp_inputs: FPInputs | None = None, q_inputs: QInputs | None = None,
-                     layer_cfgs: dict | None = None) -> UnitLog:
+                     layer_cfgs: dict | None = None, skip: frozenset = frozenset()) -> UnitLog:
     """Reconstruct unit `name` of `model` against the same unit of `fp_model`
     (full_precision_copy, quantizers off). `model` runs in the stage's quant state: weights
     and activations quantized ("joint", "acts"), or weights only ("weights").
@@ -629,12 +629,15 @@ def reconstruct_unit(model: nn.Module, fp_model: nn.Module, name: str, kind: str
     whose bits differ from the run's (mixed precision's 8-bit layers in a W4 run). Such a
     layer learns its rounding (and at which lr) by its own settings; a unit whose layers all
     share one such config takes its unit-wide settings (loss balance, step-size lr) from it.
-    The iteration count is the run's."""
+    The iteration count is the run's. skip: full names of layers reconstructed elsewhere (the
+    temporal block, recon/temporal.py): they run quantized but learn nothing here."""
     if stage not in STAGES:
         raise ValueError(f"unknown reconstruction stage {stage!r}")
     cfg.fill_defaults()
     unit, fp_unit = model.get_submodule(name), fp_model.get_submodule(name)
     named = [(f"{name}.{n}" if n else name, m) for n, m in unit.named_modules() if isinstance(m, QuantMixin)]
+    skipped = [m for full, m in named if full in skip]
+    named = [(full, m) for full, m in named if full not in skip]
     qlayers = [m for _, m in named]
     own = {id(m): (layer_cfgs or {}).get(full, cfg) for full, m in named}
     iters = cfg.act_iters if stage == "acts" else cfg.iters
@@ -652,8 +655,9 @@ def reconstruct_unit(model: nn.Module, fp_model: nn.Module, name: str, kind: str
     t0 = time.time()
     data = _capture(model, fp_model, unit, fp_unit, kind, calib, cfg, calib_batch, dev, name, fp_inputs, q_inputs)
     captured = time.time() - t0
+    frozen_qs = {id(q) for m in skipped for q in m.modules()}
     act_qs = [m for m in unit.modules() if isinstance(m, UniformQuantizer) and m.role == "act" and bool(m.initialized)
-              and m.enabled] if stage != "weights" else []
+              and m.enabled and id(m) not in frozen_qs] if stage != "weights" else []
     loss_p = ucfg.act_loss_p if stage == "acts" else 2.0
     ulog = UnitLog(name=name, kind=kind, iters=iters, seconds=0.0, capture_seconds=round(captured, 3))
     err0 = _unit_error(unit, data, dev)
@@ -702,7 +706,7 @@ def frozen(model: nn.Module):
 def reconstruct(model: nn.Module, calib: CalibrationSet, cfg, calib_batch: int = 64,
                 progress: bool = True, done: list[dict] | None = None, on_unit=None, stage: str = "joint",
                 index_offset: int = 0, fp_model: nn.Module | None = None,
-                layer_cfgs: dict | None = None) -> list[UnitLog]:
+                layer_cfgs: dict | None = None, skip: frozenset = frozenset()) -> list[UnitLog]:
     """Reconstruct every unit of a wrapped, scale-initialised model, in forward order, for one
     stage (reconstruct_unit). The model runs in the stage's quant state throughout and ends
     with every quantizer on.
@@ -715,13 +719,18 @@ def reconstruct(model: nn.Module, calib: CalibrationSet, cfg, calib_batch: int =
     instead of recomputed; on_unit(index, name, log_dict) is called after each new unit.
     Each unit seeds the global RNG from (seed, index), so a resumed run draws the same
     random numbers as an uninterrupted one. layer_cfgs: per-layer settings of other bit
-    widths (reconstruct_unit).
+    widths (reconstruct_unit); skip: layers reconstructed elsewhere (a unit made only of them
+    is left out).
     """
     from ..checkpoint import Checkpoint
     from ..errors import EdadmError
 
     cfg.fill_defaults()
     units = dict(reconstruction_units(model, lambda m: isinstance(m, QuantMixin)))
+    if skip:
+        units = {n: k for n, k in units.items()
+                 if not all((f"{n}.{sub}" if sub else n) in skip
+                            for sub, m in model.get_submodule(n).named_modules() if isinstance(m, QuantMixin))}
     if fp_model is None:
         fp_model = full_precision_copy(model)  # before any unit's weights are rounded
     set_quant_state(model, weight=True, act=stage != "weights")
@@ -744,7 +753,8 @@ def reconstruct(model: nn.Module, calib: CalibrationSet, cfg, calib_batch: int =
             bar.set_postfix(unit=name)
             torch.manual_seed(cfg.seed * 100_003 + index_offset + i)
             ulog = reconstruct_unit(model, fp_model, name, units[name], calib, cfg, calib_batch, progress=progress,
-                                    stage=stage, fp_inputs=fp_inputs, q_inputs=q_inputs, layer_cfgs=layer_cfgs)
+                                    stage=stage, fp_inputs=fp_inputs, q_inputs=q_inputs, layer_cfgs=layer_cfgs,
+                                    skip=skip)
             q_inputs.mark_final(name)
             log.debug("%s %s: output MSE %.4g -> %.4g (%.1fs)", units[name], name, ulog.before, ulog.after,
                       ulog.seconds)
