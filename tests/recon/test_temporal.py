@@ -89,7 +89,7 @@ def test_quantize_reconstructs_the_temporal_block_first_and_the_blocks_leave_it_
     monkeypatch.setattr(engine, "_param_groups", spy)
     calib = CalibConfig(num_samples=16, num_trajectories=16, batch_size=16)
     cfg = QuantConfig(method="eda-dm-plus", weight_bits=4, act_bits=8, calib=calib,
-                      recon={"iters": 30, "batch_size": 8, "temporal": True})
+                      recon={"iters": 10, "batch_size": 8, "temporal": True})
     q = quantize(load(tiny_pipe_dir, device="cpu"), cfg, progress=False)
     logs = q.report.recon
     assert logs[0]["kind"] == "temporal" and logs[0]["after"] < logs[0]["before"]
