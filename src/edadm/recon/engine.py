@@ -532,14 +532,20 @@ def _param_groups(qlayers, act_qs, cfg, round_lr: dict, learn_act, dev) -> tuple
     return groups, shapes
 
 
-def _optimise(unit, name, stage, data: _UnitData, qlayers, act_qs, groups, shapes, cfg, iters, loss_p,
-              learn_round, dev, ulog: UnitLog, progress: bool) -> str | None:
-    """The Adam loop; returns why it stopped early (a non-finite loss), else None."""
+def _adam(groups, shapes, iters: int):
+    """Adam over the groups, each group's lr constant or cosine-decayed over `iters` (its shape)."""
     opt = torch.optim.Adam(groups)
     T = max(1, iters)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, [
         (lambda it: 0.5 * (1 + math.cos(math.pi * min(it, T) / T))) if shape == "cosine" else (lambda it: 1.0)
         for shape in shapes])
+    return opt, sched
+
+
+def _optimise(unit, name, stage, data: _UnitData, qlayers, act_qs, groups, shapes, cfg, iters, loss_p,
+              learn_round, dev, ulog: UnitLog, progress: bool) -> str | None:
+    """The Adam loop; returns why it stopped early (a non-finite loss), else None."""
+    opt, sched = _adam(groups, shapes, iters)
     seed = cfg.seed + sum(map(ord, name)) + (7919 if stage == "acts" else 0)
     # indices drawn where the cache lives, QDrop's input masks where the unit runs: no
     # host round trip inside the loop

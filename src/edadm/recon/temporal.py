@@ -115,7 +115,7 @@ def reconstruct_temporal(model: nn.Module, fp_model: nn.Module, timesteps, cfg, 
     is baked into the weights as block reconstruction does."""
     from tqdm.auto import tqdm
 
-    from .engine import UnitLog, _bake, _param_groups
+    from .engine import UnitLog, _adam, _bake, _param_groups
 
     t0 = time.time()
     block, fp_block = temporal_block(model), temporal_block(fp_model)
@@ -136,11 +136,7 @@ def reconstruct_temporal(model: nn.Module, fp_model: nn.Module, timesteps, cfg, 
         q.drop_prob = 0.0  # no QDrop here: the block's inputs are exact, every row each step
     failed = None
     if groups:
-        opt = torch.optim.Adam(groups)
-        T = max(1, cfg.iters)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, [
-            (lambda it: 0.5 * (1 + math.cos(math.pi * min(it, T) / T))) if s == "cosine" else (lambda it: 1.0)
-            for s in shapes])
+        opt, sched = _adam(groups, shapes, cfg.iters)
         log_every = max(1, cfg.iters // 20)
         try:
             for it in tqdm(range(cfg.iters), desc="recon temporal block", leave=False, disable=not progress):
