@@ -89,7 +89,8 @@ def profile_units(model: str, args) -> list[dict]:
         # required gradients, as the quantized model's parameters do by default)
         freeze = getattr(engine, "frozen", contextlib.nullcontext)
         with freeze(unet):
-            groups, shapes = engine._param_groups(qlayers, act_qs, rc, True, rc.learn_act_scale, dev)
+            lrs = {id(m): rc.lr_weight for m in qlayers} if rc.learn_rounding else {}  # what reconstruct_unit passes
+            groups, shapes = engine._param_groups(qlayers, act_qs, rc, lrs, rc.learn_act_scale, dev)
             run = lambda n: engine._optimise(unit, name, "joint", data, qlayers, act_qs, groups, shapes, rc, n,  # noqa: E731
                                              2.0, True, dev, ulog, False)
             run(3)  # warm-up (allocator, first-call paths)
@@ -115,7 +116,7 @@ def profile_units(model: str, args) -> list[dict]:
             m.rounding = None
         for q in act_qs:
             q.scale.requires_grad_(False)
-            q.drop_prob = 0.0
+            q.drop_prob, q.mask_pool = 0.0, None
         print(f"{model} {k} {name}: {ms:.1f} ms/iter", flush=True)
         rows.append(row)
     return rows

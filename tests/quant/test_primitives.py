@@ -240,6 +240,59 @@ def test_learned_step_fake_quant_with_qdrop_is_lerp_of_the_autograd_definition(b
     assert sc.grad is not None and sc.grad.shape == s0.shape
 
 
+def test_learned_step_fake_quant_with_per_channel_zero_points_matches_autograd():
+    """Tensor clamp bounds (a zero point per channel) and the one-number fast path give the
+    autograd definition's values and gradients alike."""
+    from edadm.quant.primitives import keep_mask, learned_step_fake_quantize
+
+    qmin, qmax = qrange(8, False)
+    x = _tensor(13, (3, 4, 5, 5), 2.0)
+    lo, hi = x.amin(dim=(0, 2, 3)) * 0.5, x.amax(dim=(0, 2, 3)) * 0.5
+    s, z = choose_qparams(lo, hi, 8, False)
+    s, z = s.reshape(1, 4, 1, 1), z.reshape(1, 4, 1, 1)
+    assert len(set(z.flatten().tolist())) > 1
+    keep = keep_mask(x, 0.5, torch.Generator().manual_seed(2))
+    gy = _tensor(14, x.shape)
+    xa, sa = x.clone().requires_grad_(True), s.clone().requires_grad_(True)
+    (learned_step_fake_quantize(xa, sa, z, qmin, qmax, keep) * gy).sum().backward()
+    xb, sb = x.clone().requires_grad_(True), s.clone().requires_grad_(True)
+    (torch.lerp(fake_quantize(xb, sb, z, qmin, qmax), xb, keep) * gy).sum().backward()
+    assert torch.allclose(xa.grad, xb.grad, rtol=1e-6, atol=0)
+    assert torch.allclose(sa.grad, sb.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_mask_pool_windows_are_bernoulli_reproducible_and_redrawn():
+    """MaskPool: masks shaped and typed like the input, 0 / 1 with mean p, the same sequence
+    from the same seed, different windows between calls; the pool grows for a larger mask
+    and is redrawn after serving `reuse` times its size."""
+    from edadm.quant.primitives import MaskPool
+
+    like = torch.zeros(4, 3, 50, 50)
+    a, b = MaskPool("cpu", seed=7), MaskPool("cpu", seed=7)
+    ma = [a(like, 0.5) for _ in range(5)]
+    mb = [b(like, 0.5) for _ in range(5)]
+    assert all(torch.equal(x, y) for x, y in zip(ma, mb))
+    assert all(m.shape == like.shape and m.dtype == like.dtype for m in ma)
+    assert set(torch.cat([m.flatten() for m in ma]).unique().tolist()) == {0.0, 1.0}
+    assert not torch.equal(ma[0], ma[1])
+    assert abs(float(torch.stack(ma).mean()) - 0.5) < 0.01
+    assert not torch.equal(MaskPool("cpu", seed=8)(like, 0.5), ma[0])
+    p3 = torch.stack([a(like, 0.3) for _ in range(8)])  # a second p has its own pool
+    assert abs(float(p3.mean()) - 0.3) < 0.01
+    pool = MaskPool("cpu", seed=1, reuse=2)
+    small = torch.zeros(100)
+    pool(small, 0.5)
+    first = pool.pools[(0.5, torch.float32)][0]
+    assert first.numel() == 200
+    for _ in range(3):        # 400 served in all: 2 x the pool's 200
+        pool(small, 0.5)
+    assert pool.pools[(0.5, torch.float32)][0] is first
+    pool(small, 0.5)          # redrawn before this one
+    assert pool.pools[(0.5, torch.float32)][0] is not first
+    pool(torch.zeros(1000), 0.5)  # larger than half the pool: grows
+    assert pool.pools[(0.5, torch.float32)][0].numel() == 2000
+
+
 @pytest.mark.parametrize("p", [0.5, 0.3])
 def test_keep_mask_is_bernoulli_p_in_the_inputs_dtype(p):
     """QDrop's mask: 0 / 1 in x's dtype and shape, mean p; at p = 0.5 element 8j + k is bit k

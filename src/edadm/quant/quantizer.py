@@ -30,6 +30,7 @@ class UniformQuantizer(nn.Module):
         self.enabled = True
         self.observer: ActObserver | None = None  # set during range calibration
         self.drop_prob = 0.0  # QDrop: during reconstruction, keep each element in float with this probability
+        self.mask_pool = None  # primitives.MaskPool the reconstruction loop draws QDrop's masks from (else keep_mask)
 
     def extra_repr(self) -> str:
         kind = "per-channel" if self.per_channel else "per-tensor"
@@ -63,14 +64,17 @@ class UniformQuantizer(nn.Module):
         elif torch.is_grad_enabled() and (x.requires_grad or self.scale.requires_grad):
             # reconstruction: straight-through gradients to x, LSQ's to a learned step size
             # (none where the scale is frozen), QDrop's choice in the same autograd node
-            keep = keep_mask(x, self.drop_prob) if self.drop_prob > 0 else None
+            keep = self._keep(x) if self.drop_prob > 0 else None
             scale = self._view(self.scale if self.scale.requires_grad else self.scale.detach(), x)
             return learned_step_fake_quantize(x, scale, self._view(self.zero_point, x), self.qmin, self.qmax, keep)
         else:
             xq = self._inference(x)
         if self.drop_prob > 0:  # QDrop: each element kept in float with probability drop_prob
-            xq = torch.lerp(xq, x, keep_mask(x, self.drop_prob))
+            xq = torch.lerp(xq, x, self._keep(x))
         return xq
+
+    def _keep(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mask_pool(x, self.drop_prob) if self.mask_pool is not None else keep_mask(x, self.drop_prob)
 
     @torch.no_grad()
     def _inference(self, x: torch.Tensor) -> torch.Tensor:

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from ..calib import CalibrationSet
 from ..model.structure import forward_order, reconstruction_units
 from ..quant.modules import QuantMixin
-from ..quant.primitives import keep_mask
+from ..quant.primitives import MaskPool
 from ..quant.quantizer import UniformQuantizer
 from ..quant.wrap import set_quant_state
 from .adaround import AdaRoundQuantizer
@@ -550,7 +550,11 @@ def _optimise(unit, name, stage, data: _UnitData, qlayers, act_qs, groups, shape
     # indices drawn where the cache lives, QDrop's input masks where the unit runs: no
     # host round trip inside the loop
     gen = torch.Generator(device=data.device).manual_seed(seed)
-    mask_gen = gen if torch.device(dev) == data.device else torch.Generator(device=dev).manual_seed(seed)
+    # QDrop's masks (input mixing and every activation quantizer's) from one pool on the
+    # unit's device, seeded per unit (a resumed run draws the same ones)
+    masks = MaskPool(dev, seed + 1)
+    for q in act_qs:
+        q.mask_pool = masks
     log_every = max(1, iters // 20)
     warm = int(cfg.warmup * iters)
     bar = tqdm(range(iters), desc=f"recon {name}" + ("" if stage == "joint" else f" ({stage})"), leave=False,
@@ -567,7 +571,7 @@ def _optimise(unit, name, stage, data: _UnitData, qlayers, act_qs, groups, shape
             args, kwargs = _to(_select(data.q_in, idx), dev)
             if cfg.input_mix_prob > 0:  # QDrop: element-wise mix of quantized and FP inputs
                 x_fp = _to(_select(data.fp_in[0][0], idx), dev)
-                args = (torch.lerp(args[0], x_fp, keep_mask(x_fp, cfg.input_mix_prob, mask_gen)), *args[1:])
+                args = (torch.lerp(args[0], x_fp, masks(x_fp, cfg.input_mix_prob)), *args[1:])
             rec.clear()
             out = _first_tensor(unit(*args, **kwargs))
             rec_loss, block_loss, inner_loss = fbr_loss(
@@ -686,7 +690,7 @@ def reconstruct_unit(model: nn.Module, fp_model: nn.Module, name: str, kind: str
     finally:
         for q in act_qs:
             q.scale.requires_grad_(False)
-            q.drop_prob = 0.0
+            q.drop_prob, q.mask_pool = 0.0, None
     _bake(name, qlayers, act_qs, saved_scales, failed, ulog)
     ulog.after = float(_unit_error(unit, data, dev).mean())
     ulog.seconds = time.time() - t0
