@@ -9,6 +9,7 @@ per iteration, and `--profile` adds the top operators (torch.profiler, self CPU 
 
     python bench/recon_profile.py                                  # digits-ddpm and ddpm-cifar10
     python bench/recon_profile.py --models digits-ddpm --iters 50 --profile --name recon_profile_ddpm
+    python bench/recon_profile.py --models digits-ddpm --all-units --profile --name all-units  # every unit
 
 Run it alone on the machine: its timings are only valid without another heavy process.
 """
@@ -74,7 +75,7 @@ def profile_units(model: str, args) -> list[dict]:
     seen, rows = set(), []
     for name, kind in reconstruction_units(unet, lambda m: isinstance(m, QuantMixin)):
         k = unit_kind(unet.get_submodule(name), kind)
-        if k in seen:
+        if k in seen and not args.all_units:
             continue
         seen.add(k)
         unit, fp_unit = unet.get_submodule(name), fp.get_submodule(name)
@@ -103,6 +104,15 @@ def profile_units(model: str, args) -> list[dict]:
             ms = (time.perf_counter() - t0) * 1000 / args.iters
         row = {"model": model, "unit": name, "kind": k, "quant_layers": len(qlayers), "ms_per_iter": round(ms, 2),
                "capture_seconds": round(capture_s, 2), "batch": rc.batch_size}
+        if dev.type == "cpu":
+            # the arithmetic of one iteration (forward and backward matmuls / convolutions,
+            # torch's FLOP counter) and the rate the loop reaches on it: what bounds the loop
+            from torch.utils.flop_counter import FlopCounterMode
+
+            with freeze(unet), FlopCounterMode(display=False) as fc:
+                run(1)
+            row["gflop_per_iter"] = round(fc.get_total_flops() / 1e9, 3)
+            row["gflops"] = round(row["gflop_per_iter"] / (ms / 1000), 1)
         if args.profile:
             from torch.profiler import ProfilerActivity, profile
 
@@ -112,6 +122,11 @@ def profile_units(model: str, args) -> list[dict]:
                         key=lambda e: -e.self_cpu_time_total)
             total = sum(e.self_cpu_time_total for e in ev)
             row["top_ops"] = [{"op": e.key[:60], "share": round(e.self_cpu_time_total / total, 3)} for e in ev[:8]]
+            # matmuls and convolutions, forward and backward: the arithmetic; the rest is
+            # element-wise work (fake quantization, QDrop, norms, losses) and the optimiser
+            heavy = ("convolution", "mm", "bmm", "addmm", "linear", "scaled_dot_product", "conv2d")
+            row["arith_share"] = round(sum(e.self_cpu_time_total for e in ev
+                                           if any(h in e.key for h in heavy)) / total, 3)
         for m in qlayers:
             m.rounding = None
         for q in act_qs:
@@ -129,10 +144,26 @@ def page(res: dict) -> str:
              "Milliseconds per iteration of the reconstruction loop (forward, FBR loss, backward, Adam step) for the "
              f"first unit of each kind, mean of {res.get('iters', 20)} iterations after 3 warm-up ones; capture: "
              "caching the unit's FP / quantized inputs and FP targets for 64 calibration samples.", "",
-             "| model | kind | unit | quantized layers | batch | ms / iter | capture s |", "|---|---|---|---|---|---|---|"]
+             "GFLOP / iter: matmuls and convolutions of one iteration, forward and backward (torch's FLOP counter); "
+             "GFLOP/s: the rate the loop reaches on them; arithmetic share (with --profile): the matmul and "
+             "convolution kernels' share of the loop's self CPU time, the rest being element-wise work "
+             "(fake quantization, QDrop, norms, losses) and the optimiser.", "",
+             "| model | kind | unit | quantized layers | batch | ms / iter | GFLOP / iter | GFLOP/s | arithmetic share | "
+             "capture s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
+        gf = f"{r['gflop_per_iter']:.3f} | {r['gflops']:.0f}" if "gflops" in r else "- | -"
+        share = f"{r['arith_share']:.0%}" if "arith_share" in r else "-"
         lines.append(f"| {r['model']} | {r['kind']} | `{r['unit']}` | {r['quant_layers']} | {r['batch']} | "
-                     f"{r['ms_per_iter']:.1f} | {r['capture_seconds']:.1f} |")
+                     f"{r['ms_per_iter']:.1f} | {gf} | {share} | {r['capture_seconds']:.1f} |")
+    if res.get("all_units"):
+        lines += [""]
+        for m in dict.fromkeys(r["model"] for r in res["rows"]):
+            rows = [r for r in res["rows"] if r["model"] == m]
+            ms = sum(r["ms_per_iter"] for r in rows)
+            lines.append(f"- {m}: {len(rows)} units, {ms:.0f} ms per iteration of every unit together: "
+                         f"{ms * 5000 / 1000:.0f} s of reconstruction loop at the references' 5000 iterations per "
+                         f"unit, {ms * 200 / 1000:.0f} s at 200 (`--iters-scale 0.04`), capture and evaluation not "
+                         "included")
     prof = [r for r in res["rows"] if r.get("top_ops")]
     if prof:
         lines += ["", "Top operators (share of self CPU time):", ""]
@@ -152,11 +183,15 @@ def main(argv=None) -> None:
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--all-units", action="store_true",
+                    help="every unit, not only the first of each kind; the page adds their sum (the loop's time "
+                         "per iteration of the whole model)")
     ap.add_argument("--name", default="recon_profile")
     ap.add_argument("--results", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     res = {**metadata(argv), "name": args.name, "isa": isa_summary(), "threads": torch.get_num_threads(),
            "device": args.device, "recipe": f"{args.method} W{args.weight_bits}A{args.act_bits}", "iters": args.iters,
+           "all_units": args.all_units,
            "rows": []}
     for m in args.models.split(","):
         res["rows"] += profile_units(m, args)

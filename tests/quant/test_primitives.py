@@ -261,6 +261,55 @@ def test_learned_step_fake_quant_with_per_channel_zero_points_matches_autograd()
     assert torch.allclose(sa.grad, sb.grad, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("with_keep", [False, True])
+def test_fused_learned_step_kernels_equal_the_eager_node(with_keep, monkeypatch):
+    """The compiled kernels (primitives.FUSED) give the eager node's values and x-gradient bit
+    for bit and its step-size gradient up to summation order, for tensors of any rank (one
+    compilation serves all); non-contiguous inputs take the eager path."""
+    from edadm.quant import primitives as P
+
+    def run(fused, shape, seed, make=lambda t: t):
+        monkeypatch.setattr(P.FUSED, "enabled", fused)
+        x = make(_tensor(seed, shape, 3.0)).requires_grad_(True)
+        s = torch.tensor([0.04], requires_grad=True)
+        keep = P.keep_mask(x, 0.5, torch.Generator().manual_seed(seed)) if with_keep else None
+        y = P.learned_step_fake_quantize(x, s, torch.tensor([5.0]), 0, 255, keep)
+        y.backward(_tensor(seed + 1, tuple(y.shape)))
+        return y.detach(), x.grad, s.grad
+
+    for shape in [(6, 5), (4, 3, 7, 7), (2, 9, 11)]:
+        a, b = run(False, shape, 21), run(True, shape, 21)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+        assert torch.allclose(a[2], b[2], rtol=1e-5, atol=1e-6)
+    a = run(False, (4, 6, 5), 3, lambda t: t.transpose(1, 2))
+    b = run(True, (4, 6, 5), 3, lambda t: t.transpose(1, 2))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and torch.equal(a[2], b[2])
+
+
+def test_fused_kernels_fall_back_to_eager_when_compilation_fails(monkeypatch, caplog):
+    """A compiler failure (no C++ compiler, no Triton) warns once and runs eagerly, with the
+    same values."""
+    from edadm.quant import primitives as P
+
+    def broken(which, device):
+        def fn(*args):
+            raise RuntimeError("no compiler here")
+        return fn
+
+    x = _tensor(5, (3, 4, 5), 2.0)
+    s = torch.tensor([0.05], requires_grad=True)
+    monkeypatch.setattr(P.FUSED, "enabled", False)
+    ref = P.learned_step_fake_quantize(x, s, torch.tensor([2.0]), 0, 255).detach()
+    fresh = P._Fused()
+    monkeypatch.setattr(fresh, "get", broken)
+    monkeypatch.setattr(P, "FUSED", fresh)
+    with caplog.at_level("WARNING", logger="edadm"):
+        got = P.learned_step_fake_quantize(x, s, torch.tensor([2.0]), 0, 255)
+    got.sum().backward()
+    assert torch.equal(got.detach(), ref) and s.grad is not None
+    assert not fresh.enabled and "running eagerly" in caplog.text
+
+
 def test_mask_pool_windows_are_bernoulli_reproducible_and_redrawn():
     """MaskPool: masks shaped and typed like the input, 0 / 1 with mean p, the same sequence
     from the same seed, different windows between calls; the pool grows for a larger mask
