@@ -265,7 +265,7 @@ def test_learned_step_fake_quant_with_per_channel_zero_points_matches_autograd()
 def test_fused_learned_step_kernels_equal_the_eager_node(with_keep, monkeypatch):
     """The compiled kernels (primitives.FUSED) give the eager node's values and x-gradient bit
     for bit and its step-size gradient up to summation order, for tensors of any rank (one
-    compilation serves all); non-contiguous inputs take the eager path."""
+    compilation serves all)."""
     from edadm.quant import primitives as P
 
     def run(fused, shape, seed, make=lambda t: t):
@@ -281,9 +281,18 @@ def test_fused_learned_step_kernels_equal_the_eager_node(with_keep, monkeypatch)
         a, b = run(False, shape, 21), run(True, shape, 21)
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
         assert torch.allclose(a[2], b[2], rtol=1e-5, atol=1e-6)
-    a = run(False, (4, 6, 5), 3, lambda t: t.transpose(1, 2))
-    b = run(True, (4, 6, 5), 3, lambda t: t.transpose(1, 2))
-    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and torch.equal(a[2], b[2])
+    # a strided input (a split shortcut's channel half) is copied and fused
+    a = run(False, (4, 6, 5), 3, lambda t: t[:, :4])
+    b = run(True, (4, 6, 5), 3, lambda t: t[:, :4])
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert torch.allclose(a[2], b[2], rtol=1e-5, atol=1e-6)
+    # inside a dispatch mode (FlopCounterMode, tracing) the node runs eagerly and the kernels
+    # stay on for later calls
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False):
+        c = run(True, (4, 3, 7, 7), 21)
+    assert P.FUSED.enabled and torch.equal(c[0], run(False, (4, 3, 7, 7), 21)[0])
 
 
 def test_fused_kernels_fall_back_to_eager_when_compilation_fails(monkeypatch, caplog):

@@ -138,8 +138,12 @@ class _Fused:
             return (_lsq_forward if which == "forward" else _lsq_backward)(*args)
 
     def usable(self, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> bool:
+        # not inside another compilation or a dispatch mode (FlopCounterMode, tracing): the
+        # compiler does not run there, and that failure would turn the kernels off for good
+        from torch.utils._python_dispatch import _get_current_dispatch_mode
+
         return (self.enabled and x.dtype == torch.float32 and scale.numel() == 1 and zero_point.numel() == 1
-                and not torch.compiler.is_compiling())
+                and not torch.compiler.is_compiling() and _get_current_dispatch_mode() is None)
 
 
 FUSED = _Fused()
@@ -160,11 +164,13 @@ class _LearnedStepFakeQuant(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, scale, zero_point, qmin, qmax, keep):
-        if FUSED.usable(x, scale, zero_point) and x.is_contiguous() and (keep is None or keep.is_contiguous()):
-            # flat, detached views: one compiled kernel for every rank, size and grad flag
+        if FUSED.usable(x, scale, zero_point):
+            # flat, detached views: one compiled kernel for every rank, size and grad flag. A
+            # strided input (the channel halves of a split shortcut) is copied first: one
+            # pass, against the eager chain's dozen
             lo, hi = (qmin - zero_point).detach().reshape(()), (qmax - zero_point).detach().reshape(())
-            s0, xf = scale.detach().reshape(()), _flat(x.detach())
-            kf = None if keep is None else _flat(keep)
+            s0, xf = scale.detach().reshape(()), _flat(x.detach().contiguous())
+            kf = None if keep is None else _flat(keep.contiguous())
             ctx.save_for_backward(xf, s0, lo, hi, kf)
             ctx.fused, ctx.scale_shape, ctx.x_shape = True, scale.shape, x.shape
             return FUSED.run("forward", xf, s0, lo, hi, kf).view(x.shape)
