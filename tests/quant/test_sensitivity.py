@@ -98,3 +98,19 @@ def test_recon_for_bits_resolves_the_recipes_other_bit_width_with_the_runs_itera
     # a faithful recipe without per-bit values is the same at both widths, lr excepted
     e4, e8 = resolve(QuantConfig(method="eda-dm", weight_bits=4)).recon, recon_for_bits(QuantConfig(method="eda-dm", weight_bits=4), 8)
     assert e4.learn_rounding == e8.learn_rounding and (e4.lr_weight, e8.lr_weight) == (0.5, 0.05)
+
+
+def test_recon_for_bits_warns_nothing_and_leaves_the_logger_as_it_was(caplog):
+    """The second resolve behind recon_for_bits does not repeat the run's warnings, and does
+    not silence the edadm logger to avoid them (its level stays what it was)."""
+    import logging
+
+    from edadm.recipes import recon_for_bits
+
+    logger = logging.getLogger("edadm")
+    cfg = QuantConfig(method="eda-dm-plus", weight_bits=4, mixed_budget=0.1, recon={"act_iters": 5})
+    with caplog.at_level(logging.WARNING, logger="edadm"):
+        level = logger.level
+        recon_for_bits(cfg, 8)
+        assert logger.level == level
+    assert not caplog.records

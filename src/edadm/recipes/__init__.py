@@ -94,11 +94,12 @@ def get(name: str) -> Recipe:
     return recipes[name]
 
 
-def resolve(config):
+def resolve(config, warn: bool = True):
     """The config a run uses: `config` (a QuantConfig, what the user set) with the dataset
     preset's values, then the method's recipe, then each section's fallbacks filled into the
     fields left at None, and the iterations per unit computed. Returns a new config (its
-    to_dict() is still what the user set); a resolved config resolves to itself."""
+    to_dict() is still what the user set); a resolved config resolves to itself. warn: log
+    the options the method does not use (off for a second resolve of the same options)."""
     if config.is_resolved:
         return config
     from .presets import preset_config
@@ -128,7 +129,8 @@ def resolve(config):
     if r.temporal and (not r.enabled or r.stages != "joint"):
         raise EdadmError(f"--temporal-recon needs the joint block reconstruction; method {cfg.method} "
                          + ("does not reconstruct" if not r.enabled else f"reconstructs in {r.stages} stages"))
-    _warn_unused_options(config, cfg.calib.strategy, cfg.recon.stages if cfg.recon.enabled else None)
+    if warn:
+        _warn_unused_options(config, cfg.calib.strategy, cfg.recon.stages if cfg.recon.enabled else None)
     cfg._user = copy.deepcopy(config)
     return cfg
 
@@ -140,14 +142,8 @@ def recon_for_bits(config, weight_bits: int):
     run's: only the per-bit values may differ."""
     user = copy.deepcopy(config._user if config.is_resolved else config)
     user.weight_bits, user.mixed_budget = weight_bits, 0.0
-    logger = logging.getLogger("edadm")
-    level = logger.level
-    logger.setLevel(logging.ERROR)  # the run's own resolve already warned about its options
-    try:
-        other = resolve(user).recon
-    finally:
-        logger.setLevel(level)
-    run = resolve(config).recon
+    other = resolve(user, warn=False).recon  # the run's own resolve already warned about its options
+    run = resolve(config, warn=False).recon
     other.iters, other.act_iters, other.seed = run.iters, run.act_iters, run.seed
     return other
 
