@@ -9,6 +9,7 @@ engine and the integer export all share exactly the same arithmetic.
 from __future__ import annotations
 
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 
 def qrange(bits: int, symmetric: bool) -> tuple[int, int]:
@@ -140,8 +141,6 @@ class _Fused:
     def usable(self, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> bool:
         # not inside another compilation or a dispatch mode (FlopCounterMode, tracing): the
         # compiler does not run there, and that failure would turn the kernels off for good
-        from torch.utils._python_dispatch import _get_current_dispatch_mode
-
         return (self.enabled and x.dtype == torch.float32 and scale.numel() == 1 and zero_point.numel() == 1
                 and not torch.compiler.is_compiling() and _get_current_dispatch_mode() is None)
 

@@ -419,6 +419,18 @@ class _Recorder:
         self.outs.clear()
 
 
+@contextlib.contextmanager
+def _drawing_from(act_qs, masks):
+    """The quantizers draw their QDrop masks from `masks` inside the block (keep_mask after)."""
+    for q in act_qs:
+        q.mask_pool = masks
+    try:
+        yield
+    finally:
+        for q in act_qs:
+            q.mask_pool = None
+
+
 STAGES = ("joint", "weights", "acts")
 
 
@@ -561,8 +573,6 @@ def _optimise(unit, name, stage, data: _UnitData, qlayers, act_qs, groups, shape
     # QDrop's masks (input mixing and every activation quantizer's) from one pool on the
     # unit's device, seeded per unit (a resumed run draws the same ones)
     masks = MaskPool(dev, seed + 1)
-    for q in act_qs:
-        q.mask_pool = masks
     log_every = max(1, iters // 20)
     warm = int(cfg.warmup * iters)
     bar = tqdm(range(iters), desc=f"recon {name}" + ("" if stage == "joint" else f" ({stage})"), leave=False,
@@ -573,7 +583,7 @@ def _optimise(unit, name, stage, data: _UnitData, qlayers, act_qs, groups, shape
     # step, none per iteration); the unit then falls back to its pre-reconstruction
     # parameters (_bake), so the iterations in between change nothing that is kept
     bad = torch.zeros((), dtype=torch.bool, device=dev)
-    with _Recorder(data.inner) as rec:
+    with _Recorder(data.inner) as rec, _drawing_from(act_qs, masks):
         for it in bar:
             idx = torch.randperm(n, generator=gen, device=data.device)[:bs]
             args, kwargs = _to(_select(data.q_in, idx), dev)
@@ -698,7 +708,7 @@ def reconstruct_unit(model: nn.Module, fp_model: nn.Module, name: str, kind: str
     finally:
         for q in act_qs:
             q.scale.requires_grad_(False)
-            q.drop_prob, q.mask_pool = 0.0, None
+            q.drop_prob = 0.0
     _bake(name, qlayers, act_qs, saved_scales, failed, ulog)
     ulog.after = float(_unit_error(unit, data, dev).mean())
     ulog.seconds = time.time() - t0
